@@ -1,0 +1,5 @@
+"""Deformable ops: functional API beside nn.Modules, as torchvision does."""
+
+from dcn.ops.deform_conv import BACKENDS, DeformConv2d, deform_conv2d
+
+__all__ = ["BACKENDS", "DeformConv2d", "deform_conv2d"]
