@@ -4,27 +4,32 @@ Design
 ------
 Deformable convolution is a bilinear *sampling* step followed by a dense GEMM:
 
-    cols[n, c, k, l] = mask[n, g(c), k, l] * x_bilinear(n, c, y(k, l), x(k, l))
-    out[n, :, l]     = weight.view(C_out, C_in * K) @ cols[n].view(C_in * K, L) + bias
+    cols[n, l, k, c] = mask[n, g(c), k, l] * x_bilinear(n, c, y(k, l), x(k, l))
+    out[n, l, :]     = cols[n, l].view(K * C_in) @ weight'  (+ bias)
 
-The sampling step is done by ATen's fused ``grid_sampler_2d`` kernel (zero padding,
-bilinear): it computes the four corner weights once per sample point and reads
-every channel with them, never materialising four gathered copies; on CPU it is
-SIMD-vectorised and multi-threaded, and it has its own hand-written backward that
-returns the input gradient (scatter) and the coordinate gradient in one pass.
-Zero padding reproduces torchvision's convention exactly: a sample counts only
-when ``-1 < y < H`` and ``-1 < x < W`` and corners outside the image read as zero
-(outside that window all four corners are outside, so the value is zero too).
+**Forward sampling** gathers contiguous channel rows of a channels-last, zero-padded copy of
+the input. Each sample point of offset group g is one "bag" of four table rows (its bilinear
+corners) weighted by the bilinear weights times the DCN v2 mask, and ATen's fused
+``embedding_bag(mode="sum", per_sample_weights=...)`` computes the weighted sum of the four
+rows in one pass, without materialising four gathered copies. The columns come out
+channels-last, ``(N * L, K * C_in)``, which is exactly the left operand of one large GEMM.
 
-Offsets are turned into grid_sample's normalised coordinates with
-``align_corners=False`` (``g = (2 * x + 1) / W - 1``), which is well defined for
-W = 1 and exactly invertible; the coordinate gradient is mapped back by the
-chain rule (``d/dx = d/dg * 2 / W``).
+**Backward** recomputes the columns of each chunk (as torchvision does) instead of storing
+them, then: ``grad_weight`` by one GEMM; the column gradient ``weight^T @ grad_out`` by one
+GEMM; and input *and* offset gradients in a single pass of ATen's hand-written fused
+``grid_sampler_2d_backward`` (bilinear, zero padding), which scatters into the input and
+reduces the coordinate gradient over channels. The mask gradient is the channel-sum of the
+column gradient times the unmasked columns.
 
-Memory is bounded by processing the batch in chunks whose column buffer holds at
-most ``_COLUMN_BUDGET`` elements; the backward recomputes the columns of a
-chunk instead of keeping them from the forward (as torchvision does), so the
-op's memory footprint does not grow with the batch.
+Zero padding reproduces torchvision's convention exactly: a sample counts only when
+``-1 < y < H`` and ``-1 < x < W`` and corners outside the image read as zero. For
+``grid_sampler_2d_backward``, offsets are mapped to its normalised ``align_corners=False``
+coordinates (``g = (2 * x + 1) / W - 1``, defined for W = 1) and its coordinate gradient back
+by the chain rule (``d/dx = d/dg * 2 / W``). Outside the valid window all four corners are
+outside the image, so both conventions give zero value and zero gradient there.
+
+Memory is bounded by processing the batch in chunks whose column buffer holds at most
+``_COLUMN_BUDGET`` elements, so the op's footprint does not grow with the batch.
 """
 
 from __future__ import annotations
@@ -35,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Largest column buffer (elements) a chunk may allocate: 16 Mi elements = 64 MiB in
-# float32. Chosen to stay below torchvision's own column buffer (up to 32 images)
-# on every shape of benchmarks/ops.py while keeping GEMMs large enough to be efficient.
-_COLUMN_BUDGET = 1 << 24
+# Largest column buffer (elements) a chunk may allocate: 8 Mi elements = 32 MiB in float32.
+# Small enough to stay below torchvision's own column buffer (which holds up to 32 images) on
+# every benchmark shape, large enough to keep the GEMMs efficient.
+_COLUMN_BUDGET = 1 << 23
 
 _BILINEAR = 0  # grid_sampler interpolation_mode
 _ZEROS = 0  # grid_sampler padding_mode
@@ -50,52 +55,110 @@ def _chunks(batch: int, per_image: int) -> list[tuple[int, int]]:
     return [(s, min(batch, s + step)) for s in range(0, batch, step)]
 
 
-def _sampling_grid(
+def _sample_positions(
     offset: Tensor,
-    in_hw: tuple[int, int],
     kernel: tuple[int, int],
     stride: Sequence[int],
     padding: Sequence[int],
     dilation: Sequence[int],
     offset_groups: int,
-) -> Tensor:
-    """Normalised sampling grid for ``grid_sampler_2d``.
+) -> tuple[Tensor, Tensor]:
+    """Absolute sampling coordinates p0 + p_k + Δp_k, in bag order.
 
     Args:
-        offset: (n, 2 * G * kh * kw, H_out, W_out), channel 2k is dy and 2k+1 dx of kernel point k.
+        offset: (n, 2 * G * kh * kw, H_out, W_out); channel 2k is dy and 2k+1 dx of kernel point k.
 
     Returns:
-        grid: (n * G, kh * kw, H_out * W_out, 2) with (x, y) in grid_sample's
-        ``align_corners=False`` normalised coordinates.
+        (y, x), each a contiguous (n, H_out, W_out, kh * kw, G) tensor of input pixel coordinates.
+        This (n, l, k, g) order is the row order of the channels-last column matrix; keeping it
+        contiguous matters: the elementwise passes below run several times faster than on
+        permuted views.
     """
     n, _, h_out, w_out = offset.shape
     kh, kw = kernel
-    H, W = in_hw
+    K, G = kh * kw, offset_groups
     dtype, device = offset.dtype, offset.device
-    # Regular sampling positions p0 + p_k, shaped to broadcast against (n, G, K, H_out, W_out).
     ky = torch.arange(kh, device=device, dtype=dtype).mul_(dilation[0]).repeat_interleave(kw)
     kx = torch.arange(kw, device=device, dtype=dtype).mul_(dilation[1]).repeat(kh)
     oy = torch.arange(h_out, device=device, dtype=dtype).mul_(stride[0]).sub_(padding[0])
     ox = torch.arange(w_out, device=device, dtype=dtype).mul_(stride[1]).sub_(padding[1])
-    base_y = ky.view(-1, 1, 1) + oy.view(1, -1, 1)  # (K, H_out, 1)
-    base_x = kx.view(-1, 1, 1) + ox.view(1, 1, -1)  # (K, 1, W_out)
-
-    off = offset.reshape(n, offset_groups, kh * kw, 2, h_out, w_out)
-    y = off[:, :, :, 0] + base_y
-    x = off[:, :, :, 1] + base_x
-    # align_corners=False: pixel centre i sits at g = (2 i + 1) / size - 1.
-    gx = x.mul_(2.0 / W).add_(1.0 / W - 1.0)
-    gy = y.mul_(2.0 / H).add_(1.0 / H - 1.0)
-    grid = torch.stack((gx, gy), dim=-1)  # (n, G, K, H_out, W_out, 2)
-    return grid.view(n * offset_groups, kh * kw, h_out * w_out, 2)
+    # (n, G, K, 2, Ho, Wo) -> (2, n, Ho, Wo, K, G) in one copy.
+    off = offset.reshape(n, G, K, 2, h_out, w_out).permute(3, 0, 4, 5, 2, 1).contiguous()
+    y = off[0].add_((oy.view(-1, 1, 1) + ky.view(1, 1, -1)).unsqueeze(-1))
+    x = off[1].add_((ox.view(1, -1, 1) + kx.view(1, 1, -1)).unsqueeze(-1))
+    return y, x
 
 
-def _sample_columns(x: Tensor, grid: Tensor, offset_groups: int) -> Tensor:
-    """Bilinearly sample every input channel at the grid: (n, C, H, W) -> (n, C, K, L)."""
+def _bilinear_bags(
+    y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Table rows and weights of the four bilinear corners of every sample point.
+
+    Args:
+        y, x: (n, H_out, W_out, K, G) sampling coordinates from :func:`_sample_positions`.
+        mask: (n, G * K, H_out, W_out) modulation or None; folded into the weights.
+
+    Returns:
+        rows: (n * L * K * G, 4) int64 rows of the padded channels-last table built by
+        :func:`_padded_table`, bags ordered (n, l, k, g) so the summed bags form the
+        channels-last column matrix (n * L, K * C);
+        weights: (n * L * K * G, 4), zero for corners of samples outside the valid window.
+    """
+    n, h_out, w_out, K, G = y.shape
+    H, W = in_hw
+    valid = (y > -1) & (y < H) & (x > -1) & (x < W)
+    # Clamping only changes samples outside the valid window, whose weights are zeroed below;
+    # it keeps far-away coordinates from overflowing the integer conversion.
+    y0f = torch.floor(y.clamp(-1, H - 1))
+    x0f = torch.floor(x.clamp(-1, W - 1))
+    ly, lx = y - y0f, x - x0f
+    scale = valid.to(y.dtype)
+    if mask is not None:
+        scale.mul_(mask.reshape(n, G, K, h_out, w_out).permute(0, 3, 4, 2, 1))
+    hy = (1 - ly).mul_(scale)  # fold validity and mask into the y factors only
+    ly = ly.mul_(scale)
+    hx = 1 - lx
+    weights = torch.stack((hy * hx, hy * lx, ly * hx, ly * lx), dim=-1)
+
+    # The table is the input padded by one zero pixel on every side, so corners at -1 or H/W
+    # read zero without a bounds check: padded row = ((n * (H+2) + y + 1) * (W+2) + x + 1) * G + g.
+    Wp = W + 2
+    nn_ = torch.arange(n, device=y.device).view(n, 1, 1, 1, 1) * (H + 2)
+    gg = torch.arange(G, device=y.device)
+    base = ((y0f.long() + 1 + nn_) * Wp + (x0f.long() + 1)) * G + gg
+    rows = torch.stack((base, base + G, base + Wp * G, base + (Wp + 1) * G), dim=-1)
+    return rows.view(-1, 4), weights.view(-1, 4)
+
+
+def _padded_table(x: Tensor, offset_groups: int) -> Tensor:
+    """(n, C, H, W) -> zero-padded channels-last table (n * (H+2) * (W+2) * G, C / G)."""
     n, c, h, w = x.shape
-    xg = x.reshape(n * offset_groups, c // offset_groups, h, w)
-    cols = torch.grid_sampler_2d(xg, grid, _BILINEAR, _ZEROS, False)  # (n*G, C/G, K, L)
-    return cols.view(n, c, grid.shape[1], grid.shape[2])
+    table = x.new_zeros((n, h + 2, w + 2, c))
+    table[:, 1:-1, 1:-1] = x.permute(0, 2, 3, 1)
+    return table.view(-1, c // offset_groups)
+
+
+def _columns(x: Tensor, rows: Tensor, weights: Tensor, offset_groups: int, n_cols: int) -> Tensor:
+    """Channels-last column matrix (n * L, K * C): the bilinear samples, weighted and masked."""
+    table = _padded_table(x, offset_groups)
+    cols = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+    return cols.view(-1, n_cols)
+
+
+def _weight_matrix(weight: Tensor, groups: int) -> Tensor:
+    """(C_out, C_in/groups, kh, kw) -> (groups, K * C_in/groups, C_out/groups), rows ordered (k, c)."""
+    c_out, c_in_g, kh, kw = weight.shape
+    w = weight.reshape(groups, c_out // groups, c_in_g, kh * kw)
+    return w.permute(0, 3, 2, 1).reshape(groups, kh * kw * c_in_g, c_out // groups)
+
+
+def _group_columns(cols: Tensor, groups: int, K: int, c_in: int) -> list[Tensor]:
+    """Split (M, K * C_in) columns into per-conv-group (M, K * C_in/groups) matrices."""
+    if groups == 1:
+        return [cols]
+    c3 = cols.view(-1, K, c_in)
+    cg = c_in // groups
+    return [c3[:, :, i * cg:(i + 1) * cg].reshape(-1, K * cg) for i in range(groups)]
 
 
 def deform_conv2d_forward(
@@ -122,17 +185,15 @@ def deform_conv2d_forward(
     out = input.new_empty((n, c_out, h_out, w_out))
     if n == 0:
         return out
-    w_g = weight.reshape(groups, c_out // groups, -1)  # (groups, C_out/groups, C_in/groups * K)
+    w_mat = _weight_matrix(weight, groups)
     for s, e in _chunks(n, c_in * K * L):
-        grid = _sampling_grid(offset[s:e], (H, W), (kh, kw), stride, padding, dilation, offset_groups)
-        cols = _sample_columns(input[s:e], grid, offset_groups)  # (b, C_in, K, L)
-        if mask is not None:
-            b = e - s
-            cols = cols.view(b, offset_groups, c_in // offset_groups, K, L)
-            cols.mul_(mask[s:e].reshape(b, offset_groups, 1, K, L))
-        cols = cols.view(e - s, groups, -1, L)  # (b, groups, C_in/groups * K, L)
-        res = torch.matmul(w_g, cols)  # (b, groups, C_out/groups, L)
-        out[s:e] = res.view(e - s, c_out, h_out, w_out)
+        y, x = _sample_positions(offset[s:e], (kh, kw), stride, padding, dilation, offset_groups)
+        rows, wts = _bilinear_bags(y, x, (H, W), None if mask is None else mask[s:e])
+        cols = _columns(input[s:e], rows, wts, offset_groups, K * c_in)  # (b*L, K*C_in)
+        res = torch.cat(
+            [torch.mm(c, w_mat[i]) for i, c in enumerate(_group_columns(cols, groups, K, c_in))], 1
+        ) if groups > 1 else torch.mm(cols, w_mat[0])  # (b*L, C_out)
+        out[s:e] = res.view(e - s, h_out, w_out, c_out).permute(0, 3, 1, 2)
     if bias is not None:
         out += bias.view(1, -1, 1, 1)
     return out
@@ -157,65 +218,92 @@ def deform_conv2d_backward(
     ``needs_input_grad`` is ordered like the return value.
     """
     need_in, need_off, need_mask, need_w, need_b = needs_input_grad
-    need_mask = need_mask and mask is not None
-    need_b = need_b and bias is not None
+    need_mask = bool(need_mask) and mask is not None
+    need_b = bool(need_b) and bias is not None
     n, c_in, H, W = input.shape
-    c_out, _, kh, kw = weight.shape
+    c_out, c_in_g, kh, kw = weight.shape
     h_out, w_out = offset.shape[-2:]
     K, L = kh * kw, h_out * w_out
     G = offset_groups
     cg = c_in // G
+    c_out_g = c_out // groups
 
     grad_in = torch.zeros_like(input) if need_in else None
     grad_off = offset.new_empty(offset.shape) if need_off else None
-    grad_mask = torch.empty_like(mask) if need_mask else None
-    grad_w = torch.zeros_like(weight) if need_w else None
+    grad_mask = mask.new_empty(mask.shape) if need_mask else None
+    grad_w_mat = weight.new_zeros((groups, K * c_in_g, c_out_g)) if need_w else None
     grad_b = grad_out.sum(dim=(0, 2, 3)) if need_b else None
     if n == 0 or not (need_in or need_off or need_mask or need_w):
+        grad_w = None
+        if need_w:
+            grad_w = torch.zeros_like(weight)
         return grad_in, grad_off, grad_mask, grad_w, grad_b
 
-    w_g = weight.reshape(groups, c_out // groups, -1)
-    gw_g = grad_w.view(groups, c_out // groups, -1) if need_w else None
-    need_sampling_grad = need_in or need_off
+    w_mat = _weight_matrix(weight, groups)  # (groups, K*C_in/groups, C_out/groups)
+    w_cf_t = weight.reshape(groups, c_out_g, c_in_g * K).transpose(1, 2)  # rows ordered (c, k)
     for s, e in _chunks(n, c_in * K * L):
         b = e - s
-        x = input[s:e]
-        go = grad_out[s:e].reshape(b, groups, c_out // groups, L)
-        grid = _sampling_grid(offset[s:e], (H, W), (kh, kw), stride, padding, dilation, G)
-        # Columns are recomputed rather than stored by the forward: memory stays bounded.
-        cols = None
+        m = None if mask is None else mask[s:e]
+        y, x = _sample_positions(offset[s:e], (kh, kw), stride, padding, dilation, G)
+        # Channels-last grad_out: (b*L, C_out), matching the column matrix's rows.
+        go_cl = grad_out[s:e].permute(0, 2, 3, 1).reshape(b * L, c_out)
+        go_groups = [go_cl[:, i * c_out_g:(i + 1) * c_out_g] for i in range(groups)]
+
         if need_w or need_mask:
-            cols = _sample_columns(x, grid, G).view(b, G, cg, K, L)
-        if need_mask:
-            # d out / d mask = sum over the group's channels of (W^T grad_out) * unmasked columns.
-            gcols_unmasked = torch.matmul(w_g.transpose(1, 2), go).view(b, G, cg, K, L)
-            grad_mask[s:e] = (gcols_unmasked * cols).sum(dim=2).view(b, G * K, h_out, w_out)
-        if need_w:
-            if mask is not None:
-                cols.mul_(mask[s:e].reshape(b, G, 1, K, L))
-            cols_g = cols.view(b, groups, -1, L)
-            # sum over the chunk's images of grad_out @ cols^T, as one batched GEMM per group.
-            gw_g += torch.einsum("bgol,bgcl->goc", go, cols_g)
-        del cols
-        if not need_sampling_grad:
+            # Recompute the columns (unmasked when the mask gradient needs them).
+            rows, wts = _bilinear_bags(y, x, (H, W), None if need_mask else m)
+            cols = _columns(input[s:e], rows, wts, G, K * c_in)  # (b*L, K*C_in)
+            del rows, wts
+            if need_mask:
+                # d out / d mask[n,g,k,l] = sum over the group's channels of grad_cols * unmasked cols.
+                gcols_cl = torch.cat([torch.mm(go, w_mat[i].t()) for i, go in enumerate(go_groups)], 1) \
+                    if groups > 1 else torch.mm(go_cl, w_mat[0].t())  # (b*L, K*C_in), (k, c) order
+                if groups > 1:
+                    # Per-group products are laid out (group, k, c); restore (k, c) order.
+                    gcols_cl = gcols_cl.view(b * L, groups, K, c_in_g).transpose(1, 2).reshape(b * L, K * c_in)
+                gm = (gcols_cl.view(b * L, K, G, cg) * cols.view(b * L, K, G, cg)).sum(-1)  # (b*L, K, G)
+                grad_mask[s:e] = gm.view(b, h_out, w_out, K, G).permute(0, 4, 3, 1, 2).reshape(
+                    b, G * K, h_out, w_out
+                )
+                del gcols_cl
+                if need_w:
+                    m_cl = m.reshape(b, G, K, L).permute(0, 3, 2, 1).reshape(b * L, K, G, 1)
+                    cols = (cols.view(b * L, K, G, cg) * m_cl).view(b * L, K * c_in)
+            if need_w:
+                for i, c in enumerate(_group_columns(cols, groups, K, c_in)):
+                    grad_w_mat[i].addmm_(c.t(), go_groups[i])
+            del cols
+
+        if not (need_in or need_off):
             continue
-        if need_mask:
-            gcols = gcols_unmasked.mul_(mask[s:e].reshape(b, G, 1, K, L))
-        else:
-            gcols = torch.matmul(w_g.transpose(1, 2), go).view(b, G, cg, K, L)
-            if mask is not None:
-                gcols.mul_(mask[s:e].reshape(b, G, 1, K, L))
-        gcols = gcols.view(b * G, cg, K, L)
-        xg = x.reshape(b * G, cg, H, W)
+        # Column gradient in grid_sampler's channel-first layout (b*G, C/G, K, L).
+        # weight.view(groups, C_out/groups, C_in/groups * K) has rows ordered (c, k), so the
+        # product comes out directly as (b, C_in, K, L): no transposition of the columns.
+        go_cf = grad_out[s:e].reshape(b, groups, c_out_g, L)
+        gcols = torch.matmul(w_cf_t, go_cf).view(b, G, cg, K, L)
+        if m is not None:
+            gcols = gcols * m.reshape(b, G, 1, K, L)
+        # align_corners=False normalisation for grid_sampler_2d_backward.
+        grid = torch.stack(
+            (x.mul(2.0 / W).add_(1.0 / W - 1.0), y.mul(2.0 / H).add_(1.0 / H - 1.0)), dim=-1
+        )  # (b, Ho, Wo, K, G, 2) -> (b*G, K, L, 2)
+        grid = grid.permute(0, 4, 3, 1, 2, 5).reshape(b * G, K, L, 2)
         gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
-            gcols, xg, grid, _BILINEAR, _ZEROS, False, [need_in, True]
+            gcols.reshape(b * G, cg, K, L), input[s:e].reshape(b * G, cg, H, W), grid,
+            _BILINEAR, _ZEROS, False, [need_in, True],
         )
         if need_in:
             grad_in[s:e] = gx.view(b, c_in, H, W)
         if need_off:
-            # grid holds (x, y) normalised with g = (2p + 1)/size - 1, so d/dp = d/dg * 2/size.
             ggrid = ggrid.view(b, G, K, h_out, w_out, 2)
             go_off = grad_off[s:e].view(b, G, K, 2, h_out, w_out)
             go_off[:, :, :, 0] = ggrid[..., 1] * (2.0 / H)
             go_off[:, :, :, 1] = ggrid[..., 0] * (2.0 / W)
+
+    grad_w = None
+    if need_w:
+        # (groups, K*C_in/groups, C_out/groups) with rows (k, c) -> (C_out, C_in/groups, kh, kw)
+        grad_w = grad_w_mat.view(groups, K, c_in_g, c_out_g).permute(0, 3, 2, 1).reshape(
+            c_out, c_in_g, kh, kw
+        )
     return grad_in, grad_off, grad_mask, grad_w, grad_b

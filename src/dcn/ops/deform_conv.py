@@ -133,7 +133,8 @@ def _deform_conv2d_backward_op(
         grad_out.contiguous(), input, offset, mask, weight, bias,
         stride, padding, dilation, groups, offset_groups, needs_input_grad,
     )
-    return [g if g is not None else input.new_empty(0) for g in grads]
+    # Contiguous outputs: the fake implementation promises contiguous strides to the compiler.
+    return [g.contiguous() if g is not None else input.new_empty(0) for g in grads]
 
 
 @_deform_conv2d_backward_op.register_fake

@@ -1,0 +1,452 @@
+"""dcn.ops.deform_conv2d / DeformConv2d (PyTorch backend) against torchvision and a loop reference."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.ops
+
+from dcn.ops import DeformConv2d, deform_conv2d
+
+
+def _out_size(size, k, s, p, d):
+    return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+def _safe_offsets(shape, base_y, base_x, dtype, scale=3.0, far=0.0, generator=None):
+    """Random fractional offsets whose sample coordinates stay off integer values.
+
+    At integer coordinates bilinear interpolation is not differentiable (one-sided derivatives
+    differ) and torchvision's grad_offset is not the true derivative at y = -1 / x = -1 (vision
+    issue 6885), so sample points are kept at least 0.05 away from integers. ``far`` is the
+    fraction of points pushed far outside the image.
+    """
+    off = (torch.rand(shape, dtype=torch.float64, generator=generator) * 2 - 1) * scale
+    n, c, h, w = shape
+    off = off.view(n, c // 2, 2, h, w)
+    for comp, base in ((0, base_y), (1, base_x)):
+        pos = off[:, :, comp] + base
+        frac = pos - pos.floor()
+        pos = pos.floor() + frac.clamp(0.05, 0.95)
+        off[:, :, comp] = pos - base
+    if far > 0:
+        push = torch.rand(off.shape, generator=generator, dtype=torch.float64) < far
+        off = torch.where(push, off + 50.25 * torch.sign(torch.randn(off.shape, dtype=torch.float64)), off)
+    return off.view(shape).to(dtype)
+
+
+def _base_positions(G, kh, kw, h_out, w_out, stride, padding, dilation):
+    """Regular-grid coordinates p0 + p_k, shaped (1, G*K, H_out, W_out) for y and x."""
+    ky = torch.arange(kh).repeat_interleave(kw) * dilation[0]
+    kx = torch.arange(kw).repeat(kh) * dilation[1]
+    oy = torch.arange(h_out) * stride[0] - padding[0]
+    ox = torch.arange(w_out) * stride[1] - padding[1]
+    by = (ky.view(-1, 1, 1) + oy.view(1, -1, 1)).expand(-1, h_out, w_out)
+    bx = (kx.view(-1, 1, 1) + ox.view(1, 1, -1)).expand(-1, h_out, w_out)
+    return by.repeat(G, 1, 1).unsqueeze(0).double(), bx.repeat(G, 1, 1).unsqueeze(0).double()
+
+
+def make_case(n, c_in, c_out, hw, kernel, stride, padding, dilation, groups, G, mask, bias, dtype,
+              seed=0, far=0.1):
+    g = torch.Generator().manual_seed(seed)
+    H, W = hw
+    kh, kw = kernel
+    h_out = _out_size(H, kh, stride[0], padding[0], dilation[0])
+    w_out = _out_size(W, kw, stride[1], padding[1], dilation[1])
+    x = torch.randn(n, c_in, H, W, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(c_out, c_in // groups, kh, kw, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(c_out, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    by, bx = _base_positions(G, kh, kw, h_out, w_out, stride, padding, dilation)
+    off = _safe_offsets((n, 2 * G * kh * kw, h_out, w_out), by, bx, dtype, far=far, generator=g)
+    m = torch.rand(n, G * kh * kw, h_out, w_out, generator=g, dtype=torch.float64).to(dtype) if mask else None
+    return x, off, w, b, m
+
+
+def _grads(fn, tensors, grad_out):
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in tensors]
+    out = fn(*leaves)
+    ins = [t for t in leaves if t is not None]
+    if out.numel() == 0:
+        return out.detach(), [torch.zeros_like(t) for t in ins]
+    grads = torch.autograd.grad(out, ins, grad_out, allow_unused=True)
+    return out.detach(), [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, ins)]
+
+
+def _assert_close(a, b, dtype, what):
+    rtol, atol = (1e-8, 1e-10) if dtype == torch.float64 else (1e-4, 1e-4)
+    # relative to the magnitude of the reference, so large-valued gradients are judged fairly
+    scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")
+
+
+# The grid the issue asks for: batch 0/1/33, conv groups 2, offset groups 3, kernel (3, 2),
+# stride (2, 1), padding (1, 0), dilation (2, 1), mask on/off, bias on/off.
+GEOMETRIES = [
+    # kernel, stride, padding, dilation
+    ((3, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 2), (2, 1), (1, 0), (2, 1)),
+    ((1, 3), (1, 2), (0, 1), (1, 2)),
+]
+GROUPINGS = [(1, 1), (2, 1), (1, 3), (2, 3)]  # (conv groups, offset groups)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("grouping", GROUPINGS)
+@pytest.mark.parametrize("mask,bias", [(False, True), (True, False), (True, True)])
+def test_matches_torchvision(dtype, geometry, grouping, mask, bias):
+    kernel, stride, padding, dilation = geometry
+    groups, G = grouping
+    case = make_case(2, 6, 4, (7, 9), kernel, stride, padding, dilation, groups, G, mask, bias, dtype)
+    x, off, w, b, m = case
+
+    def ours(x, off, w, b, m):
+        return deform_conv2d(x, off, w, b, stride, padding, dilation, m, backend="torch")
+
+    def ref(x, off, w, b, m):
+        return torchvision.ops.deform_conv2d(x, off, w, b, stride, padding, dilation, m)
+
+    go = torch.randn(ours(*case).shape, dtype=dtype)
+    out, grads = _grads(ours, case, go)
+    out_ref, grads_ref = _grads(ref, case, go)
+    _assert_close(out, out_ref, dtype, "output")
+    names = [nm for nm, t in zip(["input", "offset", "weight", "bias", "mask"], case) if t is not None]
+    for nm, a, r in zip(names, grads, grads_ref):
+        _assert_close(a, r, dtype, f"grad {nm}")
+
+
+@pytest.mark.parametrize("n", [0, 1, 33])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batch_sizes(n, dtype):
+    case = make_case(n, 6, 4, (5, 6), (3, 2), (2, 1), (1, 0), (2, 1), 2, 3, True, True, dtype, seed=n)
+    x, off, w, b, m = case
+    stride, padding, dilation = (2, 1), (1, 0), (2, 1)
+    out = deform_conv2d(x, off, w, b, stride, padding, dilation, m)
+    assert out.shape == (n, 4, _out_size(5, 3, 2, 1, 2), _out_size(6, 2, 1, 0, 1))
+    go = torch.randn(out.shape, dtype=dtype)
+    out, grads = _grads(lambda *a: deform_conv2d(*a[:4], stride, padding, dilation, a[4]), case, go)
+    if n == 0:
+        assert out.numel() == 0 and all(g.abs().sum() == 0 for g in grads)
+        return
+    out_ref, grads_ref = _grads(
+        lambda *a: torchvision.ops.deform_conv2d(*a[:4], stride, padding, dilation, a[4]), case, go
+    )
+    _assert_close(out, out_ref, dtype, "output")
+    for a, r in zip(grads, grads_ref):
+        _assert_close(a, r, dtype, "grad")
+
+
+def test_chunked_batch_matches_unchunked(monkeypatch):
+    """A column budget forcing one image per chunk gives the same result as one chunk."""
+    from dcn.ops import _torch_deform_conv
+
+    case = make_case(5, 4, 3, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True, True, torch.float64)
+    go = torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    fn = lambda *a: deform_conv2d(*a[:4], 1, 1, 1, a[4])  # noqa: E731
+    out_a, grads_a = _grads(fn, case, go)
+    monkeypatch.setattr(_torch_deform_conv, "_COLUMN_BUDGET", 1)
+    out_b, grads_b = _grads(fn, case, go)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# A slow reference written straight from the formula
+# ------------------------------------------------------------------------------------------
+def _bilinear(img, y, x):
+    """img (H, W); zero outside; sample counts only for -1 < y < H and -1 < x < W."""
+    H, W = img.shape
+    if not (-1 < y < H and -1 < x < W):
+        return 0.0
+    y0, x0 = math.floor(y), math.floor(x)
+    val = 0.0
+    for yy, xx in itertools.product((y0, y0 + 1), (x0, x0 + 1)):
+        if 0 <= yy < H and 0 <= xx < W:
+            val += (1 - abs(y - yy)) * (1 - abs(x - xx)) * img[yy, xx].item()
+    return val
+
+
+def loop_reference(x, off, w, b, m, stride, padding, dilation):
+    n, c_in, H, W = x.shape
+    c_out, c_in_g, kh, kw = w.shape
+    groups = c_in // c_in_g
+    G = off.shape[1] // (2 * kh * kw)
+    h_out, w_out = off.shape[2:]
+    out = torch.zeros(n, c_out, h_out, w_out, dtype=torch.float64)
+    for bi, o, i, j in itertools.product(range(n), range(c_out), range(h_out), range(w_out)):
+        gi = o // (c_out // groups)
+        acc = 0.0 if b is None else b[o].item()
+        for cl in range(c_in_g):
+            c = gi * c_in_g + cl
+            g = c // (c_in // G)
+            for ki, kj in itertools.product(range(kh), range(kw)):
+                k = ki * kw + kj
+                dy = off[bi, g * 2 * kh * kw + 2 * k, i, j].item()
+                dx = off[bi, g * 2 * kh * kw + 2 * k + 1, i, j].item()
+                y = i * stride[0] - padding[0] + ki * dilation[0] + dy
+                xx = j * stride[1] - padding[1] + kj * dilation[1] + dx
+                v = _bilinear(x[bi, c], y, xx)
+                if m is not None:
+                    v *= m[bi, g * kh * kw + k, i, j].item()
+                acc += w[o, cl, ki, kj].item() * v
+        out[bi, o, i, j] = acc
+    return out
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_matches_loop_reference(mask):
+    stride, padding, dilation = (2, 1), (1, 0), (2, 1)
+    x, off, w, b, m = make_case(2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, True,
+                                torch.float64, seed=3, far=0.2)
+    ours = deform_conv2d(x, off, w, b, stride, padding, dilation, m)
+    torch.testing.assert_close(ours, loop_reference(x, off, w, b, m, stride, padding, dilation),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_sample_window_boundaries():
+    """Samples just inside / outside -1 < y < H and exactly on pixel rows behave like the formula."""
+    x = torch.arange(1.0, 13.0, dtype=torch.float64).view(1, 1, 3, 4)
+    w = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    ys = torch.tensor([-1.5, -1.0, -0.999, -0.5, 0.0, 1.25, 2.0, 2.5, 2.999, 3.0, 3.5], dtype=torch.float64)
+    # A 1x1 kernel over a 3 x len(ys) input; output row 0, column j samples (ys[j], j + 0.25).
+    inp = torch.zeros(1, 1, 3, ys.numel(), dtype=torch.float64)
+    inp[..., :4] = x
+    off = torch.zeros(1, 2, 3, ys.numel(), dtype=torch.float64)
+    off[0, 0, 0] = ys  # dy relative to row 0
+    off[0, 1, 0] = 0.25
+    out = deform_conv2d(inp, off, w)
+    expected = torch.tensor(
+        [_bilinear(inp[0, 0], y.item(), j + 0.25) for j, y in enumerate(ys)], dtype=torch.float64
+    )
+    torch.testing.assert_close(out[0, 0, 0], expected)
+    assert out[0, 0, 0, 0] == 0 and out[0, 0, 0, -1] == 0  # y = -1.5 and y = 3.5 are outside
+
+
+# ------------------------------------------------------------------------------------------
+# Identities
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("groups", [1, 2])
+def test_zero_offsets_equal_conv2d(groups):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, 9, 8, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 4 // groups, 3, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    ref = F.conv2d(x, w, b, (2, 1), (1, 0), (2, 1), groups)
+    off = torch.zeros(3, 2 * 3 * 2, *ref.shape[2:], dtype=torch.float64)
+    torch.testing.assert_close(deform_conv2d(x, off, w, b, (2, 1), (1, 0), (2, 1)), ref)
+
+
+@pytest.mark.parametrize("dy,dx", [(1, 0), (0, -2), (-1, 3), (2, 2)])
+def test_integer_offsets_equal_conv_on_shifted_input(dy, dx):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 8, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 3, 3, 3, generator=g, dtype=torch.float64)
+    # Deformable conv with offset (dy, dx) everywhere == a plain conv (no padding) over the
+    # zero-extended input window shifted by (dy, dx): sample (i - 1 + ki + dy, j - 1 + kj + dx).
+    H, W = x.shape[2:]
+    P = 1 + max(abs(dy), abs(dx))
+    big = F.pad(x, (P, P, P, P))  # big[P + y] == x[y], zero outside
+    window = big[:, :, P - 1 + dy:P - 1 + dy + H + 2, P - 1 + dx:P - 1 + dx + W + 2]
+    ref = F.conv2d(window, w)
+    off = torch.zeros(2, 18, 8, 7, dtype=torch.float64)
+    off[:, 0::2] = dy
+    off[:, 1::2] = dx
+    torch.testing.assert_close(deform_conv2d(x, off, w, None, 1, 1), ref)
+
+
+# ------------------------------------------------------------------------------------------
+# Autograd machinery
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mask", [False, True])
+def test_gradcheck(mask):
+    stride, padding, dilation = (2, 1), (1, 0), (2, 1)
+    case = make_case(2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, True,
+                     torch.float64, seed=4, far=0.1)
+    leaves = [t.requires_grad_() if t is not None else None for t in case]
+    fn = lambda x, o, w, b, m: deform_conv2d(x, o, w, b, stride, padding, dilation, m)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask,bias", [(False, False), (True, True)])
+def test_opcheck(mask, bias):
+    stride, padding, dilation = [2, 1], [1, 0], [2, 1]
+    x, off, w, b, m = make_case(2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, bias,
+                                torch.float64, seed=5)
+    for t in (x, off, w, b, m):
+        if t is not None:
+            t.requires_grad_()
+    torch.library.opcheck(
+        torch.ops.dcn.deform_conv2d.default, (x, off, m, w, b, stride, padding, dilation, 2, 2, "torch")
+    )
+
+
+def test_partial_gradients():
+    """Only the requested gradients are computed, and they equal the full computation's."""
+    case = make_case(2, 4, 4, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, torch.float64)
+    x, off, w, b, m = case
+    go = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    _, full = _grads(lambda *a: deform_conv2d(*a[:4], 1, 1, 1, a[4]), case, go)
+    off_leaf = off.clone().requires_grad_()
+    out = deform_conv2d(x, off_leaf, w, b, 1, 1, 1, m)
+    (g_off,) = torch.autograd.grad(out, off_leaf, go)
+    torch.testing.assert_close(g_off, full[1])
+
+
+def test_non_contiguous_inputs():
+    case = make_case(2, 4, 4, (6, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True, True, torch.float64)
+    x, off, w, b, m = case
+    ref = deform_conv2d(x, off, w, b, 1, 1, 1, m)
+    xc = x.to(memory_format=torch.channels_last)
+    offc = off.transpose(2, 3).contiguous().transpose(2, 3)
+    mc = m.transpose(2, 3).contiguous().transpose(2, 3)
+    wc = w.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not offc.is_contiguous() and not xc.is_contiguous()
+    torch.testing.assert_close(deform_conv2d(xc, offc, wc, b, 1, 1, 1, mc), ref)
+    leaves = [t.requires_grad_() for t in (xc, offc, wc, mc)]
+    out = deform_conv2d(leaves[0], leaves[1], leaves[2], b, 1, 1, 1, leaves[3])
+    grads = torch.autograd.grad(out.sum(), leaves)
+    for g, t in zip(grads, leaves):
+        assert g.shape == t.shape and torch.isfinite(g).all()
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------
+def _good():
+    return make_case(1, 4, 4, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, torch.float32)
+
+
+def test_bad_offset_channels():
+    x, off, w, b, m = _good()
+    with pytest.raises(ValueError, match=r"offset must have shape"):
+        deform_conv2d(x, off[:, :-1], w, b, 1, 1, 1, m)
+
+
+def test_bad_offset_spatial_size():
+    x, off, w, b, m = _good()
+    with pytest.raises(ValueError, match=r"offset must have shape \(1, 36, 6, 6\)"):
+        deform_conv2d(x, off[:, :, :-1], w, b, 1, 1, 1, m)
+
+
+def test_bad_mask_shape():
+    x, off, w, b, m = _good()
+    with pytest.raises(ValueError, match=r"mask must have shape \(1, 18, 6, 6\)"):
+        deform_conv2d(x, off, w, b, 1, 1, 1, m[:, :9])
+
+
+def test_input_channels_not_divisible_by_groups():
+    x, off, w, b, m = _good()
+    with pytest.raises(ValueError, match=r"not a multiple of weight.shape\[1\]=3"):
+        deform_conv2d(x, off, torch.randn(4, 3, 3, 3), b, 1, 1, 1, m)
+
+
+def test_offset_groups_must_divide_channels():
+    x = torch.randn(1, 4, 6, 6)
+    w = torch.randn(4, 4, 3, 3)
+    off = torch.zeros(1, 2 * 3 * 9, 6, 6)  # 3 offset groups for 4 channels
+    with pytest.raises(ValueError, match=r"divisible by offset_groups=3"):
+        deform_conv2d(x, off, w, None, 1, 1)
+
+
+def test_non_4d_input():
+    x, off, w, b, m = _good()
+    with pytest.raises(ValueError, match=r"input must be 4-D \(N, C_in, H, W\)"):
+        deform_conv2d(x[0], off, w, b, 1, 1, 1, m)
+
+
+def test_dtype_mismatch():
+    x, off, w, b, m = _good()
+    with pytest.raises(TypeError, match=r"offset has dtype torch.float64 but input has torch.float32"):
+        deform_conv2d(x, off.double(), w, b, 1, 1, 1, m)
+
+
+def test_device_mismatch():
+    x, off, w, b, m = _good()
+    with pytest.raises(ValueError, match=r"weight is on meta but input is on cpu"):
+        deform_conv2d(x, off, w.to("meta"), b, 1, 1, 1, m)
+
+
+def test_unknown_backend():
+    x, off, w, b, m = _good()
+    with pytest.raises(ValueError, match=r"unknown backend 'triton'; expected one of auto, torch, cupy"):
+        deform_conv2d(x, off, w, b, 1, 1, 1, m, backend="triton")
+
+
+def test_cupy_backend_without_cuda_says_how_to_install():
+    from dcn.ops.deform_conv import cupy_unavailable_reason
+
+    if cupy_unavailable_reason() is None:
+        pytest.skip("CuPy backend is available here")
+    x, off, w, b, m = _good()
+    with pytest.raises(RuntimeError, match=r"backend='cupy' is not available: .*pip install -e \.\[cuda13\]"):
+        deform_conv2d(x, off, w, b, 1, 1, 1, m, backend="cupy")
+
+
+# ------------------------------------------------------------------------------------------
+# Module
+# ------------------------------------------------------------------------------------------
+def test_module_v1_at_init_equals_conv2d():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 8, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2)
+    layer = DeformConv2d.from_conv(conv, offset_groups=3)
+    x = torch.randn(2, 6, 9, 8)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert layer.conv_offset.out_channels == 2 * 3 * 3 * 2
+    assert layer.weight.shape == conv.weight.shape and layer.bias.shape == conv.bias.shape
+
+
+def test_module_v2_shapes_and_init():
+    layer = DeformConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=True, bias=False)
+    assert layer.conv_offset.out_channels == 3 * 2 * 9
+    x = torch.randn(2, 4, 5, 5)
+    offset, mask = layer.offsets_and_mask(x)
+    assert offset.shape == (2, 36, 5, 5) and mask.shape == (2, 18, 5, 5)
+    ref = 0.5 * F.conv2d(x, layer.weight, None, 1, 1)  # sigmoid(0) = 0.5 at init
+    torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-5)
+    layer(x).sum().backward()
+    assert layer.conv_offset.weight.grad is not None and layer.weight.grad is not None
+
+
+def test_module_learns_offsets():
+    """The offset predictor receives gradient (it is zero-initialised, not frozen)."""
+    layer = DeformConv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    layer(x).pow(2).sum().backward()
+    assert layer.conv_offset.weight.grad.abs().sum() > 0
+
+
+def test_module_repr_and_errors():
+    layer = DeformConv2d(4, 8, 3, stride=2, padding=1, offset_groups=2, modulated=True, bias=False)
+    r = repr(layer)
+    assert "4, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)" in r and "(conv_offset): Conv2d" in r
+    assert "offset_groups=2" in r and "bias=False" in r and "modulated=True" in r
+    with pytest.raises(ValueError, match="divisible by offset_groups=3"):
+        DeformConv2d(4, 8, 3, offset_groups=3)
+    with pytest.raises(TypeError, match="expects an nn.Conv2d"):
+        DeformConv2d.from_conv(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        DeformConv2d(8, 8, 3, padding=1, modulated=True),
+        torch.nn.ReLU(),
+    )
+    with torch.no_grad():
+        model[1].conv_offset.weight.normal_(0, 0.1)  # non-trivial offsets
+    x = torch.randn(2, 3, 10, 10, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True)
+    out_eager = model(x)
+    out_comp = compiled(x)
+    torch.testing.assert_close(out_comp, out_eager, rtol=1e-5, atol=1e-5)
+    g_eager = torch.autograd.grad(out_eager.sum(), [x, model[1].conv_offset.weight])
+    g_comp = torch.autograd.grad(out_comp.sum(), [x, model[1].conv_offset.weight])
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
