@@ -94,11 +94,23 @@ GEOMETRIES = [
 GROUPINGS = [(1, 1), (2, 1), (1, 3), (2, 3)]  # (conv groups, offset groups)
 
 
+@pytest.fixture(params=["fused", "aten"])
+def cpu_backward(request, monkeypatch):
+    """Run a test with dcn's fused C++ CPU backward and with the pure-ATen fallback."""
+    from dcn.ops import _cpu_kernel
+
+    if request.param == "aten":
+        monkeypatch.setattr(_cpu_kernel, "load", lambda: None)
+    elif _cpu_kernel.load() is None:
+        pytest.fail(f"the fused CPU kernel did not build: {_cpu_kernel._failed}")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("grouping", GROUPINGS)
 @pytest.mark.parametrize("mask,bias", [(False, True), (True, False), (True, True)])
-def test_matches_torchvision(dtype, geometry, grouping, mask, bias):
+def test_matches_torchvision(dtype, geometry, grouping, mask, bias, cpu_backward):
     kernel, stride, padding, dilation = geometry
     groups, G = grouping
     case = make_case(2, 6, 4, (7, 9), kernel, stride, padding, dilation, groups, G, mask, bias, dtype)
@@ -121,7 +133,7 @@ def test_matches_torchvision(dtype, geometry, grouping, mask, bias):
 
 @pytest.mark.parametrize("n", [0, 1, 33])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batch_sizes(n, dtype):
+def test_batch_sizes(n, dtype, cpu_backward):
     case = make_case(n, 6, 4, (5, 6), (3, 2), (2, 1), (1, 0), (2, 1), 2, 3, True, True, dtype, seed=n)
     x, off, w, b, m = case
     stride, padding, dilation = (2, 1), (1, 0), (2, 1)
@@ -140,7 +152,7 @@ def test_batch_sizes(n, dtype):
         _assert_close(a, r, dtype, "grad")
 
 
-def test_chunked_batch_matches_unchunked(monkeypatch):
+def test_chunked_batch_matches_unchunked(monkeypatch, cpu_backward):
     """A column budget forcing one image per chunk gives the same result as one chunk."""
     from dcn.ops import _torch_deform_conv
 
@@ -263,7 +275,7 @@ def test_integer_offsets_equal_conv_on_shifted_input(dy, dx):
 # Autograd machinery
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mask", [False, True])
-def test_gradcheck(mask):
+def test_gradcheck(mask, cpu_backward):
     stride, padding, dilation = (2, 1), (1, 0), (2, 1)
     case = make_case(2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, True,
                      torch.float64, seed=4, far=0.1)
@@ -285,7 +297,7 @@ def test_opcheck(mask, bias):
     )
 
 
-def test_partial_gradients():
+def test_partial_gradients(cpu_backward):
     """Only the requested gradients are computed, and they equal the full computation's."""
     case = make_case(2, 4, 4, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, torch.float64)
     x, off, w, b, m = case

@@ -34,11 +34,13 @@ Memory is bounded by processing the batch in chunks whose column buffer holds at
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dcn.ops import _cpu_kernel
 
 # Largest column buffer (elements) a chunk may allocate: 8 Mi elements = 32 MiB in float32.
 # Small enough to stay below torchvision's own column buffer (which holds up to 32 images) on
@@ -89,36 +91,47 @@ def _sample_positions(
     return y, x
 
 
-def _bilinear_bags(
-    y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[Tensor]
-) -> tuple[Tensor, Tensor]:
-    """Table rows and weights of the four bilinear corners of every sample point.
+class _Bags(NamedTuple):
+    """The four bilinear corners of every sample point, bags ordered (n, l, k, g).
+
+    rows: (M, 4) int64 rows of the padded channels-last table (:func:`_padded_table`);
+    weights: (M, 4) corner weights with validity and mask folded in (what the forward sums);
+    ly, lx: (M,) fractional parts of y and x; scale: (M,) validity (0/1) times mask.
+    M = n * L * K * G, so the summed bags form the channels-last column matrix (n * L, K * C).
+    """
+
+    rows: Tensor
+    weights: Tensor
+    ly: Tensor
+    lx: Tensor
+    valid: Tensor
+    mask: Optional[Tensor]
+
+
+def _bilinear_bags(y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[Tensor]) -> _Bags:
+    """Corner rows and weights of every sample point.
 
     Args:
         y, x: (n, H_out, W_out, K, G) sampling coordinates from :func:`_sample_positions`.
         mask: (n, G * K, H_out, W_out) modulation or None; folded into the weights.
-
-    Returns:
-        rows: (n * L * K * G, 4) int64 rows of the padded channels-last table built by
-        :func:`_padded_table`, bags ordered (n, l, k, g) so the summed bags form the
-        channels-last column matrix (n * L, K * C);
-        weights: (n * L * K * G, 4), zero for corners of samples outside the valid window.
     """
     n, h_out, w_out, K, G = y.shape
     H, W = in_hw
-    valid = (y > -1) & (y < H) & (x > -1) & (x < W)
+    valid = ((y > -1) & (y < H) & (x > -1) & (x < W)).to(y.dtype)
     # Clamping only changes samples outside the valid window, whose weights are zeroed below;
     # it keeps far-away coordinates from overflowing the integer conversion.
     y0f = torch.floor(y.clamp(-1, H - 1))
     x0f = torch.floor(x.clamp(-1, W - 1))
     ly, lx = y - y0f, x - x0f
-    scale = valid.to(y.dtype)
+    mask_bl = None
+    scale = valid
     if mask is not None:
-        scale.mul_(mask.reshape(n, G, K, h_out, w_out).permute(0, 3, 4, 2, 1))
-    hy = (1 - ly).mul_(scale)  # fold validity and mask into the y factors only
-    ly = ly.mul_(scale)
+        mask_bl = mask.reshape(n, G, K, h_out, w_out).permute(0, 3, 4, 2, 1)
+        scale = valid * mask_bl
+    hy = (1 - ly) * scale  # fold validity and mask into the y factors only
     hx = 1 - lx
-    weights = torch.stack((hy * hx, hy * lx, ly * hx, ly * lx), dim=-1)
+    ly_s = ly * scale
+    weights = torch.stack((hy * hx, hy * lx, ly_s * hx, ly_s * lx), dim=-1)
 
     # The table is the input padded by one zero pixel on every side, so corners at -1 or H/W
     # read zero without a bounds check: padded row = ((n * (H+2) + y + 1) * (W+2) + x + 1) * G + g.
@@ -127,7 +140,10 @@ def _bilinear_bags(
     gg = torch.arange(G, device=y.device)
     base = ((y0f.long() + 1 + nn_) * Wp + (x0f.long() + 1)) * G + gg
     rows = torch.stack((base, base + G, base + Wp * G, base + (Wp + 1) * G), dim=-1)
-    return rows.view(-1, 4), weights.view(-1, 4)
+    return _Bags(
+        rows.view(-1, 4), weights.view(-1, 4), ly.reshape(-1), lx.reshape(-1), valid.reshape(-1),
+        None if mask_bl is None else mask_bl.reshape(-1),
+    )
 
 
 def _padded_table(x: Tensor, offset_groups: int) -> Tensor:
@@ -188,8 +204,8 @@ def deform_conv2d_forward(
     w_mat = _weight_matrix(weight, groups)
     for s, e in _chunks(n, c_in * K * L):
         y, x = _sample_positions(offset[s:e], (kh, kw), stride, padding, dilation, offset_groups)
-        rows, wts = _bilinear_bags(y, x, (H, W), None if mask is None else mask[s:e])
-        cols = _columns(input[s:e], rows, wts, offset_groups, K * c_in)  # (b*L, K*C_in)
+        bags = _bilinear_bags(y, x, (H, W), None if mask is None else mask[s:e])
+        cols = _columns(input[s:e], bags.rows, bags.weights, offset_groups, K * c_in)  # (b*L, K*C_in)
         res = torch.cat(
             [torch.mm(c, w_mat[i]) for i, c in enumerate(_group_columns(cols, groups, K, c_in))], 1
         ) if groups > 1 else torch.mm(cols, w_mat[0])  # (b*L, C_out)
@@ -197,6 +213,27 @@ def deform_conv2d_forward(
     if bias is not None:
         out += bias.view(1, -1, 1, 1)
     return out
+
+
+def _column_grad_cl(go_groups: list[Tensor], w_mat: Tensor, K: int, c_in_g: int) -> Tensor:
+    """Column gradient grad_out @ weight'^T in the channels-last layout (rows, K * C_in), (k, c) order."""
+    groups = len(go_groups)
+    if groups == 1:
+        return torch.mm(go_groups[0], w_mat[0].t())
+    parts = torch.cat([torch.mm(go, w_mat[i].t()) for i, go in enumerate(go_groups)], 1)
+    # per-group products are laid out (group, k, c); restore (k, c) order over all channels
+    return parts.view(-1, groups, K, c_in_g).transpose(1, 2).reshape(-1, K * groups * c_in_g)
+
+
+def _to_offset_layout(t: Tensor, b: int, h_out: int, w_out: int, K: int, G: int) -> Tensor:
+    """(b*L*K*G, 2) (dy, dx) per bag -> offset layout (b, 2*G*K, H_out, W_out)."""
+    t = t.view(b, h_out, w_out, K, G, 2).permute(0, 4, 3, 5, 1, 2)
+    return t.reshape(b, 2 * G * K, h_out, w_out)
+
+
+def _to_mask_layout(t: Tensor, b: int, h_out: int, w_out: int, K: int, G: int) -> Tensor:
+    """(b*L*K*G,) per bag -> mask layout (b, G*K, H_out, W_out)."""
+    return t.view(b, h_out, w_out, K, G).permute(0, 4, 3, 1, 2).reshape(b, G * K, h_out, w_out)
 
 
 def deform_conv2d_backward(
@@ -215,11 +252,13 @@ def deform_conv2d_backward(
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients (input, offset, mask, weight, bias); ``None`` where not needed or not applicable.
 
-    ``needs_input_grad`` is ordered like the return value.
+    ``needs_input_grad`` is ordered like the return value. On CPU the sampling gradients come from
+    dcn's fused C++ kernel (:mod:`dcn.ops._cpu_kernel`) when it can be built, else from ATen's
+    ``grid_sampler_2d_backward``.
     """
-    need_in, need_off, need_mask, need_w, need_b = needs_input_grad
-    need_mask = bool(need_mask) and mask is not None
-    need_b = bool(need_b) and bias is not None
+    need_in, need_off, need_mask, need_w, need_b = (bool(v) for v in needs_input_grad)
+    need_mask = need_mask and mask is not None
+    need_b = need_b and bias is not None
     n, c_in, H, W = input.shape
     c_out, c_in_g, kh, kw = weight.shape
     h_out, w_out = offset.shape[-2:]
@@ -228,43 +267,68 @@ def deform_conv2d_backward(
     cg = c_in // G
     c_out_g = c_out // groups
 
-    grad_in = torch.zeros_like(input) if need_in else None
+    grad_in = input.new_zeros(input.shape) if need_in else None
     grad_off = offset.new_empty(offset.shape) if need_off else None
     grad_mask = mask.new_empty(mask.shape) if need_mask else None
     grad_w_mat = weight.new_zeros((groups, K * c_in_g, c_out_g)) if need_w else None
     grad_b = grad_out.sum(dim=(0, 2, 3)) if need_b else None
-    if n == 0 or not (need_in or need_off or need_mask or need_w):
-        grad_w = None
-        if need_w:
-            grad_w = torch.zeros_like(weight)
-        return grad_in, grad_off, grad_mask, grad_w, grad_b
+    need_sampling = need_in or need_off or need_mask
+    kernel = None
+    if need_sampling and input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64):
+        kernel = _cpu_kernel.load()
 
     w_mat = _weight_matrix(weight, groups)  # (groups, K*C_in/groups, C_out/groups)
     w_cf_t = weight.reshape(groups, c_out_g, c_in_g * K).transpose(1, 2)  # rows ordered (c, k)
     for s, e in _chunks(n, c_in * K * L):
         b = e - s
         m = None if mask is None else mask[s:e]
+        x_in = input[s:e]
         y, x = _sample_positions(offset[s:e], (kh, kw), stride, padding, dilation, G)
         # Channels-last grad_out: (b*L, C_out), matching the column matrix's rows.
         go_cl = grad_out[s:e].permute(0, 2, 3, 1).reshape(b * L, c_out)
         go_groups = [go_cl[:, i * c_out_g:(i + 1) * c_out_g] for i in range(groups)]
 
+        if kernel is not None:
+            # Fused path: one table, one pass for input scatter + corner dot products.
+            bags = _bilinear_bags(y, x, (H, W), m)
+            table = _padded_table(x_in, G)
+            if need_w:
+                cols = F.embedding_bag(bags.rows, table, per_sample_weights=bags.weights, mode="sum")
+                for i, c in enumerate(_group_columns(cols.view(b * L, K * c_in), groups, K, c_in)):
+                    grad_w_mat[i].addmm_(c.t(), go_groups[i])
+                del cols
+            if not need_sampling:
+                continue
+            gcols = _column_grad_cl(go_groups, w_mat, K, c_in_g).view(-1, cg)
+            gtable, dots = kernel.sampling_backward(table, bags.rows, bags.weights, gcols, b)
+            del gcols, table
+            if need_in:
+                grad_in[s:e] = gtable.view(b, H + 2, W + 2, c_in)[:, 1:-1, 1:-1].permute(0, 3, 1, 2)
+            del gtable
+            d0, d1, d2, d3 = dots.unbind(1)  # <column gradient, corner row> per bag
+            ly, lx = bags.ly, bags.lx
+            hy, hx = 1 - ly, 1 - lx
+            if need_off:
+                sc = bags.valid if bags.mask is None else bags.valid * bags.mask
+                g_y = ((d2 - d0) * hx + (d3 - d1) * lx) * sc
+                g_x = ((d1 - d0) * hy + (d3 - d2) * ly) * sc
+                grad_off[s:e] = _to_offset_layout(torch.stack((g_y, g_x), -1), b, h_out, w_out, K, G)
+            if need_mask:
+                g_m = (hy * (hx * d0 + lx * d1) + ly * (hx * d2 + lx * d3)) * bags.valid
+                grad_mask[s:e] = _to_mask_layout(g_m, b, h_out, w_out, K, G)
+            continue
+
+        # Fallback path (other devices/dtypes, or no C++ toolchain): ATen kernels only.
         if need_w or need_mask:
             # Recompute the columns (unmasked when the mask gradient needs them).
-            rows, wts = _bilinear_bags(y, x, (H, W), None if need_mask else m)
-            cols = _columns(input[s:e], rows, wts, G, K * c_in)  # (b*L, K*C_in)
-            del rows, wts
+            bags = _bilinear_bags(y, x, (H, W), None if need_mask else m)
+            cols = _columns(x_in, bags.rows, bags.weights, G, K * c_in)  # (b*L, K*C_in)
+            del bags
             if need_mask:
                 # d out / d mask[n,g,k,l] = sum over the group's channels of grad_cols * unmasked cols.
-                gcols_cl = torch.cat([torch.mm(go, w_mat[i].t()) for i, go in enumerate(go_groups)], 1) \
-                    if groups > 1 else torch.mm(go_cl, w_mat[0].t())  # (b*L, K*C_in), (k, c) order
-                if groups > 1:
-                    # Per-group products are laid out (group, k, c); restore (k, c) order.
-                    gcols_cl = gcols_cl.view(b * L, groups, K, c_in_g).transpose(1, 2).reshape(b * L, K * c_in)
-                gm = (gcols_cl.view(b * L, K, G, cg) * cols.view(b * L, K, G, cg)).sum(-1)  # (b*L, K, G)
-                grad_mask[s:e] = gm.view(b, h_out, w_out, K, G).permute(0, 4, 3, 1, 2).reshape(
-                    b, G * K, h_out, w_out
-                )
+                gcols_cl = _column_grad_cl(go_groups, w_mat, K, c_in_g)
+                gm = (gcols_cl.view(b * L * K * G, cg) * cols.view(b * L * K * G, cg)).sum(-1)
+                grad_mask[s:e] = _to_mask_layout(gm, b, h_out, w_out, K, G)
                 del gcols_cl
                 if need_w:
                     m_cl = m.reshape(b, G, K, L).permute(0, 3, 2, 1).reshape(b * L, K, G, 1)
@@ -276,7 +340,6 @@ def deform_conv2d_backward(
 
         if not (need_in or need_off):
             continue
-        # Column gradient in grid_sampler's channel-first layout (b*G, C/G, K, L).
         # weight.view(groups, C_out/groups, C_in/groups * K) has rows ordered (c, k), so the
         # product comes out directly as (b, C_in, K, L): no transposition of the columns.
         go_cf = grad_out[s:e].reshape(b, groups, c_out_g, L)
@@ -289,7 +352,7 @@ def deform_conv2d_backward(
         )  # (b, Ho, Wo, K, G, 2) -> (b*G, K, L, 2)
         grid = grid.permute(0, 4, 3, 1, 2, 5).reshape(b * G, K, L, 2)
         gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
-            gcols.reshape(b * G, cg, K, L), input[s:e].reshape(b * G, cg, H, W), grid,
+            gcols.reshape(b * G, cg, K, L), x_in.reshape(b * G, cg, H, W), grid,
             _BILINEAR, _ZEROS, False, [need_in, True],
         )
         if need_in:
