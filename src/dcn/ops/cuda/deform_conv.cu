@@ -4,7 +4,8 @@
 //   input        (B, C, H, W)
 //   offset       (B, 2 * G * K, Ho, Wo)   channel g*2K + 2k is dy, g*2K + 2k + 1 is dx of kernel point k
 //   mask         (B, G * K, Ho, Wo)       or null
-//   columns      (B, C, K, Ho * Wo)       = per group of the convolution, the (C/groups * K, L) GEMM operand
+//   columns      (C, K, B, Ho * Wo)       batch inside: per conv group, one (C/groups * K, B * L) GEMM
+//                                          operand for the whole batch chunk (as torchvision's columns)
 // with K = kh * kw, L = Ho * Wo, G offset groups; input channel c belongs to offset group c / (C / G).
 //
 // Work decomposition: one thread per *sample point* (b, g, k, l) and per chunk of the group's channels.
@@ -20,17 +21,19 @@
 
 namespace dcn {
 
-// Bilinear footprint of one sample point in an H x W plane, with torchvision's zero padding: the point
-// counts only when -1 < y < H and -1 < x < W, and corners outside the plane read as zero.
+// Bilinear footprint of one sample point in an H x W plane, with torchvision's zero padding: corners
+// outside the plane read as zero, so the value is zero unless -1 < y < H and -1 < x < W. Derivatives
+// with respect to the position are one-sided from above (the cell [floor(y), floor(y) + 1]), also as
+// torchvision: at y == -1 exactly the value is 0 but d/dy is not, hence the closed bound at -1.
 template <typename A>
 struct Bilinear {
-  bool inside;           // any corner inside the plane
+  bool inside;           // -1 <= y < H and -1 <= x < W: some corner can carry value or derivative
   index_t corner[4];     // flat plane index of corners (y0,x0) (y0,x1) (y1,x0) (y1,x1)
   bool valid[4];         // corner inside the plane
   A ly, lx, hy, hx;      // fractional parts and their complements
 
   __device__ __forceinline__ Bilinear(A y, A x, index_t height, index_t width) {
-    inside = y > (A)-1 && y < (A)height && x > (A)-1 && x < (A)width;
+    inside = y >= (A)-1 && y < (A)height && x >= (A)-1 && x < (A)width;
     const index_t y0 = inside ? floor_index(y) : 0;
     const index_t x0 = inside ? floor_index(x) : 0;
     ly = y - (A)y0;
@@ -86,7 +89,7 @@ __device__ __forceinline__ SamplePoint decompose(index_t i, index_t channels, in
   return p;
 }
 
-// Deformable im2col: columns[b, c, k, l] = mask[b, g, k, l] * bilinear(input[b, c], p_l + p_k + offset).
+// Deformable im2col: columns[c, k, b, l] = mask[b, g, k, l] * bilinear(input[b, c], p_l + p_k + offset).
 // Threads: batch * offset_groups * chunks * K * L, chunks = ceil((C / G) / channels_per_thread).
 template <typename T>
 __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __restrict__ offset,
@@ -116,7 +119,7 @@ __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __res
     for (index_t c = p.c_begin; c < p.c_end; ++c) {
       A v[4];
       s.read(input + (p.b * channels + c) * plane_size, v);
-      store(columns + ((p.b * channels + c) * K + p.k) * L + p.l,
+      store(columns + ((c * K + p.k) * batch + p.b) * L + p.l,
             w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]);
     }
   }
@@ -124,8 +127,8 @@ __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __res
 
 // Backward of the sampling step, fused for input, offset and mask gradients.
 //
-// grad_columns is d loss / d columns (= W^T grad_out per group, computed by cuBLAS). Per sample point
-// and channel chunk a thread
+// grad_columns (C, K, B, L) is d loss / d columns (= W^T grad_out per group, computed by cuBLAS).
+// Per sample point and channel chunk a thread
 //   - scatters grad_columns * mask * corner weight into grad_input with atomicAdd (if non-null);
 //   - accumulates over its channels d/dy, d/dx of the bilinear value (times grad_columns * mask) and
 //     the unmasked value times grad_columns, i.e. the offset and mask gradients (if non-null).
@@ -163,7 +166,7 @@ __global__ void deform_conv2d_backward_sample(
       A w[4];
       for (int j = 0; j < 4; ++j) w[j] = s.weight(j);
       for (index_t c = p.c_begin; c < p.c_end; ++c) {
-        const A gc = load(grad_columns + ((p.b * channels + c) * K + p.k) * L + p.l);
+        const A gc = load(grad_columns + ((c * K + p.k) * batch + p.b) * L + p.l);
         const index_t plane = (p.b * channels + c) * plane_size;
         if (grad_input) {
           const A gcm = gc * m;

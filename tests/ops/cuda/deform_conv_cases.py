@@ -1,0 +1,142 @@
+"""Deformable-convolution test cases shared by the host-kernel and GPU tests of the CUDA path."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torchvision
+
+from dcn.ops import _cupy_deform_conv as cupy_backend
+from dcn.ops import _torch_deform_conv as torch_backend
+from dcn.ops.deform_conv import _out_size
+
+
+@dataclass(frozen=True)
+class Config:
+    """Shapes and options of one deformable convolution."""
+
+    n: int = 2
+    c_in: int = 4
+    c_out: int = 6
+    h: int = 7
+    w: int = 6
+    kh: int = 3
+    kw: int = 3
+    stride: tuple = (1, 1)
+    padding: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    offset_groups: int = 1
+    mask: bool = True
+    bias: bool = True
+    offset_scale: float = 2.0  # large enough that many samples fall (partly) outside the image
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return (_out_size(self.h, self.kh, self.stride[0], self.padding[0], self.dilation[0]),
+                _out_size(self.w, self.kw, self.stride[1], self.padding[1], self.dilation[1]))
+
+
+CONFIGS = {
+    "basic": Config(),
+    "no_mask_no_bias": Config(mask=False, bias=False),
+    "groups": Config(c_in=6, c_out=4, groups=2),
+    "offset_groups": Config(c_in=6, offset_groups=3),
+    "groups_and_offset_groups": Config(c_in=8, c_out=4, groups=2, offset_groups=4),
+    "stride_dilation_odd": Config(n=3, c_in=3, c_out=5, h=9, w=8, kh=3, kw=2, stride=(2, 1),
+                                  padding=(2, 0), dilation=(2, 3), mask=False),
+    "1x1_kernel": Config(kh=1, kw=1, padding=(0, 0), c_in=5, c_out=3),
+    "single_pixel_rows": Config(h=1, w=5, kh=1, kw=3, padding=(0, 1)),
+    "far_outside": Config(offset_scale=8.0),
+}
+
+
+def _random_config(seed: int) -> Config:
+    r = random.Random(seed)
+    groups, offset_groups = r.choice([1, 2]), r.choice([1, 2, 3])
+    kh, kw = r.randint(1, 3), r.randint(1, 3)
+    stride, dilation = (r.randint(1, 2), r.randint(1, 2)), (r.randint(1, 2), r.randint(1, 2))
+    padding = (r.randint(0, 2), r.randint(0, 2))
+    h = r.randint(dilation[0] * (kh - 1) + 1, 9)
+    w = r.randint(dilation[1] * (kw - 1) + 1, 9)
+    c_in = groups * offset_groups * r.randint(1, 2)
+    return Config(n=r.randint(1, 3), c_in=c_in, c_out=groups * r.randint(1, 3), h=h, w=w, kh=kh,
+                  kw=kw, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                  offset_groups=offset_groups, mask=r.random() < 0.6, bias=r.random() < 0.5,
+                  offset_scale=r.choice([0.5, 2.0, 4.0]))
+
+
+CONFIGS.update({f"random{seed}": _random_config(seed) for seed in range(6)})
+
+
+def make_inputs(cfg: Config, dtype: torch.dtype, seed: int = 0, device="cpu"):
+    """(input, offset, mask, weight, bias) for ``cfg``, generated in float64 on the CPU (the same
+    values on every device), then cast and moved."""
+    g = torch.Generator().manual_seed(seed)
+    ho, wo = cfg.out_hw
+    K = cfg.kh * cfg.kw
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    x = rand(cfg.n, cfg.c_in, cfg.h, cfg.w)
+    offset = rand(cfg.n, 2 * cfg.offset_groups * K, ho, wo, scale=cfg.offset_scale)
+    mask = (torch.rand(cfg.n, cfg.offset_groups * K, ho, wo, generator=g, dtype=torch.float64)
+            .to(dtype) if cfg.mask else None)
+    weight = rand(cfg.c_out, cfg.c_in // cfg.groups, cfg.kh, cfg.kw)
+    bias = rand(cfg.c_out) if cfg.bias else None
+    return tuple(t.to(device) if t is not None else None for t in (x, offset, mask, weight, bias))
+
+
+def random_grad_out(cfg: Config, dtype: torch.dtype, seed: int = 1, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(cfg.n, cfg.c_out, *cfg.out_hw, dtype=torch.float64, generator=g).to(device, dtype)
+
+
+def conv_args(cfg: Config):
+    return cfg.stride, cfg.padding, cfg.dilation, cfg.groups, cfg.offset_groups
+
+
+def run_kernels(kernels, cfg, tensors, grad_out, needs=(True,) * 5):
+    """The CuPy backend's orchestration with the given kernel launcher: (out, grads)."""
+    x, offset, mask, weight, bias = tensors
+    out = cupy_backend.forward(kernels, x, offset, mask, weight, bias, *conv_args(cfg))
+    grads = cupy_backend.backward(kernels, grad_out, x, offset, mask, weight, bias, *conv_args(cfg),
+                                  list(needs))
+    return out, grads
+
+
+def run_reference(cfg, tensors, grad_out):
+    """The PyTorch backend in float64."""
+    t64 = [t.double() if t is not None else None for t in tensors]
+    out = torch_backend.deform_conv2d_forward(*t64, *conv_args(cfg))
+    grads = torch_backend.deform_conv2d_backward(grad_out.double(), *t64, *conv_args(cfg),
+                                                 [True] * 5)
+    return out, grads
+
+
+def run_torchvision(cfg, tensors, grad_out):
+    """torchvision's CPU op in float64 (forward and autograd gradients)."""
+    x, offset, mask, weight, bias = (t.double().requires_grad_() if t is not None else None
+                                     for t in tensors)
+    out = torchvision.ops.deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding,
+                                        cfg.dilation, mask)
+    out.backward(grad_out.double())
+    grads = tuple(t.grad if t is not None else None for t in (x, offset, mask, weight, bias))
+    return out.detach(), grads
+
+
+GRAD_NAMES = ("input", "offset", "mask", "weight", "bias")
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=2e-5)}
+
+
+def assert_close(actual, expected, name, **tol):
+    """``expected`` None means no gradient may be returned; values are compared in float64."""
+    if expected is None:
+        assert actual is None, f"{name}: expected no gradient"
+        return
+    assert actual is not None, f"{name}: gradient missing"
+    assert actual.shape == expected.shape, name
+    torch.testing.assert_close(actual.double(), expected.double(), msg=lambda m: f"{name}: {m}", **tol)

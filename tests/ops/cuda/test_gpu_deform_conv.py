@@ -1,0 +1,309 @@
+"""CuPy backend on a CUDA device: against the PyTorch backend, torchvision's CUDA op and gradcheck.
+
+Skipped (cleanly, with the reason) where there is no CUDA device or CuPy is not installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torchvision
+
+from deform_conv_cases import (CONFIGS, GRAD_NAMES, TOL, Config, assert_close, conv_args,
+                               make_inputs, random_grad_out, run_reference, run_torchvision)
+from dcn.ops import DeformConv2d, _cupy_deform_conv, deform_conv2d
+from dcn.ops import deform_conv as deform_conv_module
+
+_REASON = _cupy_deform_conv.unavailable_reason()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(_REASON is not None, reason=f"needs a CUDA device and CuPy: {_REASON}"),
+]
+
+CUDA = "cuda"
+
+
+def cupy_run(cfg, tensors, grad_out, needs=(True,) * 5):
+    out = _cupy_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg))
+    grads = _cupy_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), list(needs))
+    return out, grads
+
+
+def fractional_offsets(offset: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Offsets whose sample positions (integer grid + offset) have fractional parts in [0.2, 0.8],
+    away from the points where bilinear interpolation is not differentiable."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(offset.shape, generator=g, dtype=torch.float64)
+    return (offset.double().cpu().floor() + 0.2 + 0.6 * u).to(offset.device, offset.dtype)
+
+
+def public_grads(fn, tensors, grad_out):
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+    out = fn(*leaves)
+    out.backward(grad_out)
+    return out.detach(), tuple(t.grad if t is not None else None for t in leaves)
+
+
+def dcn_cupy(x, offset, mask, weight, bias, cfg):
+    return deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding, cfg.dilation, mask,
+                         backend="cupy")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_matches_torch_backend(name, dtype):
+    cfg = CONFIGS[name]
+    tensors = make_inputs(cfg, dtype, device=CUDA)
+    grad_out = random_grad_out(cfg, dtype, device=CUDA)
+    out, grads = cupy_run(cfg, tensors, grad_out)
+    ref_out, ref_grads = run_reference(cfg, tensors, grad_out)
+    assert_close(out, ref_out, "output", **TOL[dtype])
+    for g, r, gname in zip(grads, ref_grads, GRAD_NAMES):
+        assert_close(g, r, f"grad {gname}", **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ["basic", "groups_and_offset_groups", "stride_dilation_odd",
+                                  "far_outside", "random3"])
+def test_matches_torchvision_cuda(name, dtype):
+    cfg = CONFIGS[name]
+    tensors = make_inputs(cfg, dtype, device=CUDA)
+    grad_out = random_grad_out(cfg, dtype, device=CUDA)
+    out, grads = public_grads(lambda *t: dcn_cupy(*t, cfg), tensors, grad_out)
+
+    def tv(x, offset, mask, weight, bias):
+        return torchvision.ops.deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding,
+                                             cfg.dilation, mask)
+
+    ref_out, ref_grads = public_grads(tv, tensors, grad_out)
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    assert_close(out, ref_out, "output", **tol)
+    for g, r, gname in zip(grads, ref_grads, GRAD_NAMES):
+        assert_close(g, r, f"grad {gname}", **tol)
+
+
+def test_integer_positions_match_torchvision_cuda():
+    """Samples on pixels and exactly at -1: same one-sided gradients as torchvision."""
+    cfg = Config(n=2, c_in=4, c_out=3, h=5, w=6, offset_groups=2)
+    x, offset, mask, weight, bias = make_inputs(cfg, torch.float64, device=CUDA)
+    offset = torch.randint(-3, 4, offset.shape, device=CUDA).double()
+    tensors = (x, offset, mask, weight, bias)
+    grad_out = random_grad_out(cfg, torch.float64, device=CUDA)
+    out, grads = cupy_run(cfg, tensors, grad_out)
+    ref_out, ref_grads = run_torchvision(cfg, [t.cpu() for t in tensors], grad_out.cpu())
+    assert_close(out, ref_out, "output", rtol=1e-12, atol=1e-12)
+    for g, r, gname in zip(grads, ref_grads, GRAD_NAMES):
+        assert_close(g, r, f"grad {gname}", rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_autocast(dtype):
+    """Under autocast the kernels run in the autocast dtype (float32 accumulation inside)."""
+    cfg = Config(n=2, c_in=16, c_out=8, h=12, w=11, offset_groups=2, groups=2)
+    tensors = make_inputs(cfg, torch.float32, device=CUDA)
+    grad_out = random_grad_out(cfg, torch.float32, device=CUDA)
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    with torch.autocast(CUDA, dtype=dtype):
+        out = dcn_cupy(*leaves, cfg)
+    assert out.dtype == dtype
+    out.float().backward(grad_out)
+    # Reference: float64 on the same 16-bit-rounded values (torchvision: same conventions at the
+    # integer positions that 16-bit offsets can hit).
+    rounded = [t.to(dtype).cpu() for t in tensors]
+    ref_out, ref_grads = run_torchvision(cfg, rounded, grad_out.to(dtype).cpu())
+    rel = 1e-2 if dtype == torch.float16 else 4e-2
+    err = (out.double().cpu() - ref_out).norm() / ref_out.norm()
+    assert err < rel, f"output: relative error {err:.3g}"
+    for leaf, r, gname in zip(leaves, ref_grads, GRAD_NAMES):
+        assert leaf.grad.dtype == torch.float32, gname  # gradients flow back to the fp32 leaves
+        err = (leaf.grad.double().cpu() - r).norm() / r.norm()
+        assert err < rel, f"grad {gname}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["v1", "v2"])
+def test_gradcheck_float64(mask):
+    cfg = Config(n=2, c_in=4, c_out=4, h=5, w=4, groups=2, offset_groups=2, stride=(2, 1),
+                 dilation=(1, 2), padding=(1, 2), mask=mask)
+    x, offset, m, weight, bias = make_inputs(cfg, torch.float64, device=CUDA)
+    offset = fractional_offsets(offset)
+    inputs = [t.requires_grad_() for t in (x, offset, m, weight, bias) if t is not None]
+
+    def fn(*args):
+        it = iter(args)
+        x_, off_ = next(it), next(it)
+        m_ = next(it) if mask else None
+        w_, b_ = next(it), next(it)
+        return dcn_cupy(x_, off_, m_, w_, b_, cfg)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_batch_33_and_batch_chunks(monkeypatch):
+    cfg = replace(CONFIGS["groups_and_offset_groups"], n=33)
+    tensors = make_inputs(cfg, torch.float32, device=CUDA)
+    grad_out = random_grad_out(cfg, torch.float32, device=CUDA)
+    ref_out, ref_grads = run_reference(cfg, tensors, grad_out)
+    out, grads = cupy_run(cfg, tensors, grad_out)
+    # A column budget of ~4 images: 9 batch chunks, the last one partial.
+    per_image = cfg.c_in * cfg.kh * cfg.kw * cfg.out_hw[0] * cfg.out_hw[1]
+    monkeypatch.setattr(_cupy_deform_conv, "COLUMN_BUDGET", 4 * per_image)
+    out_chunked, grads_chunked = cupy_run(cfg, tensors, grad_out)
+    for o in (out, out_chunked):
+        assert_close(o, ref_out, "output", **TOL[torch.float32])
+    for gs in (grads, grads_chunked):
+        for g, r, gname in zip(gs, ref_grads, GRAD_NAMES):
+            assert_close(g, r, f"grad {gname}", **TOL[torch.float32])
+
+
+def test_no_host_synchronisation():
+    cfg = CONFIGS["groups_and_offset_groups"]
+    tensors = make_inputs(cfg, torch.float32, device=CUDA)
+    grad_out = random_grad_out(cfg, torch.float32, device=CUDA)
+    cupy_run(cfg, tensors, grad_out)  # compile / load the module outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        cupy_run(cfg, tensors, grad_out)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_runs_on_the_current_stream():
+    cfg = CONFIGS["basic"]
+    tensors = make_inputs(cfg, torch.float32, device=CUDA)
+    grad_out = random_grad_out(cfg, torch.float32, device=CUDA)
+    expected, expected_grads = cupy_run(cfg, tensors, grad_out)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        # Inputs produced on the side stream right before the op: reading them from another stream
+        # would race with this (long) kernel.
+        big = torch.randn(4096, 4096, device=CUDA)
+        big = big @ big
+        scaled = [t * 1.0 if t is not None else None for t in tensors]
+        out, grads = cupy_run(cfg, scaled, grad_out * 1.0)
+    side.synchronize()
+    assert_close(out, expected, "output", rtol=0, atol=0)
+    for g, e, gname in zip(grads, expected_grads, GRAD_NAMES):
+        assert_close(g, e, gname, rtol=1e-6, atol=1e-6)  # atomics: summation order may differ
+
+
+def test_auto_backend_selects_cupy_for_cuda_tensors(monkeypatch):
+    calls = []
+    real = _cupy_deform_conv.deform_conv2d_forward
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_cupy_deform_conv, "deform_conv2d_forward", counting)
+    cfg = CONFIGS["basic"]
+    x, offset, mask, weight, bias = make_inputs(cfg, torch.float32, device=CUDA)
+    deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding, cfg.dilation, mask)
+    assert calls == [1]
+    assert deform_conv_module._resolve_backend("auto", x.device) == "cupy"
+
+
+def test_opcheck():
+    cfg = CONFIGS["offset_groups"]
+    x, offset, mask, weight, bias = make_inputs(cfg, torch.float32, device=CUDA)
+    args = (x.requires_grad_(), offset.requires_grad_(), mask.requires_grad_(),
+            weight.requires_grad_(), bias.requires_grad_(), list(cfg.stride), list(cfg.padding),
+            list(cfg.dilation), cfg.groups, cfg.offset_groups, "cupy")
+    torch.library.opcheck(torch.ops.dcn.deform_conv2d.default, args)
+
+
+def _module_and_input(seed=0):
+    torch.manual_seed(seed)
+    layer = DeformConv2d(8, 16, 3, padding=1, offset_groups=2, modulated=True, backend="cupy").to(CUDA)
+    with torch.no_grad():
+        layer.conv_offset.weight.normal_(0, 0.1)
+    x = torch.randn(4, 8, 20, 18, device=CUDA)
+    return layer, x
+
+
+def test_cuda_graph_capture_forward_backward():
+    layer, x = _module_and_input()
+    static_x = x.clone().requires_grad_()
+    params = list(layer.parameters())
+
+    def step():
+        out = layer(static_x)
+        grads = torch.autograd.grad(out.square().sum(), [static_x, *params])
+        return out, grads
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (kernel compilation, allocator) outside the capture
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out, static_grads = step()
+
+    new_x = torch.randn_like(x)
+    with torch.no_grad():
+        static_x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager_x = new_x.clone().requires_grad_()
+    eager_out = layer(eager_x)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), [eager_x, *params])
+    torch.testing.assert_close(static_out, eager_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(static_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_fullgraph():
+    layer, x = _module_and_input(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), layer, torch.nn.ReLU()).to(CUDA)
+    compiled = torch.compile(model, fullgraph=True)
+    x = x.requires_grad_()
+    out_eager, out_comp = model(x), compiled(x)
+    torch.testing.assert_close(out_comp, out_eager, rtol=1e-5, atol=1e-5)
+    g_eager = torch.autograd.grad(out_eager.sum(), [x, layer.conv_offset.weight])
+    g_comp = torch.autograd.grad(out_comp.sum(), [x, layer.conv_offset.weight])
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_column_buffer_beyond_2_31_elements():
+    """One image whose column buffer has > 2^31 elements: 64-bit indexing end to end."""
+    cfg = Config(n=1, c_in=16, c_out=4, h=3900, w=3900, offset_groups=1, mask=True, bias=True,
+                 offset_scale=1.5)
+    per_image = cfg.c_in * cfg.kh * cfg.kw * cfg.out_hw[0] * cfg.out_hw[1]
+    assert per_image > 2**31
+    free, _ = torch.cuda.mem_get_info()
+    if free < 48 * 2**30:
+        pytest.skip(f"needs ~48 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    tensors = make_inputs(cfg, torch.float32, device=CUDA)
+    grad_out = random_grad_out(cfg, torch.float32, device=CUDA)
+    needs = (True, True, True, False, False)  # the sampling kernels: input, offset, mask grads
+    out, grads = cupy_run(cfg, tensors, grad_out, needs)
+    grads = [g.cpu() if g is not None else None for g in grads]
+    out = out.cpu()
+    torch.cuda.empty_cache()
+    ref_out = _torch_backend_forward(cfg, tensors)
+    assert_close(out, ref_out, "output", rtol=1e-4, atol=1e-3)
+    ref_grads = _torch_backend_grads(cfg, tensors, grad_out, needs)
+    for g, r, gname in zip(grads, ref_grads, GRAD_NAMES):
+        if r is not None:
+            assert_close(g, r, f"grad {gname}", rtol=1e-4, atol=1e-3)
+
+
+def _torch_backend_forward(cfg, tensors):
+    from dcn.ops import _torch_deform_conv
+
+    return _torch_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg)).cpu()
+
+
+def _torch_backend_grads(cfg, tensors, grad_out, needs):
+    from dcn.ops import _torch_deform_conv
+
+    grads = _torch_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), list(needs))
+    return [g.cpu() if g is not None else None for g in grads]
