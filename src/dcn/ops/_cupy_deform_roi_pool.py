@@ -1,0 +1,147 @@
+"""CUDA path of deformable RoI pooling: CuPy raw kernels (``cuda/deform_roi_pool.cu``).
+
+Design
+------
+* The per-RoI geometry (box start, bin size, adaptive grid, offset scale) is computed on the GPU by
+  the PyTorch path's own :func:`dcn.ops._torch_deform_roi_pool._geometry` (K elements, a few tensor
+  ops), so both backends share roi_align's arithmetic exactly, and the kernels receive it as two
+  small tensors: every kernel argument is then a pointer or an integer (``_cupy_runtime``'s contract).
+* ``deform_roi_pool_forward``: one thread per output element (k, c, ph, pw), like torchvision's
+  roi_align kernel, averaging the bin's bilinear samples (roi_align's border rule).
+* ``deform_roi_pool_backward``: one thread per output element, scattering into ``grad_input`` with
+  ``atomicAdd`` and adding the bin's offset derivative into ``grad_offset`` (shared by the C channels
+  of a bin, hence atomics too). Gradients accumulate in float32 for half types, converted at the end.
+
+No host synchronisation and no copies: tensors are passed as raw device pointers on
+``torch.cuda.current_stream()``. The orchestration (:func:`forward`, :func:`backward`) takes the
+kernel launcher as an argument: the CuPy launcher here, or the CPU launcher of the test suite
+(``tests/ops/cuda``), which runs the same ``.cu`` source compiled by the host C++ compiler over the
+real grid and block computed by :func:`launch_config`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from dcn.ops import _cupy_runtime
+from dcn.ops._cupy_runtime import Launch
+from dcn.ops._torch_deform_roi_pool import _geometry
+
+__all__ = [
+    "SOURCE",
+    "launch_config",
+    "unavailable_reason",
+    "deform_roi_pool_forward",
+    "deform_roi_pool_backward",
+    "forward",
+    "backward",
+]
+
+SOURCE = _cupy_runtime.KernelSource(
+    "deform_roi_pool.cu", ("deform_roi_pool_forward", "deform_roi_pool_backward")
+)
+
+BLOCK_SIZE = 256
+# Grid cap; beyond it the kernels' grid-stride loops take over.
+MAX_BLOCKS = 1 << 20
+
+
+def launch_config(threads: int) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
+    """(grid, block) for ``threads`` output elements (> 0)."""
+    if threads <= 0:
+        raise ValueError(f"need threads > 0, got {threads}")
+    blocks = max(1, min(MAX_BLOCKS, -(-threads // BLOCK_SIZE)))
+    return (blocks, 1, 1), (BLOCK_SIZE, 1, 1)
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when the CuPy kernels can run here, else why not (e.g. "CuPy is not installed")."""
+    return _cupy_runtime.unavailable_reason()
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _roi_tensors(rois: Tensor, output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
+                 gamma: float, aligned: bool, acc: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """geometry (K, 6) [start_x, start_y, bin_w, bin_h, shift_x, shift_y] in ``acc`` and
+    roi_index (K, 3) int64 [batch, grid_h, grid_w], the kernels' view of the RoIs."""
+    geo = _geometry(rois.to(acc), output_size, spatial_scale, sampling_ratio, aligned)
+    geometry = torch.stack(
+        (geo.start_x, geo.start_y, geo.bin_w, geo.bin_h, gamma * geo.width, gamma * geo.height), 1
+    ).contiguous()
+    roi_index = torch.stack((geo.batch, geo.grid_h, geo.grid_w), 1).contiguous()
+    return geometry, roi_index
+
+
+def forward(launch: Launch, input: Tensor, rois: Tensor, offset: Optional[Tensor],
+            output_size: Sequence[int], spatial_scale: float, sampling_ratio: int, gamma: float,
+            aligned: bool) -> Tensor:
+    """Forward pass with a given kernel launcher; same contract as :func:`deform_roi_pool_forward`."""
+    out_h, out_w = output_size
+    n, c, h, w = input.shape
+    k = rois.shape[0]
+    out = input.new_empty((k, c, out_h, out_w))
+    if out.numel() == 0:
+        return out
+    input = input.contiguous()
+    offset = offset.contiguous() if offset is not None else None
+    geometry, roi_index = _roi_tensors(rois, output_size, spatial_scale, sampling_ratio, gamma, aligned,
+                                       _acc_dtype(input.dtype))
+    grid, block = launch_config(out.numel())
+    launch("deform_roi_pool_forward", input.dtype, grid, block,
+           (input, geometry, roi_index, offset, out, k, c, h, w, out_h, out_w))
+    return out
+
+
+def backward(launch: Launch, grad_out: Tensor, input: Tensor, rois: Tensor, offset: Optional[Tensor],
+             output_size: Sequence[int], spatial_scale: float, sampling_ratio: int, gamma: float,
+             aligned: bool, needs_input_grad: Sequence[bool] = (True, True)):
+    """Backward pass with a given kernel launcher; same contract as :func:`deform_roi_pool_backward`."""
+    need_in, need_off = needs_input_grad
+    need_off = bool(need_off) and offset is not None
+    out_h, out_w = output_size
+    n, c, h, w = input.shape
+    k = rois.shape[0]
+    dtype, acc = input.dtype, _acc_dtype(input.dtype)
+    g_in = torch.zeros(input.shape, dtype=acc, device=input.device) if need_in else None
+    g_off = torch.zeros(offset.shape, dtype=acc, device=input.device) if need_off else None
+    threads = k * c * out_h * out_w
+    if threads > 0 and (need_in or need_off):
+        geometry, roi_index = _roi_tensors(rois, output_size, spatial_scale, sampling_ratio, gamma,
+                                           aligned, acc)
+        grid, block = launch_config(threads)
+        launch("deform_roi_pool_backward", dtype, grid, block,
+               (grad_out.contiguous(), input.contiguous(), geometry, roi_index,
+                offset.contiguous() if offset is not None else None, g_in, g_off,
+                k, c, h, w, out_h, out_w))
+    return (g_in.to(dtype) if g_in is not None else None,
+            g_off.to(dtype) if g_off is not None else None)
+
+
+# --------------------------------------------------------------------------------------
+# Backend interface used by dcn.ops.deform_roi_pool (same as dcn.ops._torch_deform_roi_pool)
+# --------------------------------------------------------------------------------------
+def deform_roi_pool_forward(input: Tensor, rois: Tensor, offset: Optional[Tensor],
+                            output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
+                            gamma: float, aligned: bool) -> Tensor:
+    """Forward pass on CUDA tensors; arguments already validated by :func:`dcn.ops.deform_roi_pool`.
+
+    Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w).
+    """
+    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
+    return forward(launch, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned)
+
+
+def deform_roi_pool_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Optional[Tensor],
+                             output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
+                             gamma: float, aligned: bool,
+                             needs_input_grad: Sequence[bool] = (True, True)):
+    """Gradients (input, offset); ``None`` where not needed (or offset is None)."""
+    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
+    return backward(launch, grad_out, input, rois, offset, output_size, spatial_scale, sampling_ratio,
+                    gamma, aligned, needs_input_grad)

@@ -1,0 +1,533 @@
+"""Deformable RoI pooling (Dai et al. 2017, sec. 2.2; DCN v2 modulation as an option).
+
+Public API, following ``torchvision.ops.roi_align``'s signature order, box formats and layouts:
+
+* :func:`deform_roi_pool` — the functional op: RoIAlign whose bins are shifted by given offsets;
+* :class:`DeformRoIPool` — a module that owns its offset head (offset-free pooling -> FCs);
+* :class:`MultiScaleDeformRoIPool` — the FPN version, a drop-in for
+  ``torchvision.ops.MultiScaleRoIAlign`` (same ``forward(features, proposals, image_shapes)``).
+
+The op dispatches to a backend like :func:`dcn.ops.deform_conv2d`: ``"torch"`` (any device,
+:mod:`dcn.ops._torch_deform_roi_pool`) or ``"cupy"`` (CUDA kernels,
+:mod:`dcn.ops._cupy_deform_roi_pool`); ``"auto"`` picks CuPy for CUDA tensors when it is
+usable. It is registered with ``torch.library`` as ``dcn::deform_roi_pool`` (+ backward op),
+with fake implementations and autograd, so ``torch.compile`` and ``opcheck`` work.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from types import ModuleType
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+from torchvision.ops.poolers import _filter_input, _setup_scales
+
+from dcn.ops import _torch_deform_roi_pool
+from dcn.ops.deform_conv import BACKENDS, _resolve_backend
+
+__all__ = ["deform_roi_pool", "DeformRoIPool", "MultiScaleDeformRoIPool"]
+
+Boxes = Union[Tensor, Sequence[Tensor]]
+IntPair = Union[int, Tuple[int, int], Sequence[int]]
+
+
+# --------------------------------------------------------------------------------------
+# Backend selection
+# --------------------------------------------------------------------------------------
+def _cupy_module() -> Optional[ModuleType]:
+    try:
+        return importlib.import_module("dcn.ops._cupy_deform_roi_pool")
+    except ImportError:
+        return None
+
+
+def _resolve(backend: str, device: torch.device) -> str:
+    """deform_conv2d's selection and errors, plus this op's own kernel module check."""
+    resolved = _resolve_backend(backend, device)
+    if resolved == "cupy":
+        mod = _cupy_module()
+        reason = "its module failed to import" if mod is None else mod.unavailable_reason()
+        if reason is not None:
+            if backend == "auto":
+                return "torch"
+            raise RuntimeError(f"backend='cupy' is not available for deform_roi_pool: {reason}")
+    return resolved
+
+
+def _impl(backend: str) -> ModuleType:
+    if backend == "cupy":
+        mod = _cupy_module()
+        assert mod is not None
+        return mod
+    return _torch_deform_roi_pool
+
+
+# --------------------------------------------------------------------------------------
+# torch.library registration
+# --------------------------------------------------------------------------------------
+@torch.library.custom_op("dcn::deform_roi_pool", mutates_args=())
+def _deform_roi_pool_op(
+    input: Tensor,
+    rois: Tensor,
+    offset: Optional[Tensor],
+    output_size: List[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+    backend: str,
+) -> Tensor:
+    return _impl(backend).deform_roi_pool_forward(
+        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned
+    )
+
+
+@_deform_roi_pool_op.register_fake
+def _(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned, backend):
+    return input.new_empty((rois.shape[0], input.shape[1], output_size[0], output_size[1]))
+
+
+@torch.library.custom_op("dcn::deform_roi_pool_backward", mutates_args=())
+def _deform_roi_pool_backward_op(
+    grad_out: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Optional[Tensor],
+    output_size: List[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+    backend: str,
+    needs_input_grad: List[bool],
+) -> List[Tensor]:
+    """Returns [grad_input, grad_offset]; an empty tensor stands for a gradient that was not
+    requested (custom ops cannot return None)."""
+    grads = _impl(backend).deform_roi_pool_backward(
+        grad_out.contiguous(), input, rois, offset, output_size, spatial_scale, sampling_ratio,
+        gamma, aligned, needs_input_grad,
+    )
+    return [g if g is not None else input.new_empty(0) for g in grads]
+
+
+@_deform_roi_pool_backward_op.register_fake
+def _(grad_out, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned,
+      backend, needs_input_grad):
+    return [
+        t.new_empty(t.shape) if (need and t is not None) else input.new_empty(0)
+        for t, need in zip((input, offset), needs_input_grad)
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned, backend = inputs
+    ctx.save_for_backward(input, rois, offset)
+    ctx.conf = (output_size, spatial_scale, sampling_ratio, gamma, aligned, backend)
+
+
+def _backward(ctx, grad_out):
+    input, rois, offset = ctx.saved_tensors
+    needs = [ctx.needs_input_grad[0], offset is not None and ctx.needs_input_grad[2]]
+    grads = _deform_roi_pool_backward_op(grad_out, input, rois, offset, *ctx.conf, needs)
+    g_in, g_off = (g if need else None for g, need in zip(grads, needs))
+    # Like roi_align, the boxes get no gradient.
+    return g_in, None, g_off, None, None, None, None, None, None
+
+
+_deform_roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------
+def _to_rois(boxes: Boxes, input: Tensor) -> Tensor:
+    """Tensor[K, 5] (batch index, x1, y1, x2, y2) in input's dtype, from either box format."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(
+                "boxes must be a Tensor[K, 5] (batch_index, x1, y1, x2, y2) or a list of "
+                f"Tensor[L, 4] (x1, y1, x2, y2) per image; got a tensor of shape {tuple(boxes.shape)}"
+            )
+        rois = boxes
+    elif isinstance(boxes, (list, tuple)):
+        if len(boxes) > input.shape[0]:
+            raise ValueError(
+                f"boxes is a list of {len(boxes)} per-image tensors but input has only "
+                f"{input.shape[0]} images"
+            )
+        for i, b in enumerate(boxes):
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
+                shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise ValueError(f"boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), got {shape}")
+        if not boxes:
+            return input.new_zeros((0, 5))
+        rois = torch.cat(
+            [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)], dim=0
+        )
+    else:
+        raise TypeError(
+            f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
+        )
+    if not rois.is_floating_point():
+        raise TypeError(f"boxes must be floating point, got {rois.dtype}")
+    if rois.device != input.device:
+        raise ValueError(f"boxes are on {rois.device} but input is on {input.device}; they must match")
+    rois = rois.to(input.dtype)
+    if rois.shape[0] and not torch.compiler.is_compiling():
+        # One host sync in eager mode, to turn silent garbage into an error.
+        idx = rois[:, 0]
+        bad_index, bad_coords = torch.stack((
+            ((idx < 0) | (idx >= input.shape[0]) | (idx != idx.floor())).any(),
+            ~torch.isfinite(rois[:, 1:]).all(),
+        )).tolist()
+        if bad_index:
+            raise ValueError(
+                f"boxes[:, 0] must hold integer batch indices in [0, {input.shape[0] - 1}] "
+                f"(input has {input.shape[0]} images); got values {idx.unique()[:8].tolist()}"
+            )
+        if bad_coords:
+            raise ValueError("boxes hold non-finite coordinates (inf or nan)")
+    return rois
+
+
+def _check_args(input: Tensor, offset: Optional[Tensor], output_size: Tuple[int, int],
+                spatial_scale: float, sampling_ratio: int, k: int) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+    if input.shape[2] == 0 or input.shape[3] == 0:
+        raise ValueError(f"input must have a non-empty spatial size, got {tuple(input.shape)}")
+    if len(output_size) != 2 or min(output_size) < 1:
+        raise ValueError(f"output_size must be positive (int or (out_h, out_w)), got {output_size}")
+    if not spatial_scale > 0 or not math.isfinite(spatial_scale):
+        raise ValueError(f"spatial_scale must be a positive finite number, got {spatial_scale}")
+    if sampling_ratio < 0:
+        raise ValueError(
+            f"sampling_ratio must be >= 0 (0 = adaptive, ceil(roi_size / output_size)), got {sampling_ratio}"
+        )
+    if offset is not None:
+        if not isinstance(offset, Tensor):
+            raise TypeError(f"offset must be a Tensor or None, got {type(offset).__name__}")
+        expected = (k, 2, output_size[0], output_size[1])
+        if tuple(offset.shape) != expected:
+            raise ValueError(
+                f"offset must have shape (K, 2, out_h, out_w) = {expected} for {k} boxes, "
+                f"got {tuple(offset.shape)}"
+            )
+        if offset.dtype != input.dtype:
+            raise TypeError(f"offset has dtype {offset.dtype} but input has {input.dtype}; they must match")
+        if offset.device != input.device:
+            raise ValueError(f"offset is on {offset.device} but input is on {input.device}; they must match")
+
+
+# --------------------------------------------------------------------------------------
+# Public functional op
+# --------------------------------------------------------------------------------------
+def deform_roi_pool(
+    input: Tensor,
+    boxes: Boxes,
+    offset: Optional[Tensor] = None,
+    output_size: IntPair = 7,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+    *,
+    aligned: bool = True,
+    backend: str = "auto",
+) -> Tensor:
+    r"""Deformable RoI pooling: RoIAlign whose bins are shifted by RoI-size-normalised offsets.
+
+    Bin (i, j) of RoI k is the mean of the bilinear samples of ``roi_align``'s bin (i, j),
+    moved by :math:`\gamma \cdot (w_k \cdot \text{offset}[k, 0, i, j],\ h_k \cdot \text{offset}[k, 1, i, j])`
+    where :math:`w_k, h_k` are the RoI's width and height in feature coordinates.
+    With ``offset=None`` (or zero) the result equals
+    ``torchvision.ops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)``.
+
+    Args:
+        input (Tensor[N, C, H, W]): features.
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): boxes in input-image coordinates, as for
+            ``roi_align``: rows (batch_index, x1, y1, x2, y2), or one (x1, y1, x2, y2) tensor per image.
+        offset (Tensor[K, 2, out_h, out_w], optional): normalised bin offsets; channel 0 moves
+            bins along x, channel 1 along y.
+        output_size (int or (int, int)): (out_h, out_w).
+        spatial_scale (float): feature size / image size, e.g. 1/16.
+        sampling_ratio (int): samples per bin along each axis; 0 = adaptive, ceil(roi_size / out_size)
+            per RoI.
+        gamma (float): offset scale (0.1 in the paper).
+        aligned (bool): roi_align's pixel-shift convention; True (the default here) shifts boxes
+            by -0.5 and allows any RoI size; False is roi_align's legacy geometry (RoIs at least 1x1).
+        backend (str): ``"auto"`` (CuPy kernels for CUDA tensors when available, else PyTorch),
+            ``"torch"`` or ``"cupy"``.
+
+    Samples follow roi_align's border rule: a sample with y < -1 or y > H (or x likewise)
+    contributes zero, otherwise its coordinate is clamped into the map. Degenerate boxes
+    (x2 < x1) pool to zero with adaptive sampling, as in roi_align.
+
+    Returns:
+        Tensor[K, C, out_h, out_w]
+    """
+    output_size = tuple(_pair(output_size))
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    rois = _to_rois(boxes, input)
+    _check_args(input, offset, output_size, spatial_scale, sampling_ratio, rois.shape[0])
+    resolved = _resolve(backend, input.device)
+    args = (list(output_size), float(spatial_scale), int(sampling_ratio), float(gamma), bool(aligned), resolved)
+    if torch.is_autocast_enabled(input.device.type):
+        # Like torchvision: the PyTorch path computes in float32; the CUDA kernels take the
+        # autocast dtype (float16/bfloat16) and accumulate in float32 internally.
+        dtype = torch.float32
+        if resolved == "cupy":
+            dtype = torch.get_autocast_dtype(input.device.type)
+        input, rois = input.to(dtype), rois.to(dtype)
+        offset = offset.to(dtype) if offset is not None else None
+        with torch.autocast(input.device.type, enabled=False):
+            return _deform_roi_pool_op(input, rois, offset, *args)
+    return _deform_roi_pool_op(input, rois, offset, *args)
+
+
+# --------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------
+class _OffsetHead(nn.Module):
+    """FC-ReLU-FC-ReLU-FC from a flattened offset-free pooling to per-bin offsets (and mask).
+
+    The last layer is zero-initialised: offsets start at 0 (the pooling is RoIAlign) and
+    mask logits at 0 (mask = sigmoid(0) = 0.5, DCN v2's initialisation).
+    """
+
+    def __init__(self, in_channels: int, output_size: Tuple[int, int], hidden_channels: int,
+                 modulated: bool) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.modulated = modulated
+        bins = output_size[0] * output_size[1]
+        self.fc = nn.Sequential(
+            nn.Linear(in_channels * bins, hidden_channels),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_channels, hidden_channels),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_channels, (3 if modulated else 2) * bins),
+        )
+        self.reset_last_layer()
+
+    def reset_last_layer(self) -> None:
+        nn.init.zeros_(self.fc[-1].weight)
+        nn.init.zeros_(self.fc[-1].bias)
+
+    def forward(self, pooled: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """pooled (K, C, out_h, out_w) -> offset (K, 2, out_h, out_w), mask (K, 1, out_h, out_w) or None."""
+        k = pooled.shape[0]
+        h, w = self.output_size
+        pred = self.fc(pooled.flatten(1))
+        offset = pred[:, : 2 * h * w].reshape(k, 2, h, w)
+        if not self.modulated:
+            return offset, None
+        return offset, torch.sigmoid(pred[:, 2 * h * w :]).reshape(k, 1, h, w)
+
+
+def _check_module_args(in_channels: int, output_size: Tuple[int, int], sampling_ratio: int,
+                       hidden_channels: int, backend: str) -> None:
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be positive, got {in_channels}")
+    if min(output_size) < 1:
+        raise ValueError(f"output_size must be positive, got {output_size}")
+    if sampling_ratio < 0:
+        raise ValueError(f"sampling_ratio must be >= 0 (0 = adaptive), got {sampling_ratio}")
+    if hidden_channels < 1:
+        raise ValueError(f"hidden_channels must be positive, got {hidden_channels}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+class DeformRoIPool(nn.Module):
+    """Deformable RoI pooling that predicts its own bin offsets (and DCN v2 mask).
+
+    Pipeline (Dai et al. 2017, fig. 3): RoIAlign without offsets -> flatten ->
+    FC(hidden)-ReLU-FC(hidden)-ReLU-FC(2 * out_h * out_w) -> offsets -> deformable pooling.
+    The last FC is zero-initialised, so at init the module computes exactly
+    ``torchvision.ops.RoIAlign(output_size, spatial_scale, sampling_ratio, aligned)``.
+    With ``modulated=True`` the last FC also predicts one mask logit per bin and the output is
+    multiplied by ``sigmoid(logit)`` (DCN v2); at init that mask is 0.5 everywhere.
+
+    Shapes: input (N, C, H, W), boxes Tensor[K, 5] or List[Tensor[L, 4]] -> (K, C, out_h, out_w).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        output_size: IntPair,
+        spatial_scale: float,
+        sampling_ratio: int = 0,
+        gamma: float = 0.1,
+        hidden_channels: int = 1024,
+        modulated: bool = False,
+        *,
+        aligned: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        output_size = tuple(_pair(output_size))
+        _check_module_args(in_channels, output_size, sampling_ratio, hidden_channels, backend)
+        if not spatial_scale > 0:
+            raise ValueError(f"spatial_scale must be positive, got {spatial_scale}")
+        self.in_channels = in_channels
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.gamma = gamma
+        self.hidden_channels = hidden_channels
+        self.modulated = modulated
+        self.aligned = aligned
+        self.backend = backend
+        self.offset_head = _OffsetHead(in_channels, output_size, hidden_channels, modulated)
+
+    def _pool(self, input: Tensor, rois: Tensor, offset: Optional[Tensor]) -> Tensor:
+        return deform_roi_pool(
+            input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
+            self.gamma, aligned=self.aligned, backend=self.backend,
+        )
+
+    def forward(self, input: Tensor, boxes: Boxes) -> Tensor:
+        if input.dim() == 4 and input.shape[1] != self.in_channels:
+            raise ValueError(f"expected input with {self.in_channels} channels, got {tuple(input.shape)}")
+        rois = _to_rois(boxes, input)
+        offset, mask = self.offset_head(self._pool(input, rois, None))
+        out = self._pool(input, rois, offset)
+        return out * mask if mask is not None else out
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}, "
+            f"hidden_channels={self.hidden_channels}"
+        )
+        if self.modulated:
+            s += ", modulated=True"
+        if not self.aligned:
+            s += ", aligned=False"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+class MultiScaleDeformRoIPool(nn.Module):
+    """Deformable RoI pooling over a feature pyramid; drop-in for ``torchvision.ops.MultiScaleRoIAlign``.
+
+    ``forward(x, boxes, image_shapes)`` takes the same arguments as MultiScaleRoIAlign's and
+    assigns each box to a level with torchvision's own rule (FPN eq. 1 via its ``LevelMapper``,
+    scales inferred from the feature and image sizes). Each box is pooled at its level, first
+    without offsets; one offset head, shared by all levels (offsets are normalised by RoI
+    size, so they do not depend on the level), predicts the bin offsets; then each box is
+    pooled again with them. The head is zero-initialised, so at init the module equals
+    MultiScaleRoIAlign (for ``aligned=False``, the default here because that is what
+    MultiScaleRoIAlign and torchvision's detection models use; ``modulated=True`` scales it by 0.5).
+
+    Args:
+        featmap_names (List[str]): names of the pooled feature maps, as in MultiScaleRoIAlign.
+        output_size (int or (int, int)), sampling_ratio (int): as in MultiScaleRoIAlign.
+        in_channels (int): channels of the feature maps (the offset head's input is C*out_h*out_w).
+        gamma, hidden_channels, modulated: as in :class:`DeformRoIPool`.
+        canonical_scale, canonical_level: torchvision's LevelMapper parameters.
+        aligned (bool): roi_align's pixel convention (False in MultiScaleRoIAlign).
+
+    Shapes: x[name] (N, C, H_l, W_l); boxes List[Tensor[L_i, 4]] in image coordinates;
+    image_shapes List[(height, width)] -> (sum L_i, C, out_h, out_w).
+    """
+
+    def __init__(
+        self,
+        featmap_names: List[str],
+        output_size: IntPair,
+        sampling_ratio: int,
+        in_channels: int,
+        *,
+        gamma: float = 0.1,
+        hidden_channels: int = 1024,
+        modulated: bool = False,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+        aligned: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        output_size = tuple(_pair(output_size))
+        _check_module_args(in_channels, output_size, sampling_ratio, hidden_channels, backend)
+        if not featmap_names:
+            raise ValueError("featmap_names must name at least one feature map")
+        self.featmap_names = list(featmap_names)
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.in_channels = in_channels
+        self.gamma = gamma
+        self.hidden_channels = hidden_channels
+        self.modulated = modulated
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+        self.aligned = aligned
+        self.backend = backend
+        self.offset_head = _OffsetHead(in_channels, output_size, hidden_channels, modulated)
+        # Inferred on the first call, as torchvision does.
+        self.scales: Optional[List[float]] = None
+        self.map_levels = None
+
+    def _pool_levels(self, features: List[Tensor], rois: Tensor, level_index: List[Tensor],
+                     offset: Optional[Tensor]) -> Tensor:
+        out = features[0].new_zeros((rois.shape[0], self.in_channels) + self.output_size)
+        for feat, scale, idx in zip(features, self.scales, level_index):
+            if idx.numel() == 0:
+                continue
+            out[idx] = deform_roi_pool(
+                feat, rois[idx], offset[idx] if offset is not None else None, self.output_size,
+                scale, self.sampling_ratio, self.gamma, aligned=self.aligned, backend=self.backend,
+            )
+        return out
+
+    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
+        missing = [name for name in self.featmap_names if name not in x]
+        if missing:
+            raise ValueError(f"feature maps {missing} (featmap_names) are missing from x (keys {list(x)})")
+        if not isinstance(boxes, (list, tuple)):
+            raise TypeError(f"boxes must be a list of Tensor[L, 4] per image, got {type(boxes).__name__}")
+        features = _filter_input(x, self.featmap_names)
+        for name, f in zip(self.featmap_names, features):
+            if f.dim() != 4 or f.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"feature map {name!r} must be (N, {self.in_channels}, H, W), got {tuple(f.shape)}"
+                )
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = _to_rois(boxes, features[0])
+        if len(features) == 1:
+            levels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
+        else:
+            levels = self.map_levels(list(boxes))
+        level_index = [torch.where(levels == lvl)[0] for lvl in range(len(features))]
+        offset, mask = self.offset_head(self._pool_levels(features, rois, level_index, None))
+        out = self._pool_levels(features, rois, level_index, offset)
+        return out * mask if mask is not None else out
+
+    def extra_repr(self) -> str:
+        s = (
+            f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
+            f"sampling_ratio={self.sampling_ratio}, in_channels={self.in_channels}, gamma={self.gamma}, "
+            f"hidden_channels={self.hidden_channels}"
+        )
+        if self.modulated:
+            s += ", modulated=True"
+        if self.aligned:
+            s += ", aligned=True"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
