@@ -26,6 +26,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py $(ARGS)
+	$(PY) benchmarks/roi_pool.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
