@@ -15,6 +15,7 @@ Usage: python benchmarks/ops.py [--device cpu|cuda|all] [--reps 5] [--shapes all
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -169,7 +170,20 @@ def environment(device: torch.device) -> str:
     return what
 
 
+def _reexec_with_exact_malloc() -> None:
+    """Make freed memory leave the process at once, so peak RSS growth is a fair measure.
+
+    glibc raises its mmap threshold after large frees and then keeps freed blocks in the heap,
+    which would hide (or smear across measurements) the allocations of the op under test.
+    """
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = "0"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 def main(argv=None) -> None:
+    _reexec_with_exact_malloc()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     p.add_argument("--reps", type=int, default=5)
