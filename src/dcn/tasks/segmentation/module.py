@@ -1,0 +1,231 @@
+"""Semantic segmentation as a LightningModule: backbone -> DeepLab head -> pixel cross-entropy."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from dcn.tasks.segmentation.deeplab import DeepLab
+from dcn.tasks.segmentation.frozen_bn import freeze_batch_norm
+from dcn.tasks.segmentation.loss import segmentation_cross_entropy
+from dcn.tasks.segmentation.metrics import SegmentationMetrics
+from dcn.tasks.segmentation.visualization import comparison_grid, log_comparison
+
+__all__ = ["SegmentationTask", "format_class_table"]
+
+
+class SegmentationTask(L.LightningModule):
+    """Train and evaluate a DeepLab segmentation network on ``(images, masks)`` batches.
+
+    Batches: ``images`` Tensor[B, C, H, W] float, ``masks`` Tensor[B, H, W] int64 with class indices in
+    ``[0, num_classes)`` or 255 (ignored). ``forward(images)`` returns logits Tensor[B, num_classes, H, W].
+
+    Logged: ``train/loss`` (per step and epoch); ``val/loss``, ``val/mIoU``, ``val/pixel_acc``,
+    ``val/mean_class_acc`` per epoch; the same under ``test/`` plus ``test/IoU/<class name>`` for each
+    class present in the test split's ground truth or predictions, and a per-class IoU table printed at
+    test end. mIoU etc. come from one confusion matrix over the whole split (see
+    :mod:`dcn.tasks.segmentation.metrics`). Each validation epoch also saves ``num_val_images`` images
+    with their true and predicted masks (:mod:`dcn.tasks.segmentation.visualization`).
+
+    Optimisation: the head's learning rate is ``head_lr_mult`` times the backbone's (the optimizer's
+    ``lr``), as DeepLab fine-tunes a pretrained backbone under a freshly initialised head. A scheduler
+    whose constructor takes ``total_iters`` and whose config leaves it unset (``PolynomialLR``, the
+    "poly" schedule) gets the run's total number of optimizer steps; it is stepped per
+    ``scheduler_interval``.
+
+    Args:
+        backbone: a dcn backbone (its output stride sets the ASPP rates).
+        num_classes: classes including background (``train.py`` takes it from the datamodule).
+        optimizer: ``params -> Optimizer`` (a Hydra ``_partial_`` optimizer).
+        scheduler: optional ``optimizer -> LRScheduler`` (Hydra ``_partial_``).
+        scheduler_interval: "step" (poly LR) or "epoch".
+        head, aspp_rates, aspp_channels, aspp_dropout, low_level_feature, low_level_channels,
+            decoder_channels: the network, see :class:`~dcn.tasks.segmentation.deeplab.DeepLab`.
+        head_lr_mult: head learning rate / backbone learning rate.
+        freeze_bn: replace the backbone's BatchNorm layers by frozen ones (fixed statistics and affine
+            parameters); the head's BatchNorm keeps training.
+        class_names: names for the per-class table; None takes the datamodule's ``class_names`` when
+            there is one, else ``class_<k>``.
+        num_val_images: validation images drawn per epoch (0: none).
+        monitor, monitor_mode: the metric that selects the best checkpoint ("val/mIoU", "max").
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Optional[Callable[..., Any]] = None,
+        scheduler_interval: str = "step",
+        head: str = "deeplabv3plus",
+        aspp_rates: Optional[Sequence[int]] = None,
+        aspp_channels: int = 256,
+        aspp_dropout: float = 0.1,
+        low_level_feature: Optional[str] = None,
+        low_level_channels: int = 48,
+        decoder_channels: int = 256,
+        head_lr_mult: float = 10.0,
+        freeze_bn: bool = False,
+        class_names: Optional[Sequence[str]] = None,
+        num_val_images: int = 4,
+        monitor: str = "val/mIoU",
+        monitor_mode: str = "max",
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"task.scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if monitor_mode not in ("max", "min"):
+            raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
+        if not head_lr_mult > 0:
+            raise ValueError(f"task.head_lr_mult must be > 0, got {head_lr_mult}")
+        if num_val_images < 0:
+            raise ValueError(f"task.num_val_images must be >= 0, got {num_val_images}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"task.class_names lists {len(class_names)} names for num_classes={num_classes}")
+        # Plain values only in hparams (the backbone is in the state_dict; partials would make
+        # checkpoints unloadable with weights_only=True). The full config is in the run directory.
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
+        if freeze_bn:
+            backbone = freeze_batch_norm(backbone)
+        self.net = DeepLab(
+            backbone, num_classes, head=head, aspp_rates=aspp_rates, aspp_channels=aspp_channels,
+            aspp_dropout=aspp_dropout, low_level_feature=low_level_feature,
+            low_level_channels=low_level_channels, decoder_channels=decoder_channels,
+        )  # fmt: skip
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_metrics = SegmentationMetrics(num_classes)
+        self.test_metrics = SegmentationMetrics(num_classes)
+        self.test_scores: Optional[Dict[str, Tensor]] = None  # the last test run's scores, for callers
+        self._val_examples: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.net.backbone
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def _step(self, batch: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+        images, masks = batch
+        if images.dim() != 4 or masks.dim() != 3 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                "segmentation batches must be (images Tensor[B, C, H, W], masks Tensor[B, H, W]) of the same "
+                f"B, H, W; got images {tuple(images.shape)} and masks {tuple(masks.shape)}"
+            )
+        logits = self(images)
+        return segmentation_cross_entropy(logits, masks), logits
+
+    def training_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self._step(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0])
+        return loss
+
+    def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits = self._step(batch)
+        preds = logits.argmax(dim=1)
+        self.val_metrics.update(preds, batch[1])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0])
+        if batch_idx == 0 and self.hparams.num_val_images and not self.trainer.sanity_checking:
+            k = self.hparams.num_val_images
+            self._val_examples = (batch[0][:k].cpu(), batch[1][:k].cpu(), preds[:k].cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        self.val_metrics.reset()
+        for name in ("mIoU", "pixel_acc", "mean_class_acc"):
+            self.log(f"val/{name}", scores[name].float(), prog_bar=name == "mIoU")
+        if self._val_examples is not None:
+            if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+                datamodule = getattr(self.trainer, "datamodule", None)
+                grid = comparison_grid(
+                    *self._val_examples, getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+                )
+                log_comparison(self.trainer, grid, self.current_epoch)
+            self._val_examples = None
+
+    def test_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits = self._step(batch)
+        self.test_metrics.update(logits.argmax(dim=1), batch[1])
+        self.log("test/loss", loss, on_epoch=True, batch_size=batch[0].shape[0])
+
+    def on_test_epoch_end(self) -> None:
+        scores = self.test_metrics.compute()
+        self.test_metrics.reset()
+        self.test_scores = scores
+        for name in ("mIoU", "pixel_acc", "mean_class_acc"):
+            self.log(f"test/{name}", scores[name].float())
+        names = self.class_names()
+        for name, iou in zip(names, scores["iou"].tolist()):
+            if iou == iou:  # classes absent from truth and predictions have no IoU (NaN): not logged
+                self.log(f"test/IoU/{name}", float(iou))
+        rank_zero_info(format_class_table(names, scores))
+
+    def class_names(self) -> List[str]:
+        """The configured names, else the datamodule's, else ``class_<k>``."""
+        if self.hparams.class_names is not None:
+            return list(self.hparams.class_names)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        if names is not None and len(names) == self.hparams.num_classes:
+            return list(names)
+        return [f"class_{k}" for k in range(self.hparams.num_classes)]
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        groups = [
+            {"params": [p for p in self.net.backbone_parameters() if p.requires_grad], "name": "backbone"},
+            {"params": [p for p in self.net.head_parameters() if p.requires_grad], "name": "head"},
+        ]
+        optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
+        for group in optimizer.param_groups:
+            if group.get("name") == "head":
+                group["lr"] *= self.hparams.head_lr_mult
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        kwargs = {}
+        if _wants_total_iters(self.scheduler_factory):
+            steps = self.trainer.estimated_stepping_batches
+            if self.hparams.scheduler_interval == "epoch":
+                steps = self.trainer.max_epochs
+            kwargs["total_iters"] = int(steps)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams.scheduler_interval,
+                "monitor": self.hparams.monitor,
+            },
+        }
+
+
+def _wants_total_iters(factory: Callable[..., Any]) -> bool:
+    """True for a scheduler factory (class or functools.partial) whose constructor has a
+    ``total_iters`` argument that the config did not set."""
+    func = getattr(factory, "func", factory)
+    if "total_iters" in getattr(factory, "keywords", {}):
+        return False
+    try:
+        return "total_iters" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def format_class_table(names: Sequence[str], scores: Dict[str, Tensor]) -> str:
+    """A plain-text table: class, IoU and accuracy (``-`` where undefined), then the means."""
+    width = max([len(n) for n in names] + [len("mean")])
+    lines = [f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}"]
+
+    def fmt(value: float) -> str:
+        return f"{100 * value:7.2f}" if value == value else f"{'-':>7}"
+
+    for name, iou, acc in zip(names, scores["iou"].tolist(), scores["class_acc"].tolist()):
+        lines.append(f"{name:<{width}}  {fmt(iou)}  {fmt(acc)}")
+    lines.append(f"{'mean':<{width}}  {fmt(float(scores['mIoU']))}  {fmt(float(scores['mean_class_acc']))}")
+    lines.append(f"pixel accuracy {fmt(float(scores['pixel_acc'])).strip()} %")
+    return "\n".join(lines)
