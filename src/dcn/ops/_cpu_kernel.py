@@ -44,7 +44,7 @@ def load():
                 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
                 from torch.utils.cpp_extension import load as load_extension
 
-                log.info("building dcn's CPU kernel (once per machine; cached afterwards)")
+                log.debug("loading dcn's CPU kernel (built once per machine, then cached)")
                 load_extension(
                     name="dcn_deform_conv_cpu",
                     sources=[str(_SOURCE)],

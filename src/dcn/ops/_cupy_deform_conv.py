@@ -31,8 +31,8 @@ Kernels (templates over float32, float64, float16, bfloat16; half types compute 
 Sampling conventions are torchvision's (equal to rounding in float64; the CPU tests check it): zero
 padding, a sample counts when ``-1 < y < H`` and ``-1 < x < W``, and position derivatives are
 one-sided from above at integer coordinates, including at exactly -1 (torchvision issue 6885; the
-original DCN code returns 0 there). The PyTorch backend (grid sampling in normalised coordinates)
-can differ from both at those measure-zero points only.
+original DCN code returns 0 there). The PyTorch backend returns 0 at exactly -1 (its validity window
+is open, like the original DCN code), so the two backends differ at those measure-zero points only.
 
 The batch is processed in chunks whose column buffer holds at most :data:`COLUMN_BUDGET` elements
 (one buffer, reused by every chunk and, in the backward, first for ``grad_cols`` and then for the
