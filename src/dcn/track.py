@@ -1,0 +1,187 @@
+"""Track the object of one sequence with a trained SiamRPN: ``python -m dcn.track <checkpoint> <sequence dir>``.
+
+The network is rebuilt from the run's config (``<run dir>/.hydra/config.yaml``, found from the
+checkpoint's location, or ``--config``) and loaded from the checkpoint. The sequence folder is a VOT or
+GOT-10k sequence (frames, or ``color/``, and ``groundtruth.txt``); the tracker starts from the first
+frame's box (or ``--init x,y,w,h``) and runs one pass over all frames.
+
+Writes the predicted boxes in the dataset's result format, one ``x,y,w,h`` line per frame (comma
+separated, frame 0 = the initial box): VOT ``<output>/<name>.txt``; GOT-10k ``<output>/<name>/<name>_001.txt``
+plus ``<name>_time.txt`` (seconds per frame). With ground truth for every frame it prints the success
+AUC and precision at 20 px; ``--frames DIR`` saves each frame with the predicted (red) and true (green)
+boxes and ``--gif FILE`` an animation of them.
+
+Examples::
+
+    python -m dcn.track logs/siamrpn_synthetic/runs/<run>/checkpoints/last.ckpt data/synthetic_vot/tracks-*/test/seq_0000 --gif seq0.gif
+    python -m dcn.track run/checkpoints/epoch_019.ckpt /data/vot2013/bolt --output results/ --frames frames/bolt
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+__all__ = ["build_task", "main", "run", "write_boxes"]
+
+FORMATS = ("vot", "got10k")
+
+
+def find_run_config(checkpoint: Path) -> Path:
+    """``<run dir>/.hydra/config.yaml`` for ``<run dir>/checkpoints/<file>.ckpt``."""
+    candidate = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not candidate.is_file():
+        raise FileNotFoundError(
+            f"no run config next to {checkpoint} (looked for {candidate}); pass --config <run dir>/.hydra/config.yaml"
+        )
+    return candidate
+
+
+def build_task(checkpoint: Path, config: Optional[Path] = None, device: str = "cpu"):
+    """Rebuild the :class:`~dcn.tasks.tracking.TrackingTask` of a run and load ``checkpoint`` into it (eval mode)."""
+    import hydra
+
+    from dcn import resolvers
+    from dcn.checkpoints import check_checkpoint
+    from dcn.tasks.tracking import TrackingTask
+
+    resolvers.register()
+    cfg = OmegaConf.load(config or find_run_config(checkpoint))
+    if not isinstance(cfg, DictConfig) or "task" not in cfg or "backbone" not in cfg:
+        raise ValueError(f"{config or find_run_config(checkpoint)} is not a dcn run config (no task/backbone)")
+    if not str(cfg.task.get("_target_", "")).endswith("TrackingTask"):
+        raise ValueError(f"the run's task is {cfg.task.get('_target_')}, not dcn.tasks.tracking.TrackingTask")
+    # The weights come from the checkpoint: do not download or read the backbone's initial weights.
+    backbone = hydra.utils.instantiate(cfg.backbone, in_channels=3, pretrained=None)
+    task = hydra.utils.instantiate(cfg.task, backbone=backbone, num_classes=None)
+    if not isinstance(task, TrackingTask):
+        raise TypeError(f"the run's task built a {type(task).__name__}, not a TrackingTask")
+    state = check_checkpoint(checkpoint, task)["state_dict"]
+    task.load_state_dict(state)
+    return task.to(device).eval()
+
+
+def read_sequence(folder: Path):
+    """A VOT or GOT-10k sequence folder (GOT-10k test folders have only the first box) -> (sequence, format)."""
+    from dcn.datamodules.got10k import read_got10k_sequence
+
+    sequence = read_got10k_sequence(folder, require_all_boxes=False)
+    got10k = (folder / "absence.label").is_file() or folder.name.startswith("GOT-10k")
+    return sequence, "got10k" if got10k else "vot"
+
+
+def write_boxes(boxes: Tensor, output: Path, name: str, fmt: str, seconds: Sequence[float] = ()) -> Path:
+    """Write ``boxes`` (``Tensor[T, 4]`` xywh) in the dataset's result format; returns the box file."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    lines = "\n".join(",".join(f"{v:.4f}" for v in box) for box in boxes.tolist()) + "\n"
+    if fmt == "vot":
+        path = output / f"{name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        path = output / name / f"{name}_001.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if seconds:
+            (output / name / f"{name}_time.txt").write_text("\n".join(f"{s:.6f}" for s in seconds) + "\n")
+    path.write_text(lines)
+    return path
+
+
+def _draw(frame: Tensor, predicted: Tensor, truth: Optional[Tensor]) -> Image.Image:
+    image = Image.fromarray((frame.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(image)
+    for box, colour in ((truth, (0, 255, 0)), (predicted, (255, 0, 0))):
+        if box is not None:
+            x, y, w, h = box.tolist()
+            draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
+    return image
+
+
+def run(args: argparse.Namespace) -> dict:
+    from dcn.datamodules.tracking_boxes import box_overlap, centre_distance, xywh_to_cxcywh
+    from dcn.tasks.tracking.metrics import precision_at, success_auc
+
+    checkpoint, folder = Path(args.checkpoint), Path(args.sequence)
+    sequence, detected = read_sequence(folder)
+    fmt = args.format or detected
+    count = len(sequence) if args.max_frames is None else min(args.max_frames, len(sequence))
+    init = sequence.boxes[0]
+    if args.init is not None:
+        init = torch.tensor([float(v) for v in args.init.split(",")])
+        if init.shape != (4,):
+            raise ValueError(f"--init must be x,y,w,h, got {args.init!r}")
+    task = build_task(checkpoint, Path(args.config) if args.config else None, args.device)
+    tracker = task.make_tracker()
+
+    boxes: List[Tensor] = [init.float()]
+    seconds: List[float] = []
+    start = time.perf_counter()
+    tracker.init(sequence.frame(0), init)
+    seconds.append(time.perf_counter() - start)
+    images: List[Image.Image] = []
+    want_pictures = bool(args.frames or args.gif)
+    if want_pictures:
+        images.append(_draw(sequence.frame(0), init, sequence.boxes[0] if sequence.known[0] else None))
+    for t in range(1, count):
+        frame = sequence.frame(t)
+        start = time.perf_counter()
+        boxes.append(tracker.update(frame).float())
+        seconds.append(time.perf_counter() - start)
+        if want_pictures:
+            images.append(_draw(frame, boxes[-1], sequence.boxes[t] if sequence.known[t] else None))
+    predictions = torch.stack(boxes)
+    path = write_boxes(predictions, Path(args.output), sequence.name, fmt, seconds)
+    summary = {"sequence": sequence.name, "frames": count, "boxes": str(path), "fps": count / max(sum(seconds), 1e-9)}
+
+    known = sequence.known[:count].clone()
+    known[0] = False
+    if args.init is None and known.any():
+        pred, truth = xywh_to_cxcywh(predictions[known].double()), xywh_to_cxcywh(sequence.boxes[:count][known].double())
+        summary["success_auc"] = success_auc(box_overlap(pred, truth))
+        summary["precision20"] = precision_at(centre_distance(pred, truth), 20.0)
+    if args.frames:
+        out = Path(args.frames)
+        out.mkdir(parents=True, exist_ok=True)
+        for t, image in enumerate(images):
+            image.save(out / f"{t + 1:08d}.png")
+        summary["frames_dir"] = str(out)
+    if args.gif:
+        Path(args.gif).parent.mkdir(parents=True, exist_ok=True)
+        images[0].save(args.gif, save_all=True, append_images=images[1:], duration=80, loop=0)
+        summary["gif"] = str(args.gif)
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dcn.track", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="a Lightning checkpoint of a tracking run (<run dir>/checkpoints/*.ckpt)")
+    p.add_argument("sequence", help="a VOT or GOT-10k sequence folder (frames + groundtruth.txt)")
+    p.add_argument("--output", default=".", help="folder for the predicted boxes (default: the current one)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="result format (default: the sequence's)")
+    p.add_argument("--config", default=None, help="the run's config (default: <run dir>/.hydra/config.yaml)")
+    p.add_argument("--init", default=None, help="initial box x,y,w,h (default: the first ground-truth box)")
+    p.add_argument("--frames", default=None, help="save annotated frames to this folder")
+    p.add_argument("--gif", default=None, help="save an annotated animation to this file")
+    p.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    summary = run(parser().parse_args(argv))
+    scores = "".join(
+        f", {key} {summary[key]:.3f}" for key in ("success_auc", "precision20") if key in summary
+    )
+    print(f"{summary['sequence']}: {summary['frames']} frames at {summary['fps']:.1f} fps{scores} -> {summary['boxes']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

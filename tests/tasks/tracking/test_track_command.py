@@ -1,0 +1,60 @@
+"""``python -m dcn.track``: rebuild a run's tracker from its config and checkpoint, track a VOT-layout sequence."""
+
+from __future__ import annotations
+
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
+
+from dcn import track
+from dcn.checkpoints import CheckpointError
+from dcn.datamodules.synthetic_tracks import SyntheticTracksGenerator
+
+
+@pytest.fixture
+def run_dir(compose_train, tmp_path):
+    """A fake finished run of experiment=siamrpn_synthetic: its config and a checkpoint of random weights."""
+    cfg = compose_train(["experiment=siamrpn_synthetic"])
+    with open_dict(cfg):
+        cfg.task.channels = 16
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    backbone = hydra.utils.instantiate(cfg.backbone, in_channels=3)
+    task = hydra.utils.instantiate(cfg.task, backbone=backbone, num_classes=None)
+    torch.save({"state_dict": task.state_dict()}, run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def test_tracks_a_sequence_and_writes_boxes_and_a_gif(run_dir, tmp_path):
+    SyntheticTracksGenerator(num_train=1, num_val=1, num_test=1, num_frames=5, image_size=[96, 72]).write(tmp_path / "data")
+    sequence = tmp_path / "data" / "test" / "seq_0000"
+    out = tmp_path / "out"
+    summary = track.main(
+        [str(run_dir / "checkpoints" / "last.ckpt"), str(sequence), "--output", str(out), "--gif", str(tmp_path / "a.gif")]
+    )
+    lines = (out / "seq_0000.txt").read_text().splitlines()
+    truth = (sequence / "groundtruth.txt").read_text().splitlines()
+    assert len(lines) == 5
+    first = torch.tensor([float(v) for v in lines[0].split(",")])
+    torch.testing.assert_close(first, torch.tensor([float(v) for v in truth[0].split(",")]), atol=1e-3, rtol=0)
+    assert all(len(line.split(",")) == 4 for line in lines)
+    assert 0 <= summary["success_auc"] <= 1 and 0 <= summary["precision20"] <= 1
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.n_frames == 5
+
+
+def test_got10k_format_and_bad_checkpoints(run_dir, tmp_path):
+    boxes = torch.tensor([[10.0, 10.0, 20.0, 16.0], [12.0, 10.0, 20.0, 16.0]])
+    path = track.write_boxes(boxes, tmp_path, "GOT-10k_Test_000001", "got10k", seconds=[0.1, 0.2])
+    assert path.name == "GOT-10k_Test_000001_001.txt" and path.read_text().count("\n") == 2
+    assert (path.parent / "GOT-10k_Test_000001_time.txt").is_file()
+    broken = run_dir / "checkpoints" / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="broken.ckpt"):
+        track.build_task(broken)
+    with pytest.raises(FileNotFoundError, match="--config"):
+        track.build_task(tmp_path / "elsewhere.ckpt")
