@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig
 
 from dcn import resolvers
+from dcn.checkpoints import check_checkpoint
 from dcn.instantiate import instantiate_group
 from dcn.results import RunRecord, fit_outcome, parameter_counts, trainer_description
 
@@ -31,11 +32,15 @@ def train(cfg: DictConfig, record: RunRecord) -> None:
     model = hydra.utils.instantiate(cfg.task, backbone=backbone, num_classes=datamodule.num_classes)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
+    for logger in loggers:  # the resolved config: W&B run config, TensorBoard hparams, csv/hparams.yaml
+        logger.log_hyperparams(record.data["config"])
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     record.update(parameters=parameter_counts(model), trainer=trainer_description(trainer))
     record.write()
 
     ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:  # a truncated or mismatching file fails here, with its name, not deep inside Lightning
+        check_checkpoint(ckpt_path, model)
     if cfg.train:
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

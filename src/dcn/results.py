@@ -121,12 +121,23 @@ def fit_outcome(trainer: L.Trainer) -> Dict[str, Any]:
     ]
     return {
         "best": best,
-        "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+        "last_checkpoint": _last_checkpoint(trainer),
         "metrics_csv": csv_files[0] if csv_files else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "val_metrics": {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
     }
+
+
+def _last_checkpoint(trainer: L.Trainer) -> Optional[str]:
+    """The newest full checkpoint: a ModelCheckpoint's ``last.ckpt`` (``save_last``), or that of a
+    ModelCheckpoint without a monitor (conf/callbacks/last_checkpoint.yaml), which keeps the newest."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            path = callback.last_model_path or (callback.best_model_path if callback.monitor is None else "")
+            if path:
+                return path
+    return None
 
 
 def _hydra_choices() -> Dict[str, Any]:

@@ -1,0 +1,94 @@
+"""Check a checkpoint before resuming from or testing it, so a bad file fails with its name.
+
+Handed a truncated or foreign file, Lightning fails deep inside ``torch.load`` (``PytorchStreamReader
+failed reading zip archive``) or ``load_state_dict`` without saying which file is at fault.
+:func:`check_checkpoint` reads the file once up front and raises an error that names the file and
+what is wrong with it: unreadable, not a Lightning checkpoint, or weights that do not fit the model
+built from the config (missing, unexpected or differently shaped tensors).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "check_checkpoint", "load_checkpoint"]
+
+_SHOW = 8  # keys listed per kind of mismatch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def load_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
+    """Read a Lightning checkpoint onto the CPU (memory-mapped: cheap for large files).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: it is not a readable checkpoint (truncated, corrupt, another format), or
+            it lacks the ``state_dict`` every Lightning checkpoint has.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... by cause
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({size:,} bytes): {type(error).__name__}: {error}. "
+            "The file is truncated or corrupt (e.g. the run was killed while saving it) or is not a "
+            "PyTorch checkpoint; use another one, e.g. an epoch_*.ckpt next to it."
+        ) from error
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        keys = sorted(checkpoint)[:_SHOW] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path} is not a Lightning checkpoint (no 'state_dict'; found {keys}). To start from plain "
+            "weights use backbone.pretrained=<file> instead of ckpt_path."
+        )
+    return dict(checkpoint)
+
+
+def _listing(keys: List[str]) -> str:
+    more = f" and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def check_checkpoint(path: os.PathLike | str, model: nn.Module) -> Dict[str, Any]:
+    """Load ``path`` and check that its ``state_dict`` fits ``model`` exactly; return the checkpoint.
+
+    Raises:
+        FileNotFoundError, CheckpointError: see :func:`load_checkpoint`; also when tensors are
+            missing, unexpected or of another shape than the model's (all three are listed).
+    """
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint["state_dict"]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    shapes = sorted(
+        f"{k} (checkpoint {tuple(saved[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in set(saved) & set(expected)
+        if hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"missing from the checkpoint: {_listing(missing)}")
+        if unexpected:
+            problems.append(f"not in the model: {_listing(unexpected)}")
+        if shapes:
+            problems.append(f"shape mismatch: {_listing(shapes)}")
+        offset_hint = any("conv_offset" in k for k in missing + unexpected)
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model built from this config; "
+            + "; ".join(problems)
+            + (". 'conv_offset' keys differ: was it trained with another backbone.deform setting?" if offset_hint
+               else ". Was it trained with another backbone, task or data (classes, channels)?")
+        )
+    return checkpoint

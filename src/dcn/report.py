@@ -1,0 +1,634 @@
+"""Sweep report: ``python -m dcn.report <multirun dir | run dirs...> [--out DIR]``.
+
+Answers "does deformable convolution help here, and by how much?" from finished runs. It reads each
+run's ``results.json`` (see :mod:`dcn.results`) and its CSV-logged metrics, groups the runs into
+*variants* by every config difference except the seed (and except keys that name the run itself:
+paths, run directories, logger run names), and writes ``report.md`` plus PNG plots:
+
+- a table with, per variant, mean ± standard deviation and n of every test metric, the difference
+  to the plain (deform off) variant with a 95% confidence interval (Welch's t, unequal variances),
+  the mean wall time and the parameter count;
+- ``val_<metric>.png``: validation curves per variant, the mean over seeds with a ±1 std band;
+- ``test_<metric>.png``: the final test metric per variant, one point per seed, with the mean;
+- failed, interrupted and unfinished runs, listed with their error (never silently dropped).
+
+"Plain variant" of a deformable variant: the variant with ``deform.enabled = false`` that agrees
+with it on every config difference outside ``backbone.deform.*`` (so a sweep over backbones and
+deform on/off compares each backbone with its own plain twin).
+
+Typical use::
+
+    python train.py -m backbone.deform.enabled=false,true seed=0,1,2
+    python -m dcn.report logs/default/multiruns/<date>_<id>        # -> <that dir>/report/report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from dcn.results import RESULTS_FILE
+
+__all__ = [
+    "DEFAULT_IGNORE",
+    "Comparison",
+    "Report",
+    "Run",
+    "Variant",
+    "build_report",
+    "find_runs",
+    "main",
+    "welch_interval",
+]
+
+# Config keys (fnmatch globs over dotted keys) that differ between runs of one variant by design:
+# the seed itself and everything that names the run (its directory, its logger run name/id).
+DEFAULT_IGNORE: Tuple[str, ...] = (
+    "seed",
+    "paths.*",
+    "hydra.*",
+    "ckpt_path",
+    "*.save_dir",
+    "*.dirpath",
+    "*.default_root_dir",
+    "*.output_dir",
+    "logger.*.name",
+    "logger.*.id",
+    "logger.*.version",
+    "logger.*.resume_from",
+)
+_DEFORM_PREFIX = "backbone.deform."
+_COMPLETED = "completed"
+_CONFIDENCE = 0.95
+
+
+@dataclass
+class Run:
+    """One run directory: its record (``None`` when results.json is missing or unreadable)."""
+
+    path: Path
+    record: Optional[Dict[str, Any]]
+    problem: Optional[str] = None  # why the run is not usable, for the failed/unfinished list
+
+    @property
+    def status(self) -> str:
+        if self.record is None:
+            return "unfinished"
+        return str(self.record.get("status", "unknown"))
+
+    @property
+    def completed(self) -> bool:
+        return self.record is not None and self.status == _COMPLETED
+
+    @property
+    def seed(self) -> Any:
+        return None if self.record is None else self.record.get("seed")
+
+    @property
+    def deform_enabled(self) -> Optional[bool]:
+        deform = (self.record or {}).get("deform")
+        if deform is None:
+            return None if self.record is None or "deform" not in self.record else False
+        return bool(deform.get("enabled", False))
+
+
+@dataclass
+class Variant:
+    """Runs that share every config value except the ignored keys (typically: except the seed)."""
+
+    key: Tuple[Tuple[str, str], ...]  # the differing (dotted key, value) pairs, sorted by key
+    runs: List[Run] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.key) or "all runs"
+
+    @property
+    def completed(self) -> List[Run]:
+        return [r for r in self.runs if r.completed]
+
+    @property
+    def deform_enabled(self) -> Optional[bool]:
+        flags = {r.deform_enabled for r in self.runs}
+        return flags.pop() if len(flags) == 1 else None
+
+    @property
+    def context(self) -> Tuple[Tuple[str, str], ...]:
+        """The key without deform settings: variants with equal context are deform twins."""
+        return tuple((k, v) for k, v in self.key if not k.startswith(_DEFORM_PREFIX))
+
+    def values(self, metric: str) -> List[float]:
+        out = []
+        for run in self.completed:
+            value = (run.record.get("metrics") or {}).get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out.append(float(value))
+        return out
+
+
+@dataclass
+class Comparison:
+    """``variant - plain`` for one metric: the difference of means and its Welch 95% interval."""
+
+    metric: str
+    difference: float
+    low: float
+    high: float
+    plain_label: str
+
+
+@dataclass
+class Report:
+    """Everything the tables and plots show, computed once by :func:`build_report`."""
+
+    runs: List[Run]
+    variants: List[Variant]
+    metrics: List[str]
+    comparisons: Dict[Tuple[int, str], Comparison]  # (variant index, metric) -> comparison
+    plain_of: Dict[int, int]  # variant index -> index of its plain twin
+    differing_keys: List[str]
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding and reading runs
+
+
+def _read_record(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return None, f"unreadable {path.name}: {error}"
+    if not isinstance(record, dict):
+        return None, f"{path.name} does not hold a JSON object"
+    return record, None
+
+
+def find_runs(paths: Iterable[Path | str]) -> List[Run]:
+    """Runs under ``paths``: each path is a run directory (holding results.json), a results.json
+    file, or a directory searched recursively (a multirun directory). Directories that Hydra made
+    for a job (they hold ``.hydra/``) but that have no results.json are returned as unfinished.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: no run at all was found.
+    """
+    found: Dict[Path, Run] = OrderedDict()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"no such run or multirun directory: {path}")
+        if path.is_file():
+            if path.name != RESULTS_FILE:
+                raise ValueError(f"{path} is not a {RESULTS_FILE} file nor a directory")
+            candidates = [path]
+            job_dirs: List[Path] = []
+        else:
+            candidates = sorted(path.rglob(RESULTS_FILE))
+            job_dirs = sorted(p.parent for p in path.rglob(".hydra") if p.is_dir())
+        for results in candidates:
+            run_dir = results.parent.resolve()
+            record, problem = _read_record(results)
+            found.setdefault(run_dir, Run(run_dir, record, problem))
+        for job_dir in job_dirs:
+            run_dir = job_dir.resolve()
+            if run_dir not in found:
+                found[run_dir] = Run(run_dir, None, f"no {RESULTS_FILE} (the run never started training)")
+    if not found:
+        raise ValueError(
+            f"no runs found under {[str(p) for p in paths]}: expected run directories holding {RESULTS_FILE} "
+            "(written by train.py) or a multirun directory containing them"
+        )
+    return sorted(found.values(), key=lambda r: str(r.path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Grouping into variants
+
+
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: Dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: "{}"}
+    return {prefix[:-1]: node}
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)  # true / false / null, as typed on Hydra's command line
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _ignored(key: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def _run_config(run: Run, patterns: Sequence[str]) -> Dict[str, str]:
+    record = run.record or {}
+    run_dir = str(record.get("run_dir") or run.path)
+    out = {}
+    for key, value in _flatten(record.get("config") or {}).items():
+        if _ignored(key, patterns):
+            continue
+        text = _format_value(value)
+        if run_dir and run_dir in text:  # a path inside this run's directory
+            continue
+        out[key] = text
+    return out
+
+
+def group_variants(runs: Sequence[Run], ignore: Sequence[str] = DEFAULT_IGNORE) -> Tuple[List[Variant], List[str]]:
+    """Group runs by every config value that differs between runs, except keys matching ``ignore``.
+
+    Runs without a record (no results.json) cannot be placed and form no variant; they are still
+    listed by the report. Returns the variants (ordered by key) and the differing keys.
+    """
+    configs = {id(run): _run_config(run, ignore) for run in runs if run.record is not None}
+    all_keys = sorted(set().union(*configs.values())) if configs else []
+    differing = [k for k in all_keys if len({c.get(k, "<absent>") for c in configs.values()}) > 1]
+    variants: Dict[Tuple[Tuple[str, str], ...], Variant] = {}
+    for run in runs:
+        if run.record is None:
+            continue
+        config = configs[id(run)]
+        key = tuple((k, config.get(k, "<absent>")) for k in differing)
+        variants.setdefault(key, Variant(key)).runs.append(run)
+    ordered = sorted(variants.values(), key=lambda v: (v.context, v.deform_enabled is True, v.key))
+    return ordered, differing
+
+
+def _pair_with_plain(variants: Sequence[Variant]) -> Dict[int, int]:
+    """Map each deformable variant's index to its plain twin's (same context, deform off)."""
+    pairs = {}
+    for i, variant in enumerate(variants):
+        if variant.deform_enabled is not True:
+            continue
+        twins = [j for j, v in enumerate(variants) if v.deform_enabled is False and v.context == variant.context]
+        if twins:
+            # Several plain twins (e.g. a sweep over deform.modulated, which a plain net ignores):
+            # take the one whose deform settings differ least from this variant's.
+            mine = dict(variant.key)
+            pairs[i] = min(twins, key=lambda j: sum(mine.get(k) != v for k, v in variants[j].key))
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for fewer than 2 values)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def welch_interval(
+    a: Sequence[float], b: Sequence[float], confidence: float = _CONFIDENCE
+) -> Tuple[float, float, float]:
+    """``mean(a) - mean(b)`` with its two-sided ``confidence`` interval under Welch's t (unequal
+    variances, Welch-Satterthwaite degrees of freedom). Needs at least 2 values in each sample;
+    otherwise the interval is (NaN, NaN). Both samples constant: the interval is the point itself."""
+    from scipy import stats
+
+    mean_a, std_a = mean_std(a)
+    mean_b, std_b = mean_std(b)
+    diff = mean_a - mean_b
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan
+    va, vb = std_a**2 / len(a), std_b**2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, dof) * se
+    return diff, diff - half, diff + half
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the report
+
+
+def build_report(
+    runs: Sequence[Run], ignore: Sequence[str] = DEFAULT_IGNORE, metrics: Optional[Sequence[str]] = None
+) -> Report:
+    """Group ``runs`` into variants and compare each deformable variant with its plain twin on every
+    test metric (or on ``metrics``)."""
+    variants, differing = group_variants(runs, ignore)
+    if metrics is None:
+        names = set()
+        for run in runs:
+            if run.completed:
+                names.update(k for k, v in (run.record.get("metrics") or {}).items() if isinstance(v, (int, float)))
+        metrics = sorted(names, key=lambda m: (not m.endswith("/acc"), m))
+    plain_of = _pair_with_plain(variants)
+    comparisons = {}
+    for i, j in plain_of.items():
+        for metric in metrics:
+            diff, low, high = welch_interval(variants[i].values(metric), variants[j].values(metric))
+            if not math.isnan(diff):
+                comparisons[(i, metric)] = Comparison(metric, diff, low, high, variants[j].label)
+    return Report(list(runs), variants, list(metrics), comparisons, plain_of, differing)
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _fmt_signed(value: float, digits: int = 4) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def _parameters(variant: Variant) -> str:
+    counts = sorted({(r.record.get("parameters") or {}).get("total") for r in variant.runs} - {None})
+    if not counts:
+        return "n/a"
+    return f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}..{counts[-1]:,}"
+
+
+def _wall_time(variant: Variant) -> str:
+    times = [(r.record.get("timing") or {}).get("wall_s") for r in variant.completed]
+    times = [float(t) for t in times if t]
+    return _fmt(mean_std(times)[0], 1) if times else "n/a"
+
+
+def _deform_label(variant: Variant) -> str:
+    return {True: "on", False: "off", None: "mixed"}[variant.deform_enabled]
+
+
+def summary_table(report: Report) -> str:
+    """The main table as GitHub markdown: one row per variant."""
+    header = ["variant", "deform", "n"]
+    for metric in report.metrics:
+        header += [f"{metric} (mean ± std)", f"Δ {metric} vs plain [95% CI]"]
+    header += ["wall s", "params"]
+    rows = []
+    for i, variant in enumerate(report.variants):
+        n = len(variant.completed)
+        row = [variant.label, _deform_label(variant), f"{n}/{len(variant.runs)}"]
+        for metric in report.metrics:
+            mean, std = mean_std(variant.values(metric))
+            row.append(f"{_fmt(mean)} ± {_fmt(std)}" if not math.isnan(std) else _fmt(mean))
+            comparison = report.comparisons.get((i, metric))
+            if comparison is None:
+                row.append("(plain)" if variant.deform_enabled is False else "n/a")
+            elif math.isnan(comparison.low):
+                row.append(f"{_fmt_signed(comparison.difference)} [n<2]")
+            else:
+                low, high = _fmt_signed(comparison.low), _fmt_signed(comparison.high)
+                row.append(f"{_fmt_signed(comparison.difference)} [{low}, {high}]")
+        row += [_wall_time(variant), _parameters(variant)]
+        rows.append(row)
+    return _markdown_table(header, rows)
+
+
+def _markdown_table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def problem_runs(report: Report) -> List[Tuple[Run, str]]:
+    """Runs that did not complete, with a one-line reason."""
+    out = []
+    for run in report.runs:
+        if run.completed:
+            continue
+        if run.record is None:
+            reason = run.problem or "no record"
+        else:
+            error = run.record.get("error") or {}
+            if error:
+                reason = f"{error.get('type', 'error')}: {error.get('message', '')}".strip()
+            elif run.status == "running":
+                reason = "status still 'running': killed, or still in progress"
+            else:
+                reason = f"status '{run.status}'"
+        out.append((run, reason.splitlines()[0] if reason else reason))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Curves and plots
+
+
+def _metrics_csv(run: Run) -> Optional[Path]:
+    recorded = (run.record or {}).get("metrics_csv")
+    candidates = ([Path(recorded)] if recorded else []) + sorted(run.path.glob("csv/**/metrics.csv"))
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def validation_curves(run: Run) -> Dict[str, Dict[int, float]]:
+    """``{"val/acc": {epoch: value}, ...}`` from the run's CSV logger file ({} when there is none)."""
+    import pandas as pd
+
+    path = _metrics_csv(run)
+    if path is None:
+        return {}
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError):
+        return {}
+    if "epoch" not in frame.columns:
+        return {}
+    curves = {}
+    for column in frame.columns:
+        if not column.startswith("val/"):
+            continue
+        rows = frame[["epoch", column]].dropna()
+        if len(rows):
+            # One value per epoch; if a resumed run logged an epoch twice, the later row wins.
+            curves[column] = {int(e): float(v) for e, v in zip(rows["epoch"], rows[column])}
+    return curves
+
+
+def _safe_name(metric: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in metric).strip("_")
+
+
+def write_plots(report: Report, out_dir: Path) -> List[Path]:
+    """Write ``val_<metric>.png`` (mean ± std over seeds per variant and epoch) and
+    ``test_<metric>.png`` (seeds as points, mean as a bar) into ``out_dir``; returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed (clusters, CI)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    written = []
+    curves = {id(run): validation_curves(run) for v in report.variants for run in v.completed}
+    val_metrics = sorted({m for c in curves.values() for m in c}, key=lambda m: (not m.endswith("/acc"), m))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for metric in val_metrics:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        plotted = False
+        for i, variant in enumerate(report.variants):
+            per_run = [curves[id(r)][metric] for r in variant.completed if metric in curves[id(r)]]
+            if not per_run:
+                continue
+            epochs = sorted(set().union(*per_run))
+            stats = [mean_std([c[e] for c in per_run if e in c]) for e in epochs]
+            mean = [s[0] for s in stats]
+            std = [0.0 if math.isnan(s[1]) else s[1] for s in stats]
+            color = colors[i % len(colors)]
+            ax.plot(epochs, mean, marker="o", color=color, label=f"{variant.label} (n={len(per_run)})")
+            ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.2, linewidth=0)
+            plotted = True
+        if plotted:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch (Lightning's count, from 0)")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{metric}: mean over seeds, band = ±1 std")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = out_dir / f"{_safe_name(metric)}.png"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+        plt.close(fig)
+
+    for metric in report.metrics:
+        fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(report.variants) + 2), 4.2))
+        labels = []
+        for i, variant in enumerate(report.variants):
+            values = variant.values(metric)
+            labels.append(variant.label.replace(", ", "\n"))
+            if not values:
+                continue
+            # Spread the seeds sideways a little so equal values stay visible.
+            offsets = [(k - (len(values) - 1) / 2) * 0.06 for k in range(len(values))]
+            ax.scatter([i + o for o in offsets], values, color=colors[i % len(colors)], zorder=3)
+            mean = mean_std(values)[0]
+            ax.hlines(mean, i - 0.25, i + 0.25, color="black", linewidth=2, zorder=2)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: one point per seed, bar = mean")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / f"{_safe_name(metric)}.png"
+        fig.savefig(path, dpi=110)
+        written.append(path)
+        plt.close(fig)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# report.md
+
+
+def render_markdown(report: Report, plots: Sequence[Path], sources: Sequence[str]) -> str:
+    lines = ["# dcn sweep report", ""]
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lines.append(f"Generated {now} by `python -m dcn.report` from:")
+    lines += [f"- `{s}`" for s in sources]
+    completed = sum(r.completed for r in report.runs)
+    lines += ["", f"{len(report.runs)} runs, {completed} completed, in {len(report.variants)} variants."]
+    if report.differing_keys:
+        keys = ", ".join(f"`{k}`" for k in report.differing_keys)
+        lines.append(f"Variants differ in: {keys} (the seed is not a variant).")
+    lines += [
+        "",
+        "## Test metrics",
+        "",
+        "Mean ± sample std over the completed seeds (n = completed/all runs). Δ: variant minus its plain",
+        "(deform off) twin, with a 95% confidence interval from Welch's t-test; an interval that excludes 0",
+        "is a difference this many seeds can distinguish from noise. Wall time: mean seconds per run.",
+        "",
+        summary_table(report),
+        "",
+    ]
+    val_plots = [p for p in plots if p.name.startswith("val_")]
+    test_plots = [p for p in plots if not p.name.startswith("val_")]
+    if val_plots:
+        lines += ["## Validation curves", ""] + [f"![{p.stem}]({p.name})" for p in val_plots] + [""]
+    if test_plots:
+        lines += ["## Final test metrics per seed", ""] + [f"![{p.stem}]({p.name})" for p in test_plots] + [""]
+    lines += ["## Runs", ""]
+    rows = []
+    index = {id(r): v.label for v in report.variants for r in v.runs}
+    root = Path(os.path.commonpath([str(r.path) for r in report.runs]))
+    if len(report.runs) == 1:
+        root = root.parent
+    for run in report.runs:
+        metrics = (run.record or {}).get("metrics") or {}
+        rows.append([
+            f"`{run.path.relative_to(root)}`",
+            index.get(id(run), "?"),
+            str(run.seed),
+            run.status,
+            ", ".join(f"{m}={_fmt(metrics[m])}" for m in report.metrics if isinstance(metrics.get(m), (int, float))),
+        ])
+    try:  # a path relative to where the report was made reads better and does not leak home directories
+        shown = root.relative_to(Path.cwd().resolve()) or Path(".")
+    except ValueError:
+        shown = root
+    lines += [f"Directories relative to `{shown}`.", ""]
+    lines += [_markdown_table(["run", "variant", "seed", "status", "test metrics"], rows), ""]
+    problems = problem_runs(report)
+    lines += ["## Failed or unfinished runs", ""]
+    if problems:
+        lines += [f"- `{run.path}` ({run.status}): {reason}" for run, reason in problems]
+    else:
+        lines.append("None.")
+    return "\n".join(lines) + "\n"
+
+
+def _default_out(paths: Sequence[str]) -> Path:
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        return Path(paths[0]) / "report"
+    return Path("report")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dcn.report",
+        description="Summarise runs of dcn's train.py: test metrics per variant, the difference to deform off "
+        "with a 95% CI, validation curves, failed runs. Writes report.md and PNG plots.",
+    )
+    parser.add_argument("paths", nargs="+", help="multirun directories, run directories or results.json files")
+    parser.add_argument("--out", type=Path,
+                        help="output directory (default: <the one input directory>/report, else ./report)")
+    parser.add_argument("--metric", action="append", dest="metrics",
+                        help="test metric to report (repeatable; default: all)")
+    parser.add_argument("--ignore", action="append", default=[],
+                        help="extra config keys (dotted, glob) that do not define a variant, e.g. 'trainer.max_epochs'")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+
+    try:
+        runs = find_runs(args.paths)
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"dcn.report: error: {error}\n")
+    report = build_report(runs, ignore=DEFAULT_IGNORE + tuple(args.ignore), metrics=args.metrics)
+    out_dir = args.out or _default_out(args.paths)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = [] if args.no_plots else write_plots(report, out_dir)
+    (out_dir / "report.md").write_text(render_markdown(report, plots, [str(Path(p)) for p in args.paths]))
+
+    print(summary_table(report))
+    for run, reason in problem_runs(report):
+        print(f"not completed: {run.path} ({run.status}): {reason}")
+    print(f"report: {out_dir / 'report.md'} ({len(plots)} plots)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""trainer=ddp_cpu through train.py: two gloo processes, one run directory, one results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_ddp_cpu_two_processes_write_one_results_json(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(ROOT / "train.py"), "trainer=ddp_cpu", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+        "data.canvas_size=12", "data.digit_size=10", "data.batch_size=16",
+        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "DCN_ROOT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (run_dir,) = (tmp_path / "logs" / "default" / "runs").iterdir()  # rank 1 did not make its own
+    assert sorted(p.name for p in run_dir.glob("results*.json")) == ["results.json"]
+    assert (run_dir / "train_ddp_process_1.log").is_file()  # Lightning's second process ran here
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "completed"
+    assert record["trainer"]["world_size"] == 2 and record["trainer"]["devices"] == 2
+    # 2 batches of 16 per process and step: the checkpoint's step count is per process.
+    assert record["global_step"] == 2
+    assert 0.0 <= record["metrics"]["test/acc"] <= 1.0
+    assert done.stdout.count("dcn run completed") == 1  # rank 0 alone prints the summary

@@ -1,0 +1,159 @@
+"""dcn.report: grouping, statistics, plots and the failed-run list, on a fabricated multirun
+directory and (slow) on a real sweep of train.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from dcn import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Test accuracies per (deform, seed): fabricated, with the deformable variant clearly better.
+ACC = {(False, 0): 0.80, (False, 1): 0.82, (False, 2): 0.78, (True, 0): 0.90, (True, 1): 0.91, (True, 2): 0.86}
+
+
+def _config(run_dir: Path, deform: bool, seed: int, lr: float = 0.003) -> dict:
+    return {
+        "seed": seed,
+        "experiment_name": "default",
+        "backbone": {"_target_": "dcn.backbones.SeedNet", "deform": {"enabled": deform, "stages": [4]}},
+        "task": {"optimizer": {"lr": lr}},
+        "paths": {"output_dir": str(run_dir)},
+        "callbacks": {"model_checkpoint": {"dirpath": str(run_dir / "checkpoints")}},
+        "logger": {"csv": {"save_dir": str(run_dir), "name": "csv"}, "wandb": {"name": f"seed_net-s{seed}"}},
+        "trainer": {"default_root_dir": str(run_dir), "max_epochs": 3},
+    }
+
+
+def write_run(run_dir: Path, deform: bool, seed: int, status: str = "completed", lr: float = 0.003) -> None:
+    """A run directory as train.py leaves it: .hydra/, results.json and csv/metrics.csv."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "csv").mkdir()
+    acc = ACC[(deform, seed)]
+    rows = ["epoch,step,val/acc,val/loss,train/loss_epoch"]
+    for epoch in range(3):
+        rows.append(f"{epoch},{10 * epoch + 9},{acc - 0.1 * (2 - epoch)},{1.0 - acc + 0.1 * (2 - epoch)},")
+        rows.append(f"{epoch},{10 * epoch + 9},,,{1.5 - 0.2 * epoch}")
+    (run_dir / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    record = {
+        "status": status,
+        "error": {"type": "RuntimeError", "message": "CUDA out of memory"} if status == "failed" else None,
+        "run_dir": str(run_dir),
+        "seed": seed,
+        "deform": {"enabled": deform, "stages": [4]},
+        "metrics": {"test/acc": acc, "test/loss": 1 - acc} if status == "completed" else {},
+        "metrics_csv": str(run_dir / "csv" / "metrics.csv"),
+        "parameters": {"total": 262876 if deform else 242122},
+        "timing": {"wall_s": 100.0 + 10 * deform},
+        "config": _config(run_dir, deform, seed, lr),
+    }
+    (run_dir / "results.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def multirun(tmp_path: Path) -> Path:
+    """6 completed runs (deform off/on x seeds 0-2), one failed, one that never wrote results.json."""
+    root = tmp_path / "multirun"
+    for i, (deform, seed) in enumerate(sorted(ACC)):
+        write_run(root / str(i), deform, seed)
+    write_run(root / "6", True, 0, status="failed")
+    (root / "7" / ".hydra").mkdir(parents=True)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def test_groups_by_config_difference_except_seed_and_run_paths(multirun: Path) -> None:
+    result = report.build_report(report.find_runs([multirun]))
+    assert result.differing_keys == ["backbone.deform.enabled"]
+    assert [v.label for v in result.variants] == ["backbone.deform.enabled=false", "backbone.deform.enabled=true"]
+    assert [len(v.runs) for v in result.variants] == [3, 4]  # the failed run belongs to its variant
+    assert [len(v.completed) for v in result.variants] == [3, 3]
+    assert result.plain_of == {1: 0}
+
+
+def test_difference_and_interval_match_scipy_welch(multirun: Path) -> None:
+    result = report.build_report(report.find_runs([multirun]))
+    on = [ACC[(True, s)] for s in range(3)]
+    off = [ACC[(False, s)] for s in range(3)]
+    comparison = result.comparisons[(1, "test/acc")]
+    assert comparison.difference == pytest.approx(sum(on) / 3 - sum(off) / 3)
+    expected = stats.ttest_ind(on, off, equal_var=False).confidence_interval(0.95)
+    assert (comparison.low, comparison.high) == pytest.approx((expected.low, expected.high))
+    assert comparison.low > 0  # these fabricated numbers separate the variants
+
+
+def test_welch_interval_edge_cases() -> None:
+    diff, low, high = report.welch_interval([1.0], [0.5, 0.7])
+    assert diff == pytest.approx(0.4) and math.isnan(low) and math.isnan(high)
+    assert report.welch_interval([1.0, 1.0], [0.5, 0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_markdown_lists_stats_plots_and_problem_runs(multirun: Path) -> None:
+    assert report.main([str(multirun)]) == 0
+    out = multirun / "report"
+    text = (out / "report.md").read_text()
+    mean_on = sum(ACC[(True, s)] for s in range(3)) / 3
+    assert f"{mean_on:.4f} ± " in text
+    assert "| backbone.deform.enabled=true | on | 3/4 |" in text
+    assert "262,876" in text and "110.0" in text  # params, wall time
+    assert "CUDA out of memory" in text  # the failed run, with its error
+    assert f"`{(multirun / '7').resolve()}` (unfinished): no results.json" in text
+    for name in ("val_acc.png", "val_loss.png", "test_acc.png", "test_loss.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG"), name
+        assert f"]({name})" in text
+
+
+def test_each_deformable_variant_is_compared_with_its_own_plain_twin(tmp_path: Path) -> None:
+    for i, (deform, seed) in enumerate(sorted(ACC)):
+        write_run(tmp_path / "a" / str(i), deform, seed, lr=0.01)
+        write_run(tmp_path / "b" / str(i), deform, seed, lr=0.001)
+    result = report.build_report(report.find_runs([tmp_path / "a", tmp_path / "b"]))
+    labels = [v.label for v in result.variants]
+    assert len(labels) == 4
+    for i, j in result.plain_of.items():
+        assert dict(result.variants[i].key)["task.optimizer.lr"] == dict(result.variants[j].key)["task.optimizer.lr"]
+        assert result.variants[j].deform_enabled is False
+
+
+def test_bad_inputs_name_the_path(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no runs found"):
+        report.find_runs([tmp_path])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text("{not json")
+    (run,) = report.find_runs([tmp_path])
+    assert run.record is None and "unreadable results.json" in run.problem
+
+
+@pytest.mark.slow
+def test_real_sweep_of_train_py(tmp_path: Path) -> None:
+    """2 x 2 sweep of the default experiment (deform off/on x 2 seeds) on a tiny budget, then the report."""
+    sweep = tmp_path / "multirun"
+    command = [
+        sys.executable, str(ROOT / "train.py"), "-m", f"hydra.sweep.dir={sweep}",
+        "backbone.deform.enabled=false,true", "seed=0,1",
+        "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1", "data.canvas_size=12", "data.digit_size=10",
+        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "DCN_ROOT": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert report.main([str(sweep)]) == 0
+    result = report.build_report(report.find_runs([sweep]))
+    assert [v.label for v in result.variants] == ["backbone.deform.enabled=false", "backbone.deform.enabled=true"]
+    assert [len(v.completed) for v in result.variants] == [2, 2]
+    assert (1, "test/acc") in result.comparisons
+    text = (sweep / "report" / "report.md").read_text()
+    assert "val_acc.png" in text and (sweep / "report" / "val_acc.png").is_file()
