@@ -18,6 +18,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -90,7 +91,16 @@ def _time(fn: Callable[[], None], reps: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def measure(op: Callable, inputs: list[torch.Tensor], reps: int, device: torch.device) -> Result:
+_CPU_IMPLS = {
+    "dense": lambda x, w: F.conv2d(x, w, None, 1, 1),
+    "torchvision": lambda x, o, w: torchvision.ops.deform_conv2d(x, o, w, None, 1, 1),
+    "torch": lambda x, o, w: deform_conv2d(x, o, w, None, 1, 1, backend="torch"),
+}
+
+
+def measure(op: Callable, inputs: list[torch.Tensor], reps: int, device: torch.device,
+            probe: Optional[tuple] = None) -> Result:
+    """Time ``op`` (forward, forward+backward); ``probe`` = (impl, N, C, H) for the CPU memory probe."""
     def fwd():
         with torch.no_grad():
             op(*inputs)
@@ -111,7 +121,7 @@ def measure(op: Callable, inputs: list[torch.Tensor], reps: int, device: torch.d
         torch.cuda.synchronize()
         peak = float(torch.cuda.max_memory_allocated() - base)
     else:
-        peak = _cpu_peak(fwd_bwd)
+        peak = _cpu_peak_in_subprocess(*probe) if probe else None
     return Result(t_fwd, t_fb, peak)
 
 
@@ -142,14 +152,17 @@ def run_table(device: torch.device, dtype: torch.dtype, shapes, reps: int, with_
     )
     for name, n, c, h in shapes:
         x, off, w = make_inputs(n, c, h, device, dtype)
-        dense = measure(lambda x, w: F.conv2d(x, w, None, 1, 1), [x, w], reps, device)
+        cpu = device.type == "cpu"
+        dense = measure(lambda x, w: F.conv2d(x, w, None, 1, 1), [x, w], reps, device,
+                        ("dense", n, c, h) if cpu else None)
         tv = None
         if with_tv:
             tv = measure(lambda x, o, w: torchvision.ops.deform_conv2d(x, o, w, None, 1, 1), [x, off, w],
-                         reps if device.type == "cuda" else max(1, reps // 2), device)
+                         reps if device.type == "cuda" else max(1, reps // 2), device,
+                         ("torchvision", n, c, h) if cpu else None)
         for be in backends:
             ours = measure(lambda x, o, w, be=be: deform_conv2d(x, o, w, None, 1, 1, backend=be),
-                           [x, off, w], reps, device)
+                           [x, off, w], reps, device, (be, n, c, h) if cpu and be == "torch" else None)
             vs_tv = f"**{tv.fwd_bwd / ours.fwd_bwd:.1f}× faster**" if tv else "—"
             rows.append(f"| {name} | dcn `{be}` | {_fmt_t(ours.fwd)} | {_fmt_t(ours.fwd_bwd)} | "
                         f"{_fmt_mb(ours.peak)} | {vs_tv} | {ours.fwd_bwd / dense.fwd_bwd:.2f}× |")
@@ -170,25 +183,47 @@ def environment(device: torch.device) -> str:
     return what
 
 
-def _reexec_with_exact_malloc() -> None:
-    """Make freed memory leave the process at once, so peak RSS growth is a fair measure.
+def _cpu_peak_in_subprocess(impl: str, n: int, c: int, h: int) -> Optional[float]:
+    """Peak RSS growth of one forward+backward, measured in a fresh process.
 
-    glibc raises its mmap threshold after large frees and then keeps freed blocks in the heap,
-    which would hide (or smear across measurements) the allocations of the op under test.
+    A fresh process with fixed glibc malloc thresholds returns freed memory to the OS at once,
+    so the peak is the op's own; timing runs stay in this process with the normal allocator
+    (fixed thresholds make every large allocation a fresh mmap and would distort the times).
     """
-    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-        os.environ["MALLOC_TRIM_THRESHOLD_"] = "0"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20), MALLOC_TRIM_THRESHOLD_="0")
+    cmd = [sys.executable, __file__, "--memory-probe", impl, str(n), str(c), str(h)]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=600)
+        return float(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def _memory_probe(impl: str, n: int, c: int, h: int) -> None:
+    x, off, w = make_inputs(n, c, h, torch.device("cpu"), torch.float32)
+    op = _CPU_IMPLS[impl]
+    inputs = [x, w] if impl == "dense" else [x, off, w]
+
+    def fwd_bwd():
+        out = op(*inputs)
+        out.backward(torch.ones_like(out))
+        for t in inputs:
+            t.grad = None
+
+    fwd_bwd()  # warm-up: one-time allocations (kernel loading, thread pools) are not the op's
+    print(_cpu_peak(fwd_bwd))
 
 
 def main(argv=None) -> None:
-    _reexec_with_exact_malloc()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-torchvision", action="store_true", help="skip torchvision's (slow on CPU) op")
+    p.add_argument("--memory-probe", nargs=4, metavar=("IMPL", "N", "C", "H"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_probe:
+        impl, *dims = args.memory_probe
+        return _memory_probe(impl, *map(int, dims))
 
     devices = []
     if args.device in ("cpu", "all"):

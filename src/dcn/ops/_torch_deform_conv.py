@@ -42,10 +42,10 @@ from torch import Tensor
 
 from dcn.ops import _cpu_kernel
 
-# Largest column buffer (elements) a chunk may allocate: 8 Mi elements = 32 MiB in float32.
+# Largest column buffer (elements) a chunk may allocate: 4 Mi elements = 16 MiB in float32.
 # Small enough to stay below torchvision's own column buffer (which holds up to 32 images) on
 # every benchmark shape, large enough to keep the GEMMs efficient.
-_COLUMN_BUDGET = 1 << 23
+_COLUMN_BUDGET = 1 << 22
 
 _BILINEAR = 0  # grid_sampler interpolation_mode
 _ZEROS = 0  # grid_sampler padding_mode
