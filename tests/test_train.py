@@ -18,7 +18,8 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
 import train
-from conftest import CONF_DIR, ROOT
+ROOT = Path(__file__).resolve().parents[1]  # not imported from conftest: several conftest modules exist
+CONF_DIR = ROOT / "conf"
 from dcn.results import RESULTS_FILE, RunRecord
 
 BACKBONES = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
