@@ -12,7 +12,24 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from dcn.viz import figure_to_array
 
-__all__ = ["publish_figure"]
+__all__ = ["first_validation_items", "is_drawing_epoch", "publish_figure"]
+
+
+def is_drawing_epoch(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """Whether a picture callback draws at the end of this validation epoch: every
+    ``every_n_epochs`` epochs and always after the last one, never during the sanity check."""
+    if trainer.sanity_checking:
+        return False
+    epoch = trainer.current_epoch
+    last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+    return (epoch + 1) % every_n_epochs == 0 or last
+
+
+def first_validation_items(trainer: L.Trainer, count: int) -> list:
+    """The first ``count`` items (or all, if fewer) of the (first) validation dataset."""
+    loaders = trainer.val_dataloaders
+    dataset = (loaders[0] if isinstance(loaders, (list, tuple)) else loaders).dataset
+    return [dataset[i] for i in range(min(count, len(dataset)))]
 
 
 def publish_figure(trainer: L.Trainer, fig: Any, path: Path, key: str, caption: str) -> Path:

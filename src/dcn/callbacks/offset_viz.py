@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from dcn.callbacks.figures import publish_figure
+from dcn.callbacks.figures import first_validation_items, is_drawing_epoch, publish_figure
 from dcn.ops import DeformConv2d
 from dcn.viz import render_figure, sampling_points
 
@@ -57,21 +57,14 @@ class OffsetVisualization(Callback):
 
     def _validation_images(self, trainer: L.Trainer) -> List[torch.Tensor]:
         if self._images is None:
-            loaders = trainer.val_dataloaders
-            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-            dataset = loader.dataset
-            count = min(self.num_images, len(dataset))
-            self._images = [dataset[i][0] for i in range(count)]
+            self._images = [item[0] for item in first_validation_items(trainer, self.num_images)]
         return self._images
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if not is_drawing_epoch(trainer, self.every_n_epochs):
             return
         epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        if (epoch + 1) % self.every_n_epochs and not last:
-            return
         backbone = getattr(pl_module, "backbone", pl_module)
         if not any(isinstance(m, DeformConv2d) for m in backbone.modules()):
             if not getattr(self, "_warned", False):

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from dcn.callbacks.figures import publish_figure
+from dcn.callbacks.figures import first_validation_items, is_drawing_epoch, publish_figure
 
 __all__ = ["SamplePredictions"]
 
@@ -46,20 +46,15 @@ class SamplePredictions(Callback):
 
     def _validation_samples(self, trainer: L.Trainer) -> Tuple[torch.Tensor, torch.Tensor]:
         if self._samples is None:
-            loaders = trainer.val_dataloaders
-            dataset = (loaders[0] if isinstance(loaders, (list, tuple)) else loaders).dataset
-            items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+            items = first_validation_items(trainer, self.num_images)
             self._samples = (torch.stack([x for x, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items]))
         return self._samples
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if not is_drawing_epoch(trainer, self.every_n_epochs):
             return
         epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        if (epoch + 1) % self.every_n_epochs and not last:
-            return
         images, targets = self._validation_samples(trainer)
         with torch.no_grad():
             logits = pl_module(images.to(pl_module.device))
