@@ -36,7 +36,7 @@ IntPair = Union[int, Tuple[int, int], Sequence[int]]
 # Backend selection
 # --------------------------------------------------------------------------------------
 def _cupy_module() -> Optional[ModuleType]:
-    """The CuPy backend module if it imports and reports itself usable, else None."""
+    """The CuPy backend module if it imports, else None (usability: :func:`cupy_unavailable_reason`)."""
     try:
         mod = importlib.import_module("dcn.ops._cupy_deform_conv")
     except ImportError:
