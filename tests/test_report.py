@@ -123,6 +123,26 @@ def test_each_deformable_variant_is_compared_with_its_own_plain_twin(tmp_path: P
         assert result.variants[j].deform_enabled is False
 
 
+def test_detection_ablation_compares_every_deformable_variant_with_the_plain_model(tmp_path: Path) -> None:
+    # The four-way ablation: deform conv off/on x RoI pooling align/deform. Each of the three deformable
+    # variants is compared with (off, align), the plain Faster R-CNN, as in the DCN paper's table.
+    for i, (deform, seed) in enumerate(sorted(ACC)):
+        for roi_pool in ("align", "deform"):
+            run_dir = tmp_path / roi_pool / str(i)
+            write_run(run_dir, deform, seed)
+            record = json.loads((run_dir / "results.json").read_text())
+            record["config"]["task"]["roi_pool"] = roi_pool
+            (run_dir / "results.json").write_text(json.dumps(record))
+    result = report.build_report(report.find_runs([tmp_path / "align", tmp_path / "deform"]))
+    keys = [dict(v.key) for v in result.variants]
+    assert len(keys) == 4
+    plain = [i for i, k in enumerate(keys) if k == {"backbone.deform.enabled": "false", "task.roi_pool": "align"}]
+    assert len(plain) == 1
+    assert result.variants[plain[0]].deform_enabled is False
+    assert sorted(result.plain_of) == sorted(set(range(4)) - set(plain))
+    assert set(result.plain_of.values()) == set(plain)
+
+
 def test_bad_inputs_name_the_path(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(tmp_path / "nowhere")])

@@ -27,6 +27,15 @@ def test_parameter_counts_separate_the_offset_predictors():
     assert counts["total"] == sum(p.numel() for p in net.parameters())
     assert counts["trainable"] == counts["total"] - sum(p.numel() for p in net.layer1.parameters())
     assert parameter_counts(SeedNet(in_channels=1, deform={"enabled": False}))["offset_predictor"] == 0
+    assert counts["roi_offset_head"] == 0
+
+
+def test_parameter_counts_include_the_deformable_roi_pooling_offset_head():
+    from dcn.ops import MultiScaleDeformRoIPool
+
+    pool = MultiScaleDeformRoIPool(["0"], 2, 2, in_channels=3, hidden_channels=5)
+    # FC 3*2*2 -> 5, FC 5 -> 5, FC 5 -> 2*2*2 offsets, each with bias.
+    assert parameter_counts(pool)["roi_offset_head"] == (12 * 5 + 5) + (5 * 5 + 5) + (5 * 8 + 8)
 
 
 def test_record_goes_from_running_to_failed_with_the_error(tmp_path):

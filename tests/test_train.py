@@ -224,7 +224,7 @@ def test_cli_runs_write_complete_results_into_their_own_directories(two_runs):
         assert r["deform"]["enabled"] is True
         assert {"test/acc", "test/loss", "test/acc_top5"} <= set(r["metrics"])
         assert 0 <= r["metrics"]["test/acc"] <= 1
-        assert r["parameters"] == {"total": 262_876, "trainable": 262_876, "offset_predictor": 128 * 18 * 9 + 18}
+        assert r["parameters"] == {"total": 262_876, "trainable": 262_876, "offset_predictor": 128 * 18 * 9 + 18, "roi_offset_head": 0}
         assert Path(r["best"]["checkpoint"]).is_file() and Path(r["last_checkpoint"]).is_file()
         assert r["best"]["monitor"] == "val/acc"
         columns = Path(r["metrics_csv"]).read_text().splitlines()[0].split(",")

@@ -12,9 +12,12 @@ paths, run directories, logger run names), and writes ``report.md`` plus PNG plo
 - ``test_<metric>.png``: the final test metric per variant, one point per seed, with the mean;
 - failed, interrupted and unfinished runs, listed with their error (never silently dropped).
 
-"Plain variant" of a deformable variant: the variant with ``deform.enabled = false`` that agrees
-with it on every config difference outside ``backbone.deform.*`` (so a sweep over backbones and
-deform on/off compares each backbone with its own plain twin).
+"Plain variant" of a deformable variant: the variant with every deformable switch off
+(``backbone.deform.enabled = false`` and, for detection, ``task.roi_pool = align``) that agrees with
+it on every config difference outside ``backbone.deform.*``, ``task.roi_pool`` and
+``task.deform_roi_pool.*`` (so a sweep over backbones and deform on/off compares each backbone with
+its own plain twin, and the detection ablation compares deformable conv, deformable RoI pooling and
+both with the plain Faster R-CNN, as the DCN paper's table does).
 
 Typical use::
 
@@ -66,7 +69,10 @@ DEFAULT_IGNORE: Tuple[str, ...] = (
     "logger.*.version",
     "logger.*.resume_from",
 )
-_DEFORM_PREFIX = "backbone.deform."
+# Config keys of the deformable switches: the backbone's deform block and, for detection, the RoI
+# pooler (task.roi_pool=deform). A variant is "plain" when every switch is off; its deformable
+# variants are compared with the plain variant that agrees with them on every other key.
+_DEFORM_PREFIXES = ("backbone.deform.", "task.roi_pool", "task.deform_roi_pool.")
 _COMPLETED = "completed"
 _CONFIDENCE = 0.95
 
@@ -95,10 +101,16 @@ class Run:
 
     @property
     def deform_enabled(self) -> Optional[bool]:
-        deform = (self.record or {}).get("deform")
+        """Whether any deformable part is on: the backbone's deform block, or deformable RoI pooling."""
+        if self.record is None:
+            return None
+        roi_pool = ((self.record.get("config") or {}).get("task") or {}).get("roi_pool")
+        deform = self.record.get("deform")
         if deform is None:
-            return None if self.record is None or "deform" not in self.record else False
-        return bool(deform.get("enabled", False))
+            if "deform" not in self.record:
+                return True if roi_pool == "deform" else None
+            return roi_pool == "deform"
+        return bool(deform.get("enabled", False)) or roi_pool == "deform"
 
 
 @dataclass
@@ -124,7 +136,7 @@ class Variant:
     @property
     def context(self) -> Tuple[Tuple[str, str], ...]:
         """The key without deform settings: variants with equal context are deform twins."""
-        return tuple((k, v) for k, v in self.key if not k.startswith(_DEFORM_PREFIX))
+        return tuple((k, v) for k, v in self.key if not k.startswith(_DEFORM_PREFIXES))
 
     def values(self, metric: str) -> List[float]:
         out = []

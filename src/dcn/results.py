@@ -42,7 +42,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2d, DeformRoIPool, MultiScaleDeformRoIPool
 
 __all__ = [
     "RESULTS_FILE",
@@ -64,18 +64,26 @@ _LIBRARIES = (
 
 
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
-    """``{total, trainable, offset_predictor}`` parameter counts; the last sums the ``conv_offset``
-    predictors of every :class:`~dcn.ops.DeformConv2d` (0 in a plain network)."""
+    """``{total, trainable, offset_predictor, roi_offset_head}`` parameter counts: ``offset_predictor``
+    sums the ``conv_offset`` predictors of every :class:`~dcn.ops.DeformConv2d` (0 in a plain
+    network), ``roi_offset_head`` the offset heads of deformable RoI pooling layers (0 without)."""
     offset = sum(
         p.numel()
         for m in model.modules()
         if isinstance(m, DeformConv2d)
         for p in m.conv_offset.parameters()
     )
+    roi_offset = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, (DeformRoIPool, MultiScaleDeformRoIPool))
+        for p in m.offset_head.parameters()
+    )
     return {
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "offset_predictor": offset,
+        "roi_offset_head": roi_offset,
     }
 
 

@@ -8,6 +8,7 @@ become :class:`dcn.ops.DeformConv2d`.
 
 from dcn.backbones.deformable import DeformOptions, make_deformable
 from dcn.backbones.features import Backbone, FeatureInfo
+from dcn.backbones.frozen_bn import freeze_batch_norm
 from dcn.backbones.pretrained import LoadReport, load_pretrained
 from dcn.backbones.resnet import ResNetBackbone
 from dcn.backbones.seed_net import SeedNet
@@ -21,6 +22,7 @@ __all__ = [
     "ResNetBackbone",
     "SeedNet",
     "VGGBackbone",
+    "freeze_batch_norm",
     "load_pretrained",
     "make_deformable",
 ]

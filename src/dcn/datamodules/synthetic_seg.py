@@ -1,34 +1,28 @@
 """``synthetic_seg``: the offline segmentation dataset, generated once into a VOC-layout cache and read
 by the very same loader as PASCAL VOC (:class:`~dcn.datamodules.voc_seg.VOCSegDataModule`).
 
-The cache lives in ``<cache_dir>/<hash of the generator's parameters>/``; a ``generator.json`` holding
-those parameters is written last and marks the folder complete. Changing any parameter selects a new
-folder (regenerated); the same parameters reuse the existing one. Generation writes into a temporary
-sibling folder that is renamed into place, so an interrupted run or two processes generating at once
-never leave a half-written dataset behind.
+The cache lives in ``<cache_dir>/shapes-<hash of the generator's parameters>/`` (see
+:mod:`dcn.datamodules.generated_cache`): changing any parameter selects a new folder (regenerated); the
+same parameters reuse the existing one; an interrupted run or two processes generating at once never
+leave a half-written dataset behind.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning.pytorch.utilities import rank_zero_info
-
+from dcn.datamodules import generated_cache
 from dcn.datamodules.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD
 from dcn.datamodules.synthetic_shapes import SyntheticShapesGenerator
 from dcn.datamodules.voc_seg import VOCSegDataModule
 
-__all__ = ["GENERATOR_VERSION", "SyntheticSegDataModule", "ensure_generated"]
+__all__ = ["GENERATOR_VERSION", "SyntheticSegDataModule", "cache_folder", "ensure_generated"]
 
 # Bump when the generator's output changes for the same parameters, so old caches are not reused.
 GENERATOR_VERSION = 1
-_MARKER = "generator.json"
+_PREFIX = "shapes"
 
 
 def _cache_key(generator: SyntheticShapesGenerator) -> dict:
@@ -37,32 +31,16 @@ def _cache_key(generator: SyntheticShapesGenerator) -> dict:
 
 def cache_folder(cache_dir: os.PathLike | str, generator: SyntheticShapesGenerator) -> Path:
     """``<cache_dir>/shapes-<12 hex digits>``: the folder for these generator parameters."""
-    digest = hashlib.sha256(json.dumps(_cache_key(generator), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"shapes-{digest}"
+    return generated_cache.cache_folder(cache_dir, _PREFIX, _cache_key(generator))
 
 
 def ensure_generated(cache_dir: os.PathLike | str, generator: SyntheticShapesGenerator) -> Path:
     """Generate the dataset unless a complete copy for the same parameters exists; returns its folder
     (the ``root`` for :class:`VOCSegDataModule`)."""
-    folder = cache_folder(cache_dir, generator)
-    marker = folder / _MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == _cache_key(generator):
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    rank_zero_info(f"synthetic_seg: generating {sum(generator.split_sizes().values())} images into {folder}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        generator.write(tmp)
-        (tmp / _MARKER).write_text(json.dumps(_cache_key(generator), indent=2, sort_keys=True) + "\n")
-        if folder.exists():  # an incomplete leftover (no valid marker), or a concurrent writer's result
-            if (folder / _MARKER).is_file() and json.loads((folder / _MARKER).read_text()) == _cache_key(generator):
-                return folder
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    total = sum(generator.split_sizes().values())
+    return generated_cache.ensure_generated(
+        cache_dir, _PREFIX, _cache_key(generator), generator.write, f"synthetic_seg: {total} images"
+    )
 
 
 class SyntheticSegDataModule(VOCSegDataModule):

@@ -24,7 +24,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from dcn.datamodules.label_png import IGNORE_INDEX, write_label_png
 
-__all__ = ["SHAPES", "SyntheticShapesGenerator"]
+__all__ = ["SHAPES", "ShapesRendering", "SyntheticShapesGenerator", "mask_box"]
 
 
 # Canonical shapes: (x, y) in the unit frame -> inside? Sizes are chosen so each fills about as
@@ -72,6 +72,26 @@ SHAPES: Dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 _VOC_DIR = Path("VOCdevkit") / "VOC2012"
+
+
+class ShapesRendering(NamedTuple):
+    """One rendered sample with per-object detail (``S = image_size``, ``N`` objects in drawing order).
+
+    Attributes:
+        image: uint8[S, S, 3], the RGB image.
+        instances: int32[S, S], 0 for background, ``i`` where object ``i`` (1-based, drawing order) is
+            visible; later objects occlude earlier ones.
+        classes: N shape indices (0-based, into the generator's ``shapes``) of objects 1..N.
+        full_areas: N pixel counts of each object's unoccluded mask.
+        full_boxes: N tight boxes ``(x0, y0, x1, y1)`` (0-based inclusive pixel indices) of each
+            object's unoccluded mask; ``(-1, -1, -1, -1)`` if that mask is empty (a sub-pixel object).
+    """
+
+    image: np.ndarray
+    instances: np.ndarray
+    classes: List[int]
+    full_areas: List[int]
+    full_boxes: List[Tuple[int, int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -170,21 +190,40 @@ class SyntheticShapesGenerator:
         return voc
 
     def sample(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Sample ``index``: ``(image uint8[S, S, 3], label uint8[S, S])`` with ``S = image_size``."""
+        """Sample ``index``: ``(image uint8[S, S, 3], label uint8[S, S])`` with ``S = image_size``.
+
+        ``label`` holds 0 for background, ``k + 1`` for shape ``k``, and 255 on the border band."""
+        rendering = self.render(index)
+        # Instance i (1-based) -> its class index + 1; instance 0 (background) -> 0.
+        lookup = np.array([0, *(k + 1 for k in rendering.classes)], dtype=np.uint8)
+        label = lookup[rendering.instances]
+        if self.border_width:
+            label[_boundary_band(label, self.border_width)] = IGNORE_INDEX
+        return rendering.image, label
+
+    def render(self, index: int) -> ShapesRendering:
+        """Sample ``index`` with per-object detail (see :class:`ShapesRendering`); :meth:`sample` is
+        this reduced to a class map. Draws from ``default_rng([seed, index])`` in a fixed order:
+        background, object count, then per object its class, geometry and texture, then the noise."""
         rng = np.random.default_rng([self.seed, index])
         size = self.image_size
         image = _background(rng, size)
-        label = np.zeros((size, size), dtype=np.uint8)
+        instances = np.zeros((size, size), dtype=np.int32)
+        classes: List[int] = []
+        full_areas: List[int] = []
+        full_boxes: List[Tuple[int, int, int, int]] = []
         ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
         for _ in range(int(rng.integers(self.objects[0], self.objects[1] + 1))):
             k = int(rng.integers(len(self.shapes)))
             inside = SHAPES[self.shapes[k]](*self._preimage(rng, xs, ys))
-            label[inside] = k + 1  # later objects occlude earlier ones
+            classes.append(k)
+            instances[inside] = len(classes)  # later objects occlude earlier ones
+            full_areas.append(int(inside.sum()))
+            full_boxes.append(mask_box(inside))
             image[inside] = self._object_texture(rng, k, xs, ys)[inside]
         image += rng.normal(0.0, self.noise, image.shape)
-        if self.border_width:
-            label[_boundary_band(label, self.border_width)] = IGNORE_INDEX
-        return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), label
+        image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return ShapesRendering(image, instances, classes, full_areas, full_boxes)
 
     def _preimage(self, rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Each pixel's position in the object's unit frame: the inverse of
@@ -221,6 +260,16 @@ class SyntheticShapesGenerator:
 def _check_range(values: Sequence[float], key: str, minimum: float) -> None:
     if len(values) != 2 or not minimum <= values[0] <= values[1]:
         raise ValueError(f"data.generator.{key} must be [low, high] with {minimum} <= low <= high, got {list(values)}")
+
+
+def mask_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    """Tight box ``(x0, y0, x1, y1)`` of a bool[H, W] mask in 0-based inclusive pixel indices;
+    ``(-1, -1, -1, -1)`` for an empty mask."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(mask.any(axis=1))
+    if cols.size == 0:
+        return (-1, -1, -1, -1)
+    return (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
 
 
 def _grating(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, period: float) -> np.ndarray:

@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from dcn.tasks.classification.head import ClassificationHead
+from dcn.tasks.optimization import check_interval, optimizer_config
 
 __all__ = ["ClassificationTask"]
 
@@ -56,8 +57,7 @@ class ClassificationTask(L.LightningModule):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"task.scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        check_interval(scheduler_interval)
         if monitor_mode not in ("max", "min"):
             raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         if not hasattr(backbone, "out_channels"):
@@ -117,17 +117,8 @@ class ClassificationTask(L.LightningModule):
 
     def configure_optimizers(self) -> Dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": self.hparams.scheduler_interval,
-                "monitor": self.hparams.monitor,
-            },
-        }
+        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self,
+                                self.hparams.monitor)  # fmt: skip
 
 
 def _accuracy_metrics(num_classes: int, top5: bool, prefix: str) -> MetricCollection:

@@ -2,7 +2,7 @@
 confusion-matrix metrics (mIoU, pixel and mean class accuracy) and the LightningModule that ties them."""
 
 from dcn.tasks.segmentation.deeplab import HEADS, DeepLab, DeepLabV3Head, DeepLabV3PlusHead, aspp_rates_for
-from dcn.tasks.segmentation.frozen_bn import freeze_batch_norm
+from dcn.backbones.frozen_bn import freeze_batch_norm
 from dcn.tasks.segmentation.loss import segmentation_cross_entropy
 from dcn.tasks.segmentation.metrics import SegmentationMetrics, scores_from_confusion
 from dcn.tasks.segmentation.module import SegmentationTask

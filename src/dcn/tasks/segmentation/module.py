@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
@@ -11,10 +10,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from dcn.tasks.segmentation.deeplab import DeepLab
-from dcn.tasks.segmentation.frozen_bn import freeze_batch_norm
+from dcn.backbones.frozen_bn import freeze_batch_norm
 from dcn.tasks.segmentation.loss import segmentation_cross_entropy
 from dcn.tasks.segmentation.metrics import SegmentationMetrics
 from dcn.tasks.segmentation.visualization import comparison_grid, log_comparison
+from dcn.tasks.optimization import check_interval, optimizer_config
 
 __all__ = ["SegmentationTask", "format_class_table"]
 
@@ -77,8 +77,7 @@ class SegmentationTask(L.LightningModule):
         monitor_mode: str = "max",
     ) -> None:
         super().__init__()
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"task.scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        check_interval(scheduler_interval)
         if monitor_mode not in ("max", "min"):
             raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         if not head_lr_mult > 0:
@@ -185,35 +184,8 @@ class SegmentationTask(L.LightningModule):
         for group in optimizer.param_groups:
             if group.get("name") == "head":
                 group["lr"] *= self.hparams.head_lr_mult
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        kwargs = {}
-        if _wants_total_iters(self.scheduler_factory):
-            steps = self.trainer.estimated_stepping_batches
-            if self.hparams.scheduler_interval == "epoch":
-                steps = self.trainer.max_epochs
-            kwargs["total_iters"] = int(steps)
-        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": self.hparams.scheduler_interval,
-                "monitor": self.hparams.monitor,
-            },
-        }
-
-
-def _wants_total_iters(factory: Callable[..., Any]) -> bool:
-    """True for a scheduler factory (class or functools.partial) whose constructor has a
-    ``total_iters`` argument that the config did not set."""
-    func = getattr(factory, "func", factory)
-    if "total_iters" in getattr(factory, "keywords", {}):
-        return False
-    try:
-        return "total_iters" in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
+        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self,
+                                self.hparams.monitor)  # fmt: skip
 
 
 def format_class_table(names: Sequence[str], scores: Dict[str, Tensor]) -> str:

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from dcn.datamodules.tracking_sequence import TrackingSequence
 from dcn.tasks.tracking.evaluation import SequenceScores, evaluate_sequence
+from dcn.tasks.optimization import check_interval, optimizer_config
 from dcn.tasks.tracking.loss import siamrpn_loss
 from dcn.tasks.tracking.model import SiamRPN
 from dcn.tasks.tracking.targets import TargetOptions, anchor_targets
@@ -90,8 +91,7 @@ class TrackingTask(L.LightningModule):
                 f"task=tracking got num_classes={num_classes}: it needs a tracking datamodule "
                 "(data=synthetic_vot, vot or got10k), whose num_classes is None"
             )
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"task.scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        check_interval(scheduler_interval)
         if monitor_mode not in ("max", "min"):
             raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         if not backbone_lr_mult >= 0:
@@ -191,10 +191,7 @@ class TrackingTask(L.LightningModule):
         for group in optimizer.param_groups:
             if group.get("name") == "backbone":
                 group["lr"] *= self.hparams.backbone_lr_mult
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self)
 
 
 def format_sequence_table(scores: Sequence[SequenceScores]) -> str:

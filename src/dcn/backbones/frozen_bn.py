@@ -1,6 +1,6 @@
 """Freezing BatchNorm: replace ``nn.BatchNorm2d`` layers by torchvision's ``FrozenBatchNorm2d``.
 
-DeepLab fine-tunes pretrained backbones with small per-device batches (e.g. 513x513 crops, 2-4 per
+Detection and DeepLab fine-tune pretrained backbones with small per-device batches (1-4 images per
 GPU); their batch statistics are too noisy to update BatchNorm, so the pretrained statistics and
 affine parameters are kept fixed. A frozen layer computes ``(x - running_mean) / sqrt(running_var
 + eps) * weight + bias`` with constants, in training as in evaluation.

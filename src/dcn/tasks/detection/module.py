@@ -1,0 +1,283 @@
+"""Object detection as a LightningModule: Faster R-CNN (torchvision's framework) over a dcn backbone."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from dcn.callbacks.figures import publish_figure
+from dcn.tasks.detection.metrics import DetectionMetrics
+from dcn.tasks.detection.model import IMAGENET_MEAN, IMAGENET_STD, build_faster_rcnn
+from dcn.tasks.detection.visualization import detection_grid
+from dcn.tasks.detection.voc_ap import format_ap_table
+from dcn.tasks.optimization import check_interval, optimizer_config
+
+__all__ = ["DetectionTask", "LOSS_NAMES"]
+
+Batch = Tuple[List[Tensor], List[Dict[str, Tensor]]]
+LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+
+
+class DetectionTask(L.LightningModule):
+    """Train and evaluate Faster R-CNN (:func:`~dcn.tasks.detection.model.build_faster_rcnn`) on
+    ``(images, targets)`` batches in torchvision's list form.
+
+    Batches: ``images`` List[Tensor[3, H_i, W_i]] in [0, 1] (sizes may differ; the model resizes to
+    ``min_size`` / ``max_size`` and normalises), ``targets`` List[dict] with ``boxes`` Tensor[K, 4]
+    (xyxy pixels), ``labels`` Tensor[K] int64 in ``1..num_classes-1`` and, for evaluation,
+    ``difficult`` Tensor[K] bool (ignored by the VOC metric). ``K = 0`` is allowed.
+    ``forward(images)`` returns torchvision's detections: List[{"boxes", "labels", "scores"}].
+
+    Logged: ``train/loss`` (sum) and its four terms ``train/loss_classifier``, ``train/loss_box_reg``,
+    ``train/loss_objectness``, ``train/loss_rpn_box_reg``; per validation / test epoch ``mAP`` and the
+    chosen metrics' numbers (see :mod:`dcn.tasks.detection.metrics`: ``mAP50``, ``mAP70``,
+    ``coco/mAP``, ...), plus ``test/AP50/<class>`` (VOC) and a per-class AP table at test end.
+    torchvision's model returns losses only in training mode, so there is no validation loss.
+    Each validation epoch draws ``num_val_images`` images with their true and predicted boxes.
+
+    Optimisation: ``optimizer`` / ``scheduler`` factories as in the other tasks; the learning rate
+    ramps linearly from ``warmup_factor`` x to 1 x the scheduled rate over the first
+    ``warmup_iters`` steps (Detectron's and torchvision's warm-up for detection).
+
+    Args:
+        backbone: a dcn backbone.
+        num_classes: classes including background (``train.py`` takes it from the datamodule).
+        optimizer, scheduler, scheduler_interval: as in the other tasks.
+        layout, roi_pool, fpn_features, c4_features, anchor_sizes, aspect_ratios, min_size, max_size,
+            representation_size, deform_roi_pool, rpn, roi_heads, freeze_bn, frozen_stages: the
+            network, see :func:`build_faster_rcnn`.
+        warmup_iters, warmup_factor: linear warm-up (0 iterations: none).
+        metrics: ``["voc"]``, ``["coco"]`` or both (the first gives ``mAP``).
+        voc_iou_thresholds, voc_use_07_metric: VOC AP settings (11-point interpolation for VOC2007).
+        coco_backend: ``pycocotools`` or ``faster_coco_eval``.
+        class_names: names for tables and pictures; None takes the datamodule's.
+        num_val_images: validation images drawn per epoch (0: none).
+        monitor, monitor_mode: the metric that selects the best checkpoint.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Optional[Callable[..., Any]] = None,
+        scheduler_interval: str = "epoch",
+        layout: str = "fpn",
+        roi_pool: str = "align",
+        fpn_features: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
+        c4_features: Sequence[str] = ("layer3", "layer4"),
+        anchor_sizes: Optional[Sequence[Sequence[int]]] = None,
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        min_size: int = 600,
+        max_size: int = 1000,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+        representation_size: int = 1024,
+        deform_roi_pool: Optional[Mapping[str, Any]] = None,
+        rpn: Optional[Mapping[str, Any]] = None,
+        roi_heads: Optional[Mapping[str, Any]] = None,
+        freeze_bn: bool = False,
+        frozen_stages: int = -1,
+        warmup_iters: int = 0,
+        warmup_factor: float = 0.001,
+        metrics: Sequence[str] = ("voc",),
+        voc_iou_thresholds: Sequence[float] = (0.5, 0.7),
+        voc_use_07_metric: bool = False,
+        coco_backend: str = "pycocotools",
+        class_names: Optional[Sequence[str]] = None,
+        num_val_images: int = 4,
+        score_threshold_for_images: float = 0.5,
+        monitor: str = "val/mAP",
+        monitor_mode: str = "max",
+    ) -> None:
+        super().__init__()
+        # Hydra hands lists and mappings over as ListConfig / DictConfig: keep plain values in hparams,
+        # so checkpoints load with torch.load(weights_only=True).
+        fpn_features, c4_features, anchor_sizes, aspect_ratios, image_mean, image_std, deform_roi_pool, rpn, \
+            roi_heads, metrics, voc_iou_thresholds, class_names = map(_plain, (
+                fpn_features, c4_features, anchor_sizes, aspect_ratios, image_mean, image_std, deform_roi_pool,
+                rpn, roi_heads, metrics, voc_iou_thresholds, class_names))  # fmt: skip
+        check_interval(scheduler_interval)
+        if monitor_mode not in ("max", "min"):
+            raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
+        if warmup_iters < 0 or not 0 < warmup_factor <= 1:
+            raise ValueError(
+                f"task.warmup_iters must be >= 0 and task.warmup_factor in (0, 1], got {warmup_iters} and {warmup_factor}"
+            )
+        if num_val_images < 0:
+            raise ValueError(f"task.num_val_images must be >= 0, got {num_val_images}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"task.class_names lists {len(class_names)} names for num_classes={num_classes}")
+        # Plain values only in hparams (partials would make checkpoints unloadable with weights_only=True).
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
+        self.net = build_faster_rcnn(
+            backbone, num_classes, layout, roi_pool, fpn_features=tuple(fpn_features),
+            c4_features=tuple(c4_features), anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
+            min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std,
+            representation_size=representation_size, deform_roi_pool=deform_roi_pool, rpn=rpn,
+            roi_heads=roi_heads, freeze_bn=freeze_bn, frozen_stages=frozen_stages,
+        )  # fmt: skip
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        metric_args = dict(kinds=metrics, voc_iou_thresholds=voc_iou_thresholds,
+                           voc_use_07_metric=voc_use_07_metric, coco_backend=coco_backend)
+        self.val_metrics = DetectionMetrics(num_classes, **metric_args)
+        self.test_metrics = DetectionMetrics(num_classes, **metric_args)
+        self.test_scores: Optional[Dict[str, Tensor]] = None  # the last test run's scores, for callers
+        self._val_examples: Optional[Tuple[list, list, list]] = None
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.net.backbone.body
+
+    def forward(self, images: List[Tensor]) -> List[Dict[str, Tensor]]:
+        return self.net(_check_images(images))
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        images, targets = _check_batch(batch, self.hparams.num_classes)
+        losses = self.net(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        loss = sum(losses.values())
+        n = len(images)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        return loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        # Warm-up scales the scheduled rate for this one step only, so any scheduler composes with it.
+        factor = self.warmup_multiplier(self.trainer.global_step)
+        groups = optimizer.param_groups
+        scheduled = [g["lr"] for g in groups]
+        if factor != 1.0:
+            for g in groups:
+                g["lr"] *= factor
+        try:
+            optimizer.step(closure=optimizer_closure)
+        finally:
+            for g, lr in zip(groups, scheduled):
+                g["lr"] = lr
+
+    def warmup_multiplier(self, step: int) -> float:
+        """``warmup_factor`` at step 0 rising linearly to 1 at ``warmup_iters``."""
+        total = self.hparams.warmup_iters
+        if step >= total:
+            return 1.0
+        alpha = step / total
+        return self.hparams.warmup_factor * (1 - alpha) + alpha
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def _detect(self, batch: Batch) -> Tuple[List[Tensor], List[Dict[str, Tensor]], List[Dict[str, Tensor]]]:
+        images, targets = _check_batch(batch, self.hparams.num_classes)
+        return images, targets, self.net(images)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, targets, detections = self._detect(batch)
+        self.val_metrics.update(detections, targets)
+        if self.hparams.num_val_images and not self.trainer.sanity_checking:
+            kept = self._val_examples or ([], [], [])
+            room = self.hparams.num_val_images - len(kept[0])
+            if room > 0:
+                cpu = lambda d: {k: v.detach().cpu() for k, v in d.items() if torch.is_tensor(v)}  # noqa: E731
+                kept[0].extend(i.detach().cpu() for i in images[:room])
+                kept[1].extend(cpu(t) for t in targets[:room])
+                kept[2].extend(cpu(d) for d in detections[:room])
+                self._val_examples = kept
+
+    def on_validation_epoch_end(self) -> None:
+        scores, _ = self.val_metrics.compute()
+        self.val_metrics.reset()
+        for name, value in scores.items():
+            self.log(f"val/{name}", value, prog_bar=name == "mAP")
+        if self._val_examples is not None:
+            if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+                fig = detection_grid(*self._val_examples, self.class_names(),
+                                     score_threshold=self.hparams.score_threshold_for_images)
+                fig.suptitle(f"epoch {self.current_epoch}: truth | predictions", fontsize=9)
+                path = publish_figure(self.trainer, fig, _val_image_path(self.trainer, self.current_epoch),
+                                      "val/examples", f"epoch {self.current_epoch}")  # fmt: skip
+                rank_zero_info(f"validation pictures: {path}")
+            self._val_examples = None
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        _, targets, detections = self._detect(batch)
+        self.test_metrics.update(detections, targets)
+
+    def on_test_epoch_end(self) -> None:
+        scores, voc = self.test_metrics.compute()
+        self.test_metrics.reset()
+        self.test_scores = scores
+        for name, value in scores.items():
+            self.log(f"test/{name}", value)
+        if voc is not None:
+            names = self.class_names()
+            thresholds = self.hparams.voc_iou_thresholds
+            for name, ap in zip(names[1:], voc["ap"][0, 1:].tolist()):
+                if ap == ap:  # classes without ground truth have no AP (NaN): not logged
+                    self.log(f"test/AP{round(100 * thresholds[0])}/{name}", float(ap))
+            rank_zero_info(format_ap_table(names, voc, thresholds))
+
+    def class_names(self) -> List[str]:
+        """The configured names, else the datamodule's, else ``class_<k>``."""
+        if self.hparams.class_names is not None:
+            return list(self.hparams.class_names)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        if names is not None and len(names) == self.hparams.num_classes:
+            return list(names)
+        return [f"class_{k}" for k in range(self.hparams.num_classes)]
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self,
+                                self.hparams.monitor)  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with OmegaConf containers turned into lists and dicts."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _val_image_path(trainer: L.Trainer, epoch: int):
+    from pathlib import Path
+
+    return Path(trainer.default_root_dir) / "val_images" / f"epoch_{epoch:03d}.png"
+
+
+def _check_images(images: Any) -> List[Tensor]:
+    if not isinstance(images, (list, tuple)) or not all(torch.is_tensor(i) and i.dim() == 3 and i.shape[0] == 3 for i in images):
+        raise ValueError(
+            "detection expects images as a list of Tensor[3, H, W] (torchvision's detection form), got "
+            + (f"a Tensor of shape {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__)
+        )
+    return list(images)
+
+
+def _check_batch(batch: Any, num_classes: int) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
+    if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+        raise ValueError("detection batches must be (images: List[Tensor[3, H, W]], targets: List[dict])")
+    images, targets = _check_images(batch[0]), list(batch[1])
+    if len(targets) != len(images):
+        raise ValueError(f"detection batch has {len(images)} images but {len(targets)} targets")
+    for i, t in enumerate(targets):
+        if not isinstance(t, Mapping) or "boxes" not in t or "labels" not in t:
+            raise ValueError(f"target {i} must be a dict with 'boxes' Tensor[K, 4] and 'labels' Tensor[K]")
+        boxes, labels = t["boxes"], t["labels"]
+        if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
+            raise ValueError(
+                f"target {i}: expected boxes Tensor[K, 4] and labels Tensor[K], got {tuple(boxes.shape)} and "
+                f"{tuple(labels.shape)}"
+            )
+        if labels.numel() and (int(labels.min()) < 1 or int(labels.max()) >= num_classes):
+            raise ValueError(
+                f"target {i}: labels must be in 1..{num_classes - 1} (0 is background), got "
+                f"{sorted(set(labels.tolist()))}; does the datamodule's class list match num_classes?"
+            )
+    return images, targets

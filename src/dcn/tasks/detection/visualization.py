@@ -1,0 +1,82 @@
+"""Validation pictures for detection: each image twice, with its true boxes (left) and the
+predicted boxes above a score threshold (right), labelled with class names (and scores).
+
+Written as ``<run dir>/val_images/epoch_<n>.png`` and logged under ``val/examples`` to every logger
+that takes images (:func:`dcn.callbacks.figures.publish_figure`).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes
+
+__all__ = ["detection_grid"]
+
+_TRUE_COLOUR = (40, 200, 60)
+_PRED_COLOUR = (230, 40, 40)
+_DIFFICULT_COLOUR = (240, 200, 40)
+
+
+def _uint8(image: Tensor) -> Tensor:
+    return (image.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()
+
+
+def _draw(image: Tensor, boxes: Tensor, labels: List[str], colours: List[tuple]) -> np.ndarray:
+    if len(boxes):
+        image = draw_bounding_boxes(image, boxes.detach().float().cpu(), labels=labels, colors=colours, width=2)
+    return image.permute(1, 2, 0).numpy()
+
+
+def detection_grid(
+    images: Sequence[Tensor],
+    targets: Sequence[Dict[str, Tensor]],
+    predictions: Sequence[Dict[str, Tensor]],
+    class_names: Sequence[str],
+    score_threshold: float = 0.5,
+):
+    """A matplotlib figure, one row per image: truth | predictions.
+
+    Args:
+        images: Tensor[3, H_i, W_i] in [0, 1] (the datamodule's unnormalised form).
+        targets: ``boxes`` Tensor[K, 4] xyxy, ``labels`` Tensor[K], optional ``difficult`` Tensor[K]
+            (drawn in yellow).
+        predictions: ``boxes`` Tensor[D, 4], ``labels`` Tensor[D], ``scores`` Tensor[D]; those
+            scoring at least ``score_threshold`` are drawn.
+        class_names: names indexed by label.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def name(label: int) -> str:
+        return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 2, figsize=(6, 3 * rows), squeeze=False)
+    for row, (image, target, pred) in enumerate(zip(images, targets, predictions)):
+        pixels = _uint8(image)
+        difficult = target.get("difficult", torch.zeros(len(target["boxes"]), dtype=torch.bool)).tolist()
+        truth = _draw(
+            pixels, target["boxes"], [name(int(k)) for k in target["labels"].tolist()],
+            [_DIFFICULT_COLOUR if d else _TRUE_COLOUR for d in difficult],
+        )  # fmt: skip
+        keep = pred["scores"] >= score_threshold
+        shown = _draw(
+            pixels, pred["boxes"][keep],
+            [f"{name(int(k))} {s:.2f}" for k, s in zip(pred["labels"][keep].tolist(), pred["scores"][keep].tolist())],
+            [_PRED_COLOUR] * int(keep.sum()),
+        )  # fmt: skip
+        for ax, picture, title in (
+            (axes[row, 0], truth, f"truth ({len(target['boxes'])})"),
+            (axes[row, 1], shown, f"predicted, score >= {score_threshold:g} ({int(keep.sum())})"),
+        ):
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
