@@ -155,3 +155,15 @@ def test_frozen_stages_and_frozen_batchnorm():
     body = model.backbone.body
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
     assert not body.conv1.weight.requires_grad and body.layer1[0].conv1.weight.requires_grad
+
+
+def test_a_narrower_pyramid_on_fewer_levels():
+    # frcnn_synthetic's setting: FPN on layer2..layer4 at 128 channels -> P3..P5 pooled, plus the max-pooled level.
+    model = _model("fpn", "deform", fpn_features=("layer2", "layer3", "layer4"), fpn_channels=128,
+                   anchor_sizes=[[16], [32], [64], [128]])  # fmt: skip
+    assert model.backbone.out_channels == 128 and model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    images, targets = _data()
+    features = model.backbone(torch.rand(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in features.values()] == [(128, 8, 8), (128, 4, 4), (128, 2, 2), (128, 1, 1)]
+    losses = model(images, targets)
+    assert torch.isfinite(sum(losses.values()))

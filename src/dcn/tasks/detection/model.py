@@ -182,6 +182,7 @@ def build_faster_rcnn(
     roi_pool: str = "align",
     *,
     fpn_features: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
+    fpn_channels: int = 256,
     c4_features: Tuple[str, str] = ("layer3", "layer4"),
     anchor_sizes: Optional[Sequence[Sequence[int]]] = None,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -204,6 +205,8 @@ def build_faster_rcnn(
         backbone: a dcn backbone with the features named in ``fpn_features`` / ``c4_features``.
         num_classes: classes including background (index 0).
         layout: ``"fpn"`` or ``"c4"``.
+        fpn_features, fpn_channels: the backbone features the pyramid is built on, and its width.
+        c4_features: the c4 layout's RPN feature and pooled feature.
         roi_pool: ``"align"`` (RoIAlign) or ``"deform"`` (deformable RoI pooling).
         anchor_sizes: one tuple of sizes (pixels of the resized image) per RPN level; None: FPN's
             ``(32,), (64,), (128,), (256,), (512,)``, c4's ``(64, 128, 256, 512)`` on one level.
@@ -231,7 +234,7 @@ def build_faster_rcnn(
     freeze_stages(backbone, frozen_stages)
 
     if layout == "fpn":
-        features: nn.Module = FPNFeatures(backbone, fpn_features)
+        features: nn.Module = FPNFeatures(backbone, fpn_features, fpn_channels)
         levels = len(fpn_features) + 1  # + the max-pooled level
         default_sizes = tuple((32 * 2**i,) for i in range(levels))
         rpn_channels = features.out_channels

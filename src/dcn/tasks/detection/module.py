@@ -47,7 +47,7 @@ class DetectionTask(L.LightningModule):
         backbone: a dcn backbone.
         num_classes: classes including background (``train.py`` takes it from the datamodule).
         optimizer, scheduler, scheduler_interval: as in the other tasks.
-        layout, roi_pool, fpn_features, c4_features, anchor_sizes, aspect_ratios, min_size, max_size,
+        layout, roi_pool, fpn_features, fpn_channels, c4_features, anchor_sizes, aspect_ratios, min_size, max_size,
             representation_size, deform_roi_pool, rpn, roi_heads, freeze_bn, frozen_stages: the
             network, see :func:`build_faster_rcnn`.
         warmup_iters, warmup_factor: linear warm-up (0 iterations: none).
@@ -69,6 +69,7 @@ class DetectionTask(L.LightningModule):
         layout: str = "fpn",
         roi_pool: str = "align",
         fpn_features: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
+        fpn_channels: int = 256,
         c4_features: Sequence[str] = ("layer3", "layer4"),
         anchor_sizes: Optional[Sequence[Sequence[int]]] = None,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -116,7 +117,7 @@ class DetectionTask(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
         self.net = build_faster_rcnn(
             backbone, num_classes, layout, roi_pool, fpn_features=tuple(fpn_features),
-            c4_features=tuple(c4_features), anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
+            fpn_channels=fpn_channels, c4_features=tuple(c4_features), anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
             min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std,
             representation_size=representation_size, deform_roi_pool=deform_roi_pool, rpn=rpn,
             roi_heads=roi_heads, freeze_bn=freeze_bn, frozen_stages=frozen_stages,
@@ -196,8 +197,8 @@ class DetectionTask(L.LightningModule):
         if self._val_examples is not None:
             if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
                 fig = detection_grid(*self._val_examples, self.class_names(),
-                                     score_threshold=self.hparams.score_threshold_for_images)
-                fig.suptitle(f"epoch {self.current_epoch}: truth | predictions", fontsize=9)
+                                     score_threshold=self.hparams.score_threshold_for_images,
+                                     title=f"epoch {self.current_epoch}: truth | predictions")  # fmt: skip
                 path = publish_figure(self.trainer, fig, _val_image_path(self.trainer, self.current_epoch),
                                       "val/examples", f"epoch {self.current_epoch}")  # fmt: skip
                 rank_zero_info(f"validation pictures: {path}")

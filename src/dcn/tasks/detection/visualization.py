@@ -37,6 +37,7 @@ def detection_grid(
     predictions: Sequence[Dict[str, Tensor]],
     class_names: Sequence[str],
     score_threshold: float = 0.5,
+    title: str = "",
 ):
     """A matplotlib figure, one row per image: truth | predictions.
 
@@ -47,6 +48,7 @@ def detection_grid(
         predictions: ``boxes`` Tensor[D, 4], ``labels`` Tensor[D], ``scores`` Tensor[D]; those
             scoring at least ``score_threshold`` are drawn.
         class_names: names indexed by label.
+        title: a title above the grid.
     """
     import matplotlib
 
@@ -78,5 +80,7 @@ def detection_grid(
             ax.imshow(picture, interpolation="nearest")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
