@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from dcn.callbacks.figures import publish_figure
+from dcn.tasks.class_names import resolve_class_names
 from dcn.tasks.detection.metrics import DetectionMetrics
 from dcn.tasks.detection.model import IMAGENET_MEAN, IMAGENET_STD, build_faster_rcnn
 from dcn.tasks.detection.visualization import detection_grid
@@ -224,13 +225,7 @@ class DetectionTask(L.LightningModule):
 
     def class_names(self) -> List[str]:
         """The configured names, else the datamodule's, else ``class_<k>``."""
-        if self.hparams.class_names is not None:
-            return list(self.hparams.class_names)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(datamodule, "class_names", None)
-        if names is not None and len(names) == self.hparams.num_classes:
-            return list(names)
-        return [f"class_{k}" for k in range(self.hparams.num_classes)]
+        return resolve_class_names(self)
 
     def configure_optimizers(self) -> Dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]

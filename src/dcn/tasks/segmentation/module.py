@@ -9,12 +9,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from dcn.tasks.segmentation.deeplab import DeepLab
 from dcn.backbones.frozen_bn import freeze_batch_norm
+from dcn.tasks.class_names import resolve_class_names
+from dcn.tasks.optimization import check_interval, optimizer_config
+from dcn.tasks.segmentation.deeplab import DeepLab
 from dcn.tasks.segmentation.loss import segmentation_cross_entropy
 from dcn.tasks.segmentation.metrics import SegmentationMetrics
 from dcn.tasks.segmentation.visualization import comparison_grid, log_comparison
-from dcn.tasks.optimization import check_interval, optimizer_config
 
 __all__ = ["SegmentationTask", "format_class_table"]
 
@@ -167,13 +168,7 @@ class SegmentationTask(L.LightningModule):
 
     def class_names(self) -> List[str]:
         """The configured names, else the datamodule's, else ``class_<k>``."""
-        if self.hparams.class_names is not None:
-            return list(self.hparams.class_names)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(datamodule, "class_names", None)
-        if names is not None and len(names) == self.hparams.num_classes:
-            return list(names)
-        return [f"class_{k}" for k in range(self.hparams.num_classes)]
+        return resolve_class_names(self)
 
     def configure_optimizers(self) -> Dict[str, Any]:
         groups = [

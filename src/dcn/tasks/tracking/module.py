@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from dcn.datamodules.tracking_sequence import TrackingSequence
-from dcn.tasks.tracking.evaluation import SequenceScores, evaluate_sequence
 from dcn.tasks.optimization import check_interval, optimizer_config
+from dcn.tasks.tracking.evaluation import SequenceScores, evaluate_sequence
 from dcn.tasks.tracking.loss import siamrpn_loss
 from dcn.tasks.tracking.model import SiamRPN
 from dcn.tasks.tracking.targets import TargetOptions, anchor_targets

@@ -1,0 +1,23 @@
+"""Class names for a task's tables and pictures: the configured ones, else the datamodule's, else ``class_<k>``."""
+
+from __future__ import annotations
+
+from typing import List
+
+import lightning as L
+
+__all__ = ["resolve_class_names"]
+
+
+def resolve_class_names(module: L.LightningModule) -> List[str]:
+    """``module.hparams.class_names`` when set; else the attached datamodule's ``class_names`` when it
+    lists ``module.hparams.num_classes`` names; else ``class_0 .. class_<num_classes - 1>``."""
+    configured = module.hparams.get("class_names")
+    if configured is not None:
+        return list(configured)
+    trainer = module._trainer  # None outside a Trainer (module.trainer would raise)
+    names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
+    num_classes = module.hparams.num_classes
+    if names is not None and len(names) == num_classes:
+        return list(names)
+    return [f"class_{k}" for k in range(num_classes)]
