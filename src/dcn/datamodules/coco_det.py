@@ -184,11 +184,7 @@ class CocoDetDataModule(DetectionLoaders):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if value < 1:
-                raise ValueError(f"data.{key} must be >= 1, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.set_loader_options(batch_size, val_batch_size, num_workers, pin_memory)
         if (test_images is None) != (test_annotations is None):
             raise ValueError(
                 "data.test_images and data.test_annotations: set both, or neither (the validation pair), got "
@@ -204,8 +200,6 @@ class CocoDetDataModule(DetectionLoaders):
         }
         self.flip = flip
         self.in_channels: int = 3
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_dataset: Optional[CocoDetDataset] = None
         self.val_dataset: Optional[CocoDetDataset] = None
         self.test_dataset: Optional[CocoDetDataset] = None

@@ -157,13 +157,23 @@ def _describe(value: Any) -> str:
 
 class DetectionLoaders(L.LightningDataModule):
     """The train / val / test dataloaders every detection datamodule shares: ``train_dataset`` shuffled,
-    the others in order, nothing dropped, batches collated by :func:`detection_collate`. Subclasses set
-    ``train_dataset``, ``val_dataset``, ``test_dataset`` (in ``setup``), ``batch_size``,
-    ``val_batch_size``, ``num_workers`` and ``pin_memory``."""
+    the others in order, nothing dropped, batches collated by :func:`detection_collate`. Subclasses call
+    :meth:`set_loader_options` in ``__init__`` and set ``train_dataset``, ``val_dataset`` and
+    ``test_dataset`` in ``setup``."""
 
     train_dataset: Optional[Dataset] = None
     val_dataset: Optional[Dataset] = None
     test_dataset: Optional[Dataset] = None
+
+    def set_loader_options(self, batch_size: int, val_batch_size: int, num_workers: int, pin_memory: bool) -> None:
+        """Check and keep the DataLoader options (errors name the ``data.*`` key)."""
+        for key, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", self.batch_size, shuffle=True)

@@ -325,11 +325,7 @@ class VOCDetDataModule(DetectionLoaders):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if value < 1:
-                raise ValueError(f"data.{key} must be >= 1, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.set_loader_options(batch_size, val_batch_size, num_workers, pin_memory)
         self.root = Path(root)
         self.download = download
         self.sets: Dict[str, List[Tuple[str, str]]] = {
@@ -343,8 +339,6 @@ class VOCDetDataModule(DetectionLoaders):
         self.in_channels: int = 3
         self.use_difficult_in_training = use_difficult_in_training
         self.flip = flip
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.train_dataset: Optional[VOCDetDataset] = None
         self.val_dataset: Optional[VOCDetDataset] = None
         self.test_dataset: Optional[VOCDetDataset] = None
