@@ -3,6 +3,7 @@ ablation (deform conv on/off x RoI pooling align/deform) is one sweep over two c
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,38 @@ def test_frcnn_voc_fast_dev_run_on_a_voc0712_tree(compose_train, tmp_path):
     data = _run(cfg)
     assert "test/mAP70" in data["metrics"]
     assert data["parameters"]["offset_predictor"] > 0 and data["parameters"]["roi_offset_head"] > 0
+
+
+def _fabricate_coco(root: Path) -> Path:
+    """A COCO 2017 tree (train2017/, val2017/, annotations/instances_*.json) converted from synthetic VOC data."""
+    from dcn.datamodules.voc_det import parse_voc_xml
+
+    generator = SyntheticDetGenerator(num_train=3, num_val=2, num_test=1, image_size=48, objects=(1, 2))
+    voc = generator.write(root / "gen")
+    categories = [{"id": 10 * (k + 1), "name": name} for k, name in enumerate(generator.shapes)]  # ids with gaps
+    (root / "annotations").mkdir(parents=True)
+    for split, stage in (("train", "train2017"), ("val", "val2017")):
+        (root / stage).mkdir()
+        images, annotations = [], []
+        for n, image_id in enumerate((voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split(), start=1):
+            shutil.copy(voc / "JPEGImages" / f"{image_id}.jpg", root / stage / f"{image_id}.jpg")
+            ann = parse_voc_xml(voc / "Annotations" / f"{image_id}.xml", generator.shapes)
+            images.append({"id": n, "file_name": f"{image_id}.jpg", "width": ann.width, "height": ann.height})
+            for (x1, y1, x2, y2), label in zip(ann.boxes.tolist(), ann.labels.tolist()):
+                annotations.append({"id": len(annotations) + 1, "image_id": n, "category_id": 10 * label,
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        document = {"images": images, "annotations": annotations, "categories": categories}
+        (root / "annotations" / f"instances_{stage}.json").write_text(json.dumps(document))
+    return root
+
+
+def test_frcnn_coco_fast_dev_run_reports_coco_and_voc_numbers(compose_train, tmp_path):
+    root = _fabricate_coco(tmp_path / "coco")
+    cfg = compose_train(["experiment=frcnn_coco", f"data.root={root}", "backbone.pretrained=null", *TINY_RUN])
+    assert cfg.data._target_ == "dcn.datamodules.coco_det.CocoDetDataModule" and list(cfg.task.metrics) == ["coco", "voc"]
+    data = _run(cfg)
+    assert {"test/mAP", "test/coco/mAP", "test/coco/mAP50", "test/mAP50", "test/mAP70"} <= set(data["metrics"])
+    assert data["metrics"]["test/mAP"] == data["metrics"]["test/coco/mAP"]
 
 
 def test_frcnn_voc_c4_layout_composes_and_builds(compose_train, tmp_path):
