@@ -177,3 +177,10 @@ def test_real_sweep_of_train_py(tmp_path: Path) -> None:
     assert (1, "test/acc") in result.comparisons
     text = (sweep / "report" / "report.md").read_text()
     assert "val_acc.png" in text and (sweep / "report" / "val_acc.png").is_file()
+
+
+def test_numbered_job_directories_are_listed_in_numeric_order(tmp_path: Path) -> None:
+    for i, (deform, seed) in enumerate(sorted(ACC) * 2):  # 12 jobs: 0..11, as a 4 x 3 sweep names them
+        write_run(tmp_path / str(i), deform, seed)
+    names = [run.path.name for run in report.find_runs([tmp_path])]
+    assert names == [str(i) for i in range(12)]

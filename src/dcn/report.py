@@ -32,6 +32,7 @@ import fnmatch
 import json
 import math
 import os
+import re
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -219,7 +220,12 @@ def find_runs(paths: Iterable[Path | str]) -> List[Run]:
             f"no runs found under {[str(p) for p in paths]}: expected run directories holding {RESULTS_FILE} "
             "(written by train.py) or a multirun directory containing them"
         )
-    return sorted(found.values(), key=lambda r: str(r.path))
+    return sorted(found.values(), key=lambda r: _natural_key(str(r.path)))
+
+
+def _natural_key(text: str) -> Tuple[Any, ...]:
+    """Sort key that orders numbered job directories as numbers: ``.../2`` before ``.../10``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torch import Tensor
 
@@ -34,38 +33,12 @@ __all__ = ["build_task", "main", "run", "write_boxes"]
 FORMATS = ("vot", "got10k")
 
 
-def find_run_config(checkpoint: Path) -> Path:
-    """``<run dir>/.hydra/config.yaml`` for ``<run dir>/checkpoints/<file>.ckpt``."""
-    candidate = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not candidate.is_file():
-        raise FileNotFoundError(
-            f"no run config next to {checkpoint} (looked for {candidate}); pass --config <run dir>/.hydra/config.yaml"
-        )
-    return candidate
-
-
 def build_task(checkpoint: Path, config: Optional[Path] = None, device: str = "cpu"):
     """Rebuild the :class:`~dcn.tasks.tracking.TrackingTask` of a run and load ``checkpoint`` into it (eval mode)."""
-    import hydra
-
-    from dcn import resolvers
-    from dcn.checkpoints import check_checkpoint
     from dcn.tasks.tracking import TrackingTask
+    from dcn.trained_task import load_trained_task
 
-    resolvers.register()
-    cfg = OmegaConf.load(config or find_run_config(checkpoint))
-    if not isinstance(cfg, DictConfig) or "task" not in cfg or "backbone" not in cfg:
-        raise ValueError(f"{config or find_run_config(checkpoint)} is not a dcn run config (no task/backbone)")
-    if not str(cfg.task.get("_target_", "")).endswith("TrackingTask"):
-        raise ValueError(f"the run's task is {cfg.task.get('_target_')}, not dcn.tasks.tracking.TrackingTask")
-    # The weights come from the checkpoint: do not download or read the backbone's initial weights.
-    backbone = hydra.utils.instantiate(cfg.backbone, in_channels=3, pretrained=None)
-    task = hydra.utils.instantiate(cfg.task, backbone=backbone, num_classes=None)
-    if not isinstance(task, TrackingTask):
-        raise TypeError(f"the run's task built a {type(task).__name__}, not a TrackingTask")
-    state = check_checkpoint(checkpoint, task)["state_dict"]
-    task.load_state_dict(state)
-    return task.to(device).eval()
+    return load_trained_task(checkpoint, config, task_type=TrackingTask, device=device)[0]
 
 
 def read_sequence(folder: Path):

@@ -22,7 +22,6 @@ several.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,47 +217,15 @@ def figure_to_array(fig: Any) -> np.ndarray:
 # Command line: a checkpoint of train.py and an image file
 
 
-def _run_config(checkpoint: Path) -> Dict[str, Any]:
-    """The config of the run that wrote ``checkpoint`` (``<run dir>/checkpoints/x.ckpt``)."""
-    run_dir = checkpoint.resolve().parent.parent
-    results = run_dir / "results.json"
-    if results.is_file():
-        return json.loads(results.read_text())["config"]
-    hydra_config = run_dir / ".hydra" / "config.yaml"
-    if hydra_config.is_file():
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)  # type: ignore[return-value]
-    raise FileNotFoundError(
-        f"cannot find the config of {checkpoint}: expected {results} or {hydra_config} "
-        "(the checkpoint must sit in <run dir>/checkpoints/ of a train.py run, or pass --config)"
-    )
-
-
 def load_model(checkpoint: Path | str, config: Optional[Dict[str, Any]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild the task module of a train.py run from its config and load ``checkpoint`` into it.
+    """Rebuild the task module of a train.py run from its config and load ``checkpoint`` into it
+    (:func:`dcn.trained_task.load_trained_task`). Returns the model (eval mode) and the run's config."""
+    from omegaconf import OmegaConf
 
-    Returns the model (eval mode) and the run's config.
-    """
-    import hydra
+    from dcn.trained_task import load_trained_task
 
-    from dcn.checkpoints import check_checkpoint, load_checkpoint
-
-    checkpoint = Path(checkpoint)
-    config = config or _run_config(checkpoint)
-    state = load_checkpoint(checkpoint)
-    backbone_cls = hydra.utils.get_class(config["backbone"]["_target_"])
-    stem_key = f"backbone.{backbone_cls.stem_weight_key}"
-    if stem_key not in state["state_dict"]:
-        raise ValueError(f"{checkpoint} has no {stem_key}: not a checkpoint of a {backbone_cls.__name__} run")
-    in_channels = int(state["state_dict"][stem_key].shape[1])
-    backbone_cfg = {k: v for k, v in config["backbone"].items() if k not in ("in_channels", "pretrained")}
-    backbone = hydra.utils.instantiate(backbone_cfg, in_channels=in_channels, pretrained=None)
-    num_classes = (state.get("hyper_parameters") or {}).get("num_classes")
-    model = hydra.utils.instantiate(config["task"], backbone=backbone, num_classes=num_classes)
-    check_checkpoint(checkpoint, model)
-    model.load_state_dict(state["state_dict"])
-    return model.eval(), config
+    model, cfg = load_trained_task(checkpoint, config)
+    return model, OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
 
 
 def load_image(path: Path | str, in_channels: int, size: Optional[int], invert: bool = False) -> Tensor:

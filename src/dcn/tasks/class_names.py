@@ -1,23 +1,47 @@
-"""Class names for a task's tables and pictures: the configured ones, else the datamodule's, else ``class_<k>``."""
+"""Class names for a task's tables and pictures: the configured ones, else the datamodule's, else the
+ones saved in the checkpoint the weights came from, else ``class_<k>``."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, List, Optional
 
 import lightning as L
 
-__all__ = ["resolve_class_names"]
+__all__ = ["CHECKPOINT_KEY", "NamedClasses", "resolve_class_names"]
+
+CHECKPOINT_KEY = "class_names"
 
 
 def resolve_class_names(module: L.LightningModule) -> List[str]:
     """``module.hparams.class_names`` when set; else the attached datamodule's ``class_names`` when it
-    lists ``module.hparams.num_classes`` names; else ``class_0 .. class_<num_classes - 1>``."""
+    lists ``module.hparams.num_classes`` names; else the names saved with the checkpoint the module
+    was loaded from (:class:`NamedClasses`); else ``class_0 .. class_<num_classes - 1>``."""
     configured = module.hparams.get("class_names")
     if configured is not None:
         return list(configured)
-    trainer = module._trainer  # None outside a Trainer (module.trainer would raise)
-    names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
     num_classes = module.hparams.num_classes
-    if names is not None and len(names) == num_classes:
-        return list(names)
+    trainer = module._trainer  # None outside a Trainer (module.trainer would raise)
+    for names in (getattr(getattr(trainer, "datamodule", None), "class_names", None),
+                  getattr(module, "checkpoint_class_names", None)):  # fmt: skip
+        if names is not None and len(names) == num_classes:
+            return list(names)
     return [f"class_{k}" for k in range(num_classes)]
+
+
+class NamedClasses:
+    """For LightningModules with ``hparams.class_names`` / ``hparams.num_classes``: ``class_names()``
+    (see :func:`resolve_class_names`), and checkpoint hooks that store those names in every
+    checkpoint (``"class_names"``), so that a model rebuilt for inference (``python -m dcn.detect``)
+    names what it finds without the dataset at hand."""
+
+    checkpoint_class_names: Optional[List[str]] = None
+
+    def class_names(self) -> List[str]:
+        return resolve_class_names(self)  # type: ignore[arg-type]
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.class_names()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        names = checkpoint.get(CHECKPOINT_KEY)
+        self.checkpoint_class_names = [str(n) for n in names] if names is not None else None

@@ -118,17 +118,15 @@ def test_frcnn_coco_fast_dev_run_reports_coco_and_voc_numbers(compose_train, tmp
     assert data["metrics"]["test/mAP"] == data["metrics"]["test/coco/mAP"]
 
 
-def test_frcnn_voc_c4_layout_composes_and_builds(compose_train, tmp_path):
-    import hydra
-
-    from dcn.tasks.detection.model import C4Features
-
+def test_frcnn_voc_c4_is_the_papers_layout_and_runs_on_a_voc0712_tree(compose_train, tmp_path):
     root = _fabricate_voc0712(tmp_path / "voc")
-    cfg = compose_train(["experiment=frcnn_voc", f"data.root={root}", "backbone.pretrained=null", "task.layout=c4",
-                         "backbone.output_stride=16"])  # fmt: skip
-    backbone = hydra.utils.instantiate(cfg.backbone)
-    task = hydra.utils.instantiate(cfg.task, backbone=backbone, num_classes=21)
-    assert isinstance(task.net.backbone, C4Features)
+    cfg = compose_train(["experiment=frcnn_voc_c4", f"data.root={root}", "backbone.pretrained=null", *TINY_RUN])
+    assert (cfg.backbone.arch, cfg.backbone.output_stride, cfg.task.layout) == ("resnet101", 16, "c4")
+    assert list(cfg.data.train_sets) == ["2007/trainval", "2012/trainval"] and cfg.task.voc_use_07_metric
+    data = _run(cfg)
+    assert (data["experiment_name"], data["backbone"]) == ("frcnn_voc_c4", "resnet101")
+    assert "test/mAP70" in data["metrics"]
+    assert data["parameters"]["offset_predictor"] > 0 and data["parameters"]["roi_offset_head"] > 0
 
 
 def test_the_ablation_is_one_sweep_over_two_keys(compose_train):

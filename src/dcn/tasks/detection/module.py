@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from dcn.callbacks.figures import publish_figure
-from dcn.tasks.class_names import resolve_class_names
+from dcn.tasks.class_names import NamedClasses
 from dcn.tasks.detection.metrics import DetectionMetrics
 from dcn.tasks.detection.model import IMAGENET_MEAN, IMAGENET_STD, build_faster_rcnn
 from dcn.tasks.detection.visualization import detection_grid
@@ -23,7 +23,7 @@ Batch = Tuple[List[Tensor], List[Dict[str, Tensor]]]
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
 
-class DetectionTask(L.LightningModule):
+class DetectionTask(NamedClasses, L.LightningModule):
     """Train and evaluate Faster R-CNN (:func:`~dcn.tasks.detection.model.build_faster_rcnn`) on
     ``(images, targets)`` batches in torchvision's list form.
 
@@ -222,10 +222,6 @@ class DetectionTask(L.LightningModule):
                 if ap == ap:  # classes without ground truth have no AP (NaN): not logged
                     self.log(f"test/AP{round(100 * thresholds[0])}/{name}", float(ap))
             rank_zero_info(format_ap_table(names, voc, thresholds))
-
-    def class_names(self) -> List[str]:
-        """The configured names, else the datamodule's, else ``class_<k>``."""
-        return resolve_class_names(self)
 
     def configure_optimizers(self) -> Dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
-__all__ = ["detection_grid"]
+__all__ = ["detection_grid", "draw_predictions"]
 
 _TRUE_COLOUR = (40, 200, 60)
 _PRED_COLOUR = (230, 40, 40)
@@ -29,6 +29,24 @@ def _draw(image: Tensor, boxes: Tensor, labels: List[str], colours: List[tuple])
     if len(boxes):
         image = draw_bounding_boxes(image, boxes.detach().float().cpu(), labels=labels, colors=colours, width=2)
     return image.permute(1, 2, 0).numpy()
+
+
+def _name(class_names: Sequence[str], label: int) -> str:
+    return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+
+def draw_predictions(
+    image: Tensor, prediction: Dict[str, Tensor], class_names: Sequence[str], score_threshold: float = 0.5
+) -> np.ndarray:
+    """``image`` (Tensor[3, H, W] in [0, 1]) with the predicted boxes scoring at least
+    ``score_threshold`` drawn in red, labelled "<class> <score>": uint8 array[H, W, 3]."""
+    keep = prediction["scores"] >= score_threshold
+    labels = prediction["labels"][keep].tolist()
+    scores = prediction["scores"][keep].tolist()
+    return _draw(
+        _uint8(image), prediction["boxes"][keep],
+        [f"{_name(class_names, int(k))} {s:.2f}" for k, s in zip(labels, scores)], [_PRED_COLOUR] * len(labels),
+    )  # fmt: skip
 
 
 def detection_grid(
@@ -55,30 +73,23 @@ def detection_grid(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def name(label: int) -> str:
-        return class_names[label] if 0 <= label < len(class_names) else str(label)
-
     rows = len(images)
     fig, axes = plt.subplots(rows, 2, figsize=(6, 3 * rows), squeeze=False)
     for row, (image, target, pred) in enumerate(zip(images, targets, predictions)):
         pixels = _uint8(image)
         difficult = target.get("difficult", torch.zeros(len(target["boxes"]), dtype=torch.bool)).tolist()
         truth = _draw(
-            pixels, target["boxes"], [name(int(k)) for k in target["labels"].tolist()],
+            pixels, target["boxes"], [_name(class_names, int(k)) for k in target["labels"].tolist()],
             [_DIFFICULT_COLOUR if d else _TRUE_COLOUR for d in difficult],
         )  # fmt: skip
-        keep = pred["scores"] >= score_threshold
-        shown = _draw(
-            pixels, pred["boxes"][keep],
-            [f"{name(int(k))} {s:.2f}" for k, s in zip(pred["labels"][keep].tolist(), pred["scores"][keep].tolist())],
-            [_PRED_COLOUR] * int(keep.sum()),
-        )  # fmt: skip
-        for ax, picture, title in (
+        shown = draw_predictions(image, pred, class_names, score_threshold)
+        kept = int((pred["scores"] >= score_threshold).sum())
+        for ax, picture, caption in (
             (axes[row, 0], truth, f"truth ({len(target['boxes'])})"),
-            (axes[row, 1], shown, f"predicted, score >= {score_threshold:g} ({int(keep.sum())})"),
+            (axes[row, 1], shown, f"predicted, score >= {score_threshold:g} ({kept})"),
         ):
             ax.imshow(picture, interpolation="nearest")
-            ax.set_title(title, fontsize=8)
+            ax.set_title(caption, fontsize=8)
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)

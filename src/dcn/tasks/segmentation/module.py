@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from dcn.backbones.frozen_bn import freeze_batch_norm
-from dcn.tasks.class_names import resolve_class_names
+from dcn.tasks.class_names import NamedClasses
 from dcn.tasks.optimization import check_interval, optimizer_config
 from dcn.tasks.segmentation.deeplab import DeepLab
 from dcn.tasks.segmentation.loss import segmentation_cross_entropy
@@ -20,7 +20,7 @@ from dcn.tasks.segmentation.visualization import comparison_grid, log_comparison
 __all__ = ["SegmentationTask", "format_class_table"]
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(NamedClasses, L.LightningModule):
     """Train and evaluate a DeepLab segmentation network on ``(images, masks)`` batches.
 
     Batches: ``images`` Tensor[B, C, H, W] float, ``masks`` Tensor[B, H, W] int64 with class indices in
@@ -165,10 +165,6 @@ class SegmentationTask(L.LightningModule):
             if iou == iou:  # classes absent from truth and predictions have no IoU (NaN): not logged
                 self.log(f"test/IoU/{name}", float(iou))
         rank_zero_info(format_class_table(names, scores))
-
-    def class_names(self) -> List[str]:
-        """The configured names, else the datamodule's, else ``class_<k>``."""
-        return resolve_class_names(self)
 
     def configure_optimizers(self) -> Dict[str, Any]:
         groups = [
