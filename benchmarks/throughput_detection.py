@@ -109,8 +109,8 @@ def main() -> None:
         if not deform and roi_pool == "align":
             plain = (train_s, infer_s)
         print(
-            f"| {'on' if deform else 'off'} | {roi_pool} | {args.batch_size / train_s:.1f} | {train_s / plain[0]:.2f}x | "
-            f"{args.batch_size / infer_s:.1f} | {infer_s / plain[1]:.2f}x |",
+            f"| {'on' if deform else 'off'} | {roi_pool} | {args.batch_size / train_s:.3g} | {train_s / plain[0]:.2f}x | "
+            f"{args.batch_size / infer_s:.3g} | {infer_s / plain[1]:.2f}x |",
             flush=True,
         )
 
