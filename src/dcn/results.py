@@ -77,7 +77,8 @@ def parameter_counts(model: nn.Module) -> Dict[str, int]:
         p.numel()
         for m in model.modules()
         if isinstance(m, (DeformRoIPool, MultiScaleDeformRoIPool))
-        for p in m.offset_head.parameters()
+        for name, p in m.named_parameters()
+        if name.startswith("offset_head")  # offset_head (shared) or offset_heads.<level>
     )
     return {
         "total": sum(p.numel() for p in model.parameters()),

@@ -487,3 +487,52 @@ def test_multiscale_bad_input():
         pooler(feats, boxes, shapes)
     with pytest.raises(ValueError, match="featmap_names"):
         MultiScaleDeformRoIPool([], 7, 2, in_channels=4)
+
+
+def test_per_level_offset_heads_start_as_roi_align_then_each_level_uses_its_own_head():
+    torch.manual_seed(0)
+    feats, boxes, shapes = _pyramid()
+    names = ["p2", "p3", "p4", "p5"]
+    ours = MultiScaleDeformRoIPool(names, 3, 0, in_channels=4, hidden_channels=16, offset_heads="per_level")
+    assert len(ours.offset_heads) == 4 and not hasattr(ours, "offset_head")
+    assert "offset_heads='per_level'" in repr(ours)
+    ref_pooler = MultiScaleRoIAlign(names, 3, 0)
+    base = ref_pooler(feats, boxes, shapes)
+    torch.testing.assert_close(ours(feats, boxes, shapes), base)
+
+    with torch.no_grad():
+        for head in ours.offset_heads:
+            head.fc[-1].weight.normal_(0, 0.05)
+    out = ours(feats, boxes, shapes)
+    levels = ref_pooler.map_levels(boxes)
+    assert len(levels.unique()) >= 3
+    rois = torchvision.ops._utils.convert_boxes_to_roi_format(boxes)
+    expect = []
+    for k, lvl in enumerate(levels.tolist()):
+        offset, _ = ours.offset_heads[lvl](base[k : k + 1])
+        expect.append(deform_roi_pool(feats[names[lvl]], rois[k : k + 1], offset, 3, ref_pooler.scales[lvl], 0,
+                                      aligned=False)[0])  # fmt: skip
+    torch.testing.assert_close(out, torch.stack(expect))
+    # A shared head with level 0's weights gives other results for boxes of the other levels.
+    shared = MultiScaleDeformRoIPool(names, 3, 0, in_channels=4, hidden_channels=16)
+    shared.offset_head.load_state_dict(ours.offset_heads[0].state_dict())
+    other = levels != 0
+    assert not torch.allclose(shared(feats, boxes, shapes)[other], out[other])
+
+    out.square().sum().backward()
+    used = set(levels.tolist())
+    for lvl, head in enumerate(ours.offset_heads):
+        grad = head.fc[-1].weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == (lvl in used)
+
+
+def test_per_level_modulated_heads_give_a_mask_per_box():
+    torch.manual_seed(0)
+    feats, boxes, shapes = _pyramid()
+    names = ["p2", "p3", "p4", "p5"]
+    ours = MultiScaleDeformRoIPool(names, 3, 0, in_channels=4, hidden_channels=16, modulated=True,
+                                   offset_heads="per_level")  # fmt: skip
+    ref = MultiScaleRoIAlign(names, 3, 0)(feats, boxes, shapes)
+    torch.testing.assert_close(ours(feats, boxes, shapes), 0.5 * ref)  # sigmoid(0) = 0.5 at init
+    with pytest.raises(ValueError, match="offset_heads must be one of \\['shared', 'per_level'\\]"):
+        MultiScaleDeformRoIPool(names, 3, 0, in_channels=4, offset_heads="each")

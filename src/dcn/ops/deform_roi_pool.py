@@ -33,6 +33,7 @@ __all__ = ["deform_roi_pool", "DeformRoIPool", "MultiScaleDeformRoIPool"]
 
 Boxes = Union[Tensor, Sequence[Tensor]]
 IntPair = Union[int, Tuple[int, int], Sequence[int]]
+OFFSET_HEADS = ("shared", "per_level")  # MultiScaleDeformRoIPool: one offset head, or one per pyramid level
 
 
 # --------------------------------------------------------------------------------------
@@ -426,9 +427,11 @@ class MultiScaleDeformRoIPool(nn.Module):
     ``forward(x, boxes, image_shapes)`` takes the same arguments as MultiScaleRoIAlign's and
     assigns each box to a level with torchvision's own rule (FPN eq. 1 via its ``LevelMapper``,
     scales inferred from the feature and image sizes). Each box is pooled at its level, first
-    without offsets; one offset head, shared by all levels (offsets are normalised by RoI
-    size, so they do not depend on the level), predicts the bin offsets; then each box is
-    pooled again with them. The head is zero-initialised, so at init the module equals
+    without offsets; an offset head predicts the bin offsets; then each box is pooled again with
+    them. ``offset_heads="shared"`` (default) uses one head for all levels (offsets are
+    normalised by RoI size, so they need not depend on the level; one head sees every box);
+    ``"per_level"`` gives each level its own head, as mmdetection's FPN RoI extractor with
+    DeformRoIPoolPack does (len(featmap_names) x the parameters). Heads are zero-initialised, so at init the module equals
     MultiScaleRoIAlign (for ``aligned=False``, the default here because that is what
     MultiScaleRoIAlign and torchvision's detection models use; ``modulated=True`` scales it by 0.5).
 
@@ -439,6 +442,7 @@ class MultiScaleDeformRoIPool(nn.Module):
         gamma, hidden_channels, modulated: as in :class:`DeformRoIPool`.
         canonical_scale, canonical_level: torchvision's LevelMapper parameters.
         aligned (bool): roi_align's pixel convention (False in MultiScaleRoIAlign).
+        offset_heads (str): ``"shared"`` (one offset head) or ``"per_level"`` (one per feature map).
 
     Shapes: x[name] (N, C, H_l, W_l); boxes List[Tensor[L_i, 4]] in image coordinates;
     image_shapes List[(height, width)] -> (sum L_i, C, out_h, out_w).
@@ -457,6 +461,7 @@ class MultiScaleDeformRoIPool(nn.Module):
         canonical_scale: int = 224,
         canonical_level: int = 4,
         aligned: bool = False,
+        offset_heads: str = "shared",
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -464,6 +469,8 @@ class MultiScaleDeformRoIPool(nn.Module):
         _check_module_args(in_channels, output_size, sampling_ratio, hidden_channels, backend)
         if not featmap_names:
             raise ValueError("featmap_names must name at least one feature map")
+        if offset_heads not in OFFSET_HEADS:
+            raise ValueError(f"offset_heads must be one of {list(OFFSET_HEADS)}, got {offset_heads!r}")
         self.featmap_names = list(featmap_names)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
@@ -475,7 +482,14 @@ class MultiScaleDeformRoIPool(nn.Module):
         self.canonical_level = canonical_level
         self.aligned = aligned
         self.backend = backend
-        self.offset_head = _OffsetHead(in_channels, output_size, hidden_channels, modulated)
+        self.offset_heads_mode = offset_heads
+        # Separate attribute names, so a checkpoint's keys say which kind it was trained with.
+        if offset_heads == "shared":
+            self.offset_head = _OffsetHead(in_channels, output_size, hidden_channels, modulated)
+        else:
+            self.offset_heads = nn.ModuleList(
+                _OffsetHead(in_channels, output_size, hidden_channels, modulated) for _ in self.featmap_names
+            )
         # Inferred on the first call, as torchvision does.
         self.scales: Optional[List[float]] = None
         self.map_levels = None
@@ -514,9 +528,24 @@ class MultiScaleDeformRoIPool(nn.Module):
         else:
             levels = self.map_levels(list(boxes))
         level_index = [torch.where(levels == lvl)[0] for lvl in range(len(features))]
-        offset, mask = self.offset_head(self._pool_levels(features, rois, level_index, None))
+        offset, mask = self._predict_offsets(self._pool_levels(features, rois, level_index, None), level_index)
         out = self._pool_levels(features, rois, level_index, offset)
         return out * mask if mask is not None else out
+
+    def _predict_offsets(self, pooled: Tensor, level_index: List[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """pooled (K, C, out_h, out_w) -> offset (K, 2, out_h, out_w), mask (K, 1, out_h, out_w) or None."""
+        if self.offset_heads_mode == "shared":
+            return self.offset_head(pooled)
+        k, (h, w) = pooled.shape[0], self.output_size
+        offset = pooled.new_zeros((k, 2, h, w))
+        mask = pooled.new_zeros((k, 1, h, w)) if self.modulated else None
+        for head, idx in zip(self.offset_heads, level_index):
+            if idx.numel():
+                level_offset, level_mask = head(pooled[idx])
+                offset = offset.index_copy(0, idx, level_offset)
+                if mask is not None:
+                    mask = mask.index_copy(0, idx, level_mask)
+        return offset, mask
 
     def extra_repr(self) -> str:
         s = (
@@ -528,6 +557,8 @@ class MultiScaleDeformRoIPool(nn.Module):
             s += ", modulated=True"
         if self.aligned:
             s += ", aligned=True"
+        if self.offset_heads_mode != "shared":
+            s += f", offset_heads={self.offset_heads_mode!r}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s

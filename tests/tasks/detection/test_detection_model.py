@@ -167,3 +167,18 @@ def test_a_narrower_pyramid_on_fewer_levels():
     assert [tuple(f.shape[1:]) for f in features.values()] == [(128, 8, 8), (128, 4, 4), (128, 2, 2), (128, 1, 1)]
     losses = model(images, targets)
     assert torch.isfinite(sum(losses.values()))
+
+
+def test_per_level_offset_heads_reach_the_pooler_and_train():
+    from dcn.results import parameter_counts
+
+    shared = _model("fpn", "deform", deform_roi_pool={"hidden_channels": 32})
+    per_level = _model("fpn", "deform", deform_roi_pool={"hidden_channels": 32, "offset_heads": "per_level"})
+    pool = per_level.roi_heads.box_roi_pool
+    assert pool.offset_heads_mode == "per_level" and len(pool.offset_heads) == 4  # P2..P5
+    assert parameter_counts(per_level)["roi_offset_head"] == 4 * parameter_counts(shared)["roi_offset_head"] > 0
+    images, targets = _data()
+    losses = per_level(images, targets)
+    sum(losses.values()).backward()
+    # The zero-initialised last layers get gradients from the detection losses (at least one level has boxes).
+    assert any(h.fc[-1].weight.grad is not None and h.fc[-1].weight.grad.abs().sum() > 0 for h in pool.offset_heads)

@@ -216,7 +216,7 @@ def build_faster_rcnn(
         representation_size: width of the two FC layers of the box head.
         pool_size, sampling_ratio: the box pooler's output size and RoIAlign sampling ratio.
         deform_roi_pool: extra :class:`MultiScaleDeformRoIPool` arguments (``gamma``, ``modulated``,
-            ``hidden_channels``) for ``roi_pool="deform"``.
+            ``hidden_channels``, ``offset_heads``) for ``roi_pool="deform"``.
         rpn, roi_heads: FasterRCNN's ``rpn_*`` / ``box_*`` settings without the prefix.
         freeze_bn: replace the backbone's BatchNorm layers by frozen ones (small detection batches).
         frozen_stages: see :func:`freeze_stages`.
@@ -275,9 +275,10 @@ def build_faster_rcnn(
         model.rpn = FeatureSelectingRPN(model.rpn, ["c4"])
     if roi_pool == "deform":
         options = dict(deform_roi_pool or {})
-        unknown = sorted(set(options) - {"gamma", "modulated", "hidden_channels"})
+        allowed = ("gamma", "modulated", "hidden_channels", "offset_heads")
+        unknown = sorted(set(options) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown task.deform_roi_pool setting(s) {unknown}; allowed: gamma, modulated, hidden_channels")
+            raise ValueError(f"unknown task.deform_roi_pool setting(s) {unknown}; allowed: {', '.join(allowed)}")
         model.roi_heads.box_roi_pool = MultiScaleDeformRoIPool(
             pooled, pool_size, sampling_ratio, in_channels=channels, **options
         )
