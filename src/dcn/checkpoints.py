@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "check_checkpoint", "load_checkpoint"]
+__all__ = ["CheckpointError", "check_checkpoint", "check_state_dict_fits", "load_checkpoint"]
 
 _SHOW = 8  # keys listed per kind of mismatch
 
@@ -67,6 +67,12 @@ def check_checkpoint(path: os.PathLike | str, model: nn.Module) -> Dict[str, Any
             missing, unexpected or of another shape than the model's (all three are listed).
     """
     checkpoint = load_checkpoint(path)
+    check_state_dict_fits(path, checkpoint, model)
+    return checkpoint
+
+
+def check_state_dict_fits(path: os.PathLike | str, checkpoint: Mapping[str, Any], model: nn.Module) -> None:
+    """:func:`check_checkpoint` for a checkpoint already read from ``path`` (named in the error)."""
     saved = checkpoint["state_dict"]
     expected = model.state_dict()
     missing = sorted(set(expected) - set(saved))
@@ -91,4 +97,3 @@ def check_checkpoint(path: os.PathLike | str, model: nn.Module) -> Dict[str, Any
             + (". 'conv_offset' keys differ: was it trained with another backbone.deform setting?" if offset_hint
                else ". Was it trained with another backbone, task or data (classes, channels)?")
         )
-    return checkpoint

@@ -61,23 +61,22 @@ def read_image(path: Path) -> Tensor:
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float().div_(255)
 
 
-def detect(task, images: Sequence[Tensor], batch_size: int = 1) -> List[Dict[str, Tensor]]:
-    """``task`` (a DetectionTask in eval mode) over ``images`` (Tensor[3, H_i, W_i] in [0, 1]) in
-    batches: torchvision's detections (``boxes`` Tensor[D, 4] xyxy pixels, ``labels``, ``scores``) on the CPU."""
+def detect(task, images: Sequence[Tensor]) -> List[Dict[str, Tensor]]:
+    """``task`` (a DetectionTask in eval mode) over ``images`` (Tensor[3, H_i, W_i] in [0, 1]) in one
+    forward pass: torchvision's detections (``boxes`` Tensor[D, 4] xyxy pixels, ``labels``, ``scores``) on the CPU."""
     device = next(task.parameters()).device
-    out: List[Dict[str, Tensor]] = []
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = [image.to(device) for image in images[start:start + batch_size]]
-            out.extend({k: v.cpu() for k, v in d.items()} for d in task(batch))
-    return out
+        detections = task([image.to(device) for image in images])
+    return [{k: v.cpu() for k, v in d.items()} for d in detections]
 
 
 def _record(path: Path, image: Tensor, prediction: Dict[str, Tensor], names: Sequence[str], threshold: float) -> dict:
+    from dcn.tasks.detection.visualization import class_name
+
     keep = prediction["scores"] >= threshold
     detections = [
-        {"box": [round(v, 2) for v in box], "label": int(label),
-         "class": names[int(label)] if int(label) < len(names) else str(int(label)), "score": round(float(score), 4)}
+        {"box": [round(v, 2) for v in box], "label": int(label), "class": class_name(names, int(label)),
+         "score": round(float(score), 4)}
         for box, label, score in zip(prediction["boxes"][keep].tolist(), prediction["labels"][keep].tolist(),
                                      prediction["scores"][keep].tolist())
     ]  # fmt: skip
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     for start in range(0, len(files), args.batch_size):  # read a batch at a time: folders may be large
         chunk = files[start:start + args.batch_size]
         images = [read_image(f) for f in chunk]
-        for path, image, prediction in zip(chunk, images, detect(task, images, args.batch_size)):
+        for path, image, prediction in zip(chunk, images, detect(task, images)):
             records.append(_record(path, image, prediction, names, args.score_threshold))
             if args.pictures:
                 picture = draw_predictions(image, prediction, names, args.score_threshold)

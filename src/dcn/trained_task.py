@@ -109,7 +109,7 @@ def load_trained_task(
         ValueError / TypeError: a config that is not a dcn run's, or a task of another type.
     """
     from dcn import resolvers
-    from dcn.checkpoints import check_checkpoint, load_checkpoint
+    from dcn.checkpoints import check_state_dict_fits, load_checkpoint
 
     checkpoint = Path(checkpoint)
     resolvers.register()  # a Hydra config.yaml may use dcn's resolvers
@@ -127,7 +127,7 @@ def load_trained_task(
         backbone, task = _build(cfg, saved_channels, num_classes)
     if task_type is not None and not isinstance(task, task_type):
         raise TypeError(f"the run's task built a {type(task).__name__}, not a {task_type.__name__}")
-    check_checkpoint(checkpoint, task)
+    check_state_dict_fits(checkpoint, saved, task)
     task.load_state_dict(saved["state_dict"])
     if hasattr(task, "on_load_checkpoint"):
         task.on_load_checkpoint(saved)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
-__all__ = ["detection_grid", "draw_predictions"]
+__all__ = ["class_name", "detection_grid", "draw_predictions"]
 
 _TRUE_COLOUR = (40, 200, 60)
 _PRED_COLOUR = (230, 40, 40)
@@ -31,7 +31,8 @@ def _draw(image: Tensor, boxes: Tensor, labels: List[str], colours: List[tuple])
     return image.permute(1, 2, 0).numpy()
 
 
-def _name(class_names: Sequence[str], label: int) -> str:
+def class_name(class_names: Sequence[str], label: int) -> str:
+    """``class_names[label]``, or the label as text when the list does not name it."""
     return class_names[label] if 0 <= label < len(class_names) else str(label)
 
 
@@ -45,7 +46,7 @@ def draw_predictions(
     scores = prediction["scores"][keep].tolist()
     return _draw(
         _uint8(image), prediction["boxes"][keep],
-        [f"{_name(class_names, int(k))} {s:.2f}" for k, s in zip(labels, scores)], [_PRED_COLOUR] * len(labels),
+        [f"{class_name(class_names, int(k))} {s:.2f}" for k, s in zip(labels, scores)], [_PRED_COLOUR] * len(labels),
     )  # fmt: skip
 
 
@@ -79,7 +80,7 @@ def detection_grid(
         pixels = _uint8(image)
         difficult = target.get("difficult", torch.zeros(len(target["boxes"]), dtype=torch.bool)).tolist()
         truth = _draw(
-            pixels, target["boxes"], [_name(class_names, int(k)) for k in target["labels"].tolist()],
+            pixels, target["boxes"], [class_name(class_names, int(k)) for k in target["labels"].tolist()],
             [_DIFFICULT_COLOUR if d else _TRUE_COLOUR for d in difficult],
         )  # fmt: skip
         shown = draw_predictions(image, pred, class_names, score_threshold)
