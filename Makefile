@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench clean-venv
+.PHONY: install train test test-fast bench gpu-check clean-venv
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py $(ARGS)
 	$(PY) benchmarks/roi_pool.py $(ARGS)
+
+# On a machine with an NVIDIA GPU: CUDA tests, compute-sanitizer, GPU benchmarks, a GPU training run.
+# Uses .venv when it exists, else $(PYTHON) as it is (installs nothing: GPU hosts are often offline).
+gpu-check:
+	PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -141,6 +141,13 @@ def _fmt_mb(b: Optional[float]) -> str:
     return "n/a" if b is None else f"{b / 2**20:.0f} MiB"
 
 
+def _speedup(reference: float, ours: float) -> str:
+    """'**2.0× faster**' or '1.3× slower' (never a 'faster' below 1×)."""
+    if ours <= reference:
+        return f"**{reference / ours:.1f}× faster**"
+    return f"{ours / reference:.1f}× slower"
+
+
 def run_table(device: torch.device, dtype: torch.dtype, shapes, reps: int, with_tv: bool) -> str:
     backends = ["torch"]
     if device.type == "cuda":
@@ -163,7 +170,7 @@ def run_table(device: torch.device, dtype: torch.dtype, shapes, reps: int, with_
         for be in backends:
             ours = measure(lambda x, o, w, be=be: deform_conv2d(x, o, w, None, 1, 1, backend=be),
                            [x, off, w], reps, device, (be, n, c, h) if cpu and be == "torch" else None)
-            vs_tv = f"**{tv.fwd_bwd / ours.fwd_bwd:.1f}× faster**" if tv else "—"
+            vs_tv = _speedup(tv.fwd_bwd, ours.fwd_bwd) if tv else "—"
             rows.append(f"| {name} | dcn `{be}` | {_fmt_t(ours.fwd)} | {_fmt_t(ours.fwd_bwd)} | "
                         f"{_fmt_mb(ours.peak)} | {vs_tv} | {ours.fwd_bwd / dense.fwd_bwd:.2f}× |")
         if tv:
@@ -171,7 +178,6 @@ def run_table(device: torch.device, dtype: torch.dtype, shapes, reps: int, with_
                         f"{_fmt_mb(tv.peak)} | 1.0× | {tv.fwd_bwd / dense.fwd_bwd:.2f}× |")
         rows.append(f"| {name} | dense conv2d | {_fmt_t(dense.fwd)} | {_fmt_t(dense.fwd_bwd)} | "
                     f"{_fmt_mb(dense.peak)} | — | 1.00× |")
-        print(rows[-1 - len(backends) - (1 if tv else 0)], flush=True, file=sys.stderr)
     return header + "\n" + "\n".join(rows)
 
 
@@ -234,12 +240,16 @@ def main(argv=None) -> None:
         sys.exit("no CUDA device available: run with --device cpu")
 
     for device in devices:
-        dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16]
+        dtypes = [torch.float32]
+        if device.type == "cuda":
+            dtypes += [torch.float16, torch.bfloat16]
         shapes = CPU_SHAPES if device.type == "cpu" else GPU_SHAPES
         for dtype in dtypes:
+            # torchvision's op has no bfloat16 kernels: that table compares with dense only.
+            with_tv = not args.no_torchvision and dtype != torch.bfloat16
             print(f"\n### deform_conv2d, {device.type}, {str(dtype).replace('torch.', '')}\n")
             print(f"_{environment(device)}; 3x3, pad 1, C_out = C_in, median of {args.reps}_\n")
-            print(run_table(device, dtype, shapes, args.reps, not args.no_torchvision), flush=True)
+            print(run_table(device, dtype, shapes, args.reps, with_tv), flush=True)
 
 
 if __name__ == "__main__":

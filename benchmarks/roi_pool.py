@@ -32,7 +32,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 import dcn
 from dcn.ops import deform_roi_pool
-from dcn.ops.deform_roi_pool import _cupy_module
+from dcn.ops._dispatch import cupy_unavailable_reason
 
 IMAGE = 800
 N_IMAGES = 2
@@ -178,8 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             devices.append(torch.device("cuda"))
         elif args.device == "cuda":
             sys.exit("--device cuda: no CUDA device here")
-    cupy = _cupy_module()
-    cupy_reason = "module missing" if cupy is None else cupy.unavailable_reason()
+    cupy_reason = cupy_unavailable_reason("deform_roi_pool")
 
     print(f"## Deformable RoI pooling ({N_ROIS} RoIs, {N_IMAGES} images {IMAGE}x{IMAGE}, C{CHANNELS}, {OUT}x{OUT} bins)")
     print()

@@ -1,6 +1,6 @@
-"""Training throughput on CPU: images/s of a full training step, deformable vs plain backbone.
+"""Training throughput: images/s of a full training step, deformable vs plain backbone.
 
-    python benchmarks/throughput.py [--image-size 64] [--batch-size 32] [--steps 5]
+    python benchmarks/throughput.py [--device cpu|cuda] [--image-size 64] [--batch-size 32] [--steps 5]
 
 For each backbone (seed_net, resnet18) the same network is built twice, ``deform.enabled`` false
 and true (the configs' default deformable stages), with the classification task's head; one step is
@@ -41,52 +41,66 @@ class _Classifier(nn.Module):
         return self.head(next(reversed(self.backbone(x).values())))
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step_times(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int) -> List[float]:
-    """Seconds per training step, ``steps`` timed steps after one warm-up step."""
+    """Seconds per training step, ``steps`` timed steps after two warm-up steps (on CUDA the
+    clock stops after a device synchronisation, so the time is the GPU's, not the launch queue's)."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     times = []
-    for i in range(steps + 1):
+    for i in range(steps + 2):
+        _sync(images.device)
         start = time.perf_counter()
         loss = nn.functional.cross_entropy(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i:  # the first step pays one-off costs (allocations, kernel selection)
+        _sync(images.device)
+        if i >= 2:  # the first steps pay one-off costs (allocations, kernel compilation and selection)
             times.append(time.perf_counter() - start)
     return times
 
 
-def measure(name: str, size: int, batch: int, steps: int) -> Tuple[float, float]:
+def measure(name: str, size: int, batch: int, steps: int, device: torch.device) -> Tuple[float, float]:
     """Median step seconds of the plain and the deformable variant of backbone ``name``."""
     torch.manual_seed(0)
-    images = torch.randn(batch, IN_CHANNELS[name], size, size)
-    targets = torch.randint(0, NUM_CLASSES, (batch,))
+    images = torch.randn(batch, IN_CHANNELS[name], size, size, device=device)
+    targets = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     medians = []
     for deform in (False, True):
         torch.manual_seed(0)
-        model = _Classifier(BACKBONES[name](deform, IN_CHANNELS[name]))
+        model = _Classifier(BACKBONES[name](deform, IN_CHANNELS[name])).to(device)
         medians.append(statistics.median(step_times(model, images, targets, steps)))
     return medians[0], medians[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
 
     print(
-        f"CPU training throughput: {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"{device.type.upper()} training throughput: {machine}, "
+        f"torch {torch.__version__}, batch {args.batch_size}, "
         f"{args.image_size}x{args.image_size} inputs, median of {args.steps} steps\n"
     )
     print("| backbone | plain (img/s) | deform (img/s) | deform/plain step time |")
     print("|---|---:|---:|---:|")
     for name in args.backbones:
-        plain, deform = measure(name, args.image_size, args.batch_size, args.steps)
+        plain, deform = measure(name, args.image_size, args.batch_size, args.steps, device)
         print(
             f"| {name} | {args.batch_size / plain:.1f} | {args.batch_size / deform:.1f} | "
             f"{deform / plain:.2f}x |",

@@ -395,7 +395,7 @@ def test_cupy_backend_without_cuda_says_how_to_install():
     if cupy_unavailable_reason() is None:
         pytest.skip("CuPy backend is available here")
     x, off, w, b, m = _good()
-    with pytest.raises(RuntimeError, match=r"backend='cupy' is not available: .*pip install -e \.\[cuda13\]"):
+    with pytest.raises(RuntimeError, match=r"backend='cupy' is not available for deform_conv2d: .*pip install -e \.\[cuda13\]"):
         deform_conv2d(x, off, w, b, 1, 1, 1, m, backend="cupy")
 
 

@@ -14,7 +14,6 @@ tensors when it is importable. The op is registered with ``torch.library`` as
 
 from __future__ import annotations
 
-import importlib
 import math
 from types import ModuleType
 from typing import List, Optional, Sequence, Tuple, Union
@@ -23,61 +22,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from dcn.ops import _torch_deform_conv
+from dcn.ops._dispatch import BACKENDS, cupy_unavailable_reason, implementation, resolve_backend
 
-__all__ = ["deform_conv2d", "DeformConv2d", "BACKENDS"]
-
-BACKENDS = ("auto", "torch", "cupy")
+__all__ = ["deform_conv2d", "DeformConv2d", "BACKENDS", "cupy_unavailable_reason"]
 
 IntPair = Union[int, Tuple[int, int], Sequence[int]]
 
 
-# --------------------------------------------------------------------------------------
-# Backend selection
-# --------------------------------------------------------------------------------------
-def _cupy_module() -> Optional[ModuleType]:
-    """The CuPy backend module if it imports, else None (usability: :func:`cupy_unavailable_reason`)."""
-    try:
-        mod = importlib.import_module("dcn.ops._cupy_deform_conv")
-    except ImportError:
-        return None
-    return mod
-
-
-def cupy_unavailable_reason() -> Optional[str]:
-    """Why the CuPy backend cannot run here (None when it can)."""
-    mod = _cupy_module()
-    if mod is None:
-        return "the CuPy backend module is not part of this installation"
-    return mod.unavailable_reason()
-
-
-def _resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        if device.type == "cuda" and cupy_unavailable_reason() is None:
-            return "cupy"
-        return "torch"
-    if backend == "cupy":
-        reason = cupy_unavailable_reason()
-        if reason is not None:
-            raise RuntimeError(
-                f"backend='cupy' is not available: {reason}. Install CuPy for your CUDA version, "
-                "e.g. `pip install -e .[cuda13]` (or `.[cuda12]`), on a machine with an NVIDIA GPU; "
-                "or use backend='torch'."
-            )
-        if device.type != "cuda":
-            raise ValueError(f"backend='cupy' needs CUDA tensors, got tensors on {device}")
-    return backend
-
-
 def _impl(backend: str) -> ModuleType:
-    if backend == "cupy":
-        mod = _cupy_module()
-        assert mod is not None
-        return mod
-    return _torch_deform_conv
+    return implementation("deform_conv2d", backend)
 
 
 # --------------------------------------------------------------------------------------
@@ -288,7 +241,7 @@ def deform_conv2d(
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     groups, offset_groups = _check_args(input, offset, weight, bias, mask, stride, padding, dilation)
-    resolved = _resolve_backend(backend, input.device)
+    resolved = resolve_backend(backend, input.device, "deform_conv2d")
     if torch.is_autocast_enabled(input.device.type):
         # Like torchvision: the PyTorch path computes in float32; the CUDA kernels take the
         # autocast dtype (float16/bfloat16) and accumulate in float32 internally.

@@ -16,7 +16,6 @@ with fake implementations and autograd, so ``torch.compile`` and ``opcheck`` wor
 
 from __future__ import annotations
 
-import importlib
 import math
 from types import ModuleType
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -26,8 +25,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops.poolers import _filter_input, _setup_scales
 
-from dcn.ops import _torch_deform_roi_pool
-from dcn.ops.deform_conv import BACKENDS, _resolve_backend
+from dcn.ops._dispatch import BACKENDS, implementation, resolve_backend
 
 __all__ = ["deform_roi_pool", "DeformRoIPool", "MultiScaleDeformRoIPool"]
 
@@ -36,35 +34,8 @@ IntPair = Union[int, Tuple[int, int], Sequence[int]]
 OFFSET_HEADS = ("shared", "per_level")  # MultiScaleDeformRoIPool: one offset head, or one per pyramid level
 
 
-# --------------------------------------------------------------------------------------
-# Backend selection
-# --------------------------------------------------------------------------------------
-def _cupy_module() -> Optional[ModuleType]:
-    try:
-        return importlib.import_module("dcn.ops._cupy_deform_roi_pool")
-    except ImportError:
-        return None
-
-
-def _resolve(backend: str, device: torch.device) -> str:
-    """deform_conv2d's selection and errors, plus this op's own kernel module check."""
-    resolved = _resolve_backend(backend, device)
-    if resolved == "cupy":
-        mod = _cupy_module()
-        reason = "its module failed to import" if mod is None else mod.unavailable_reason()
-        if reason is not None:
-            if backend == "auto":
-                return "torch"
-            raise RuntimeError(f"backend='cupy' is not available for deform_roi_pool: {reason}")
-    return resolved
-
-
 def _impl(backend: str) -> ModuleType:
-    if backend == "cupy":
-        mod = _cupy_module()
-        assert mod is not None
-        return mod
-    return _torch_deform_roi_pool
+    return implementation("deform_roi_pool", backend)
 
 
 # --------------------------------------------------------------------------------------
@@ -281,7 +252,7 @@ def deform_roi_pool(
         raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
     rois = _to_rois(boxes, input)
     _check_args(input, offset, output_size, spatial_scale, sampling_ratio, rois.shape[0])
-    resolved = _resolve(backend, input.device)
+    resolved = resolve_backend(backend, input.device, "deform_roi_pool")
     args = (list(output_size), float(spatial_scale), int(sampling_ratio), float(gamma), bool(aligned), resolved)
     if torch.is_autocast_enabled(input.device.type):
         # Like torchvision: the PyTorch path computes in float32; the CUDA kernels take the

@@ -140,3 +140,55 @@ def assert_close(actual, expected, name, **tol):
     assert actual is not None, f"{name}: gradient missing"
     assert actual.shape == expected.shape, name
     torch.testing.assert_close(actual.double(), expected.double(), msg=lambda m: f"{name}: {m}", **tol)
+
+
+# --------------------------------------------------------------------------------------
+# Non-finite offsets: NaN propagates to the outputs that sample it, +-Inf is outside the image
+# --------------------------------------------------------------------------------------
+NONFINITE_CFG = Config(n=2, c_in=4, c_out=3, h=6, w=7, mask=True, bias=True, offset_scale=1.0)
+NONFINITE_POINT = (0, 4, 2, 3)  # image 0, kernel point 4 (the centre), output position (2, 3)
+
+
+def check_nonfinite_offsets(run, dtype, device="cpu"):
+    """``run(cfg, tensors, grad_out) -> (out, grads)``: a NaN offset gives NaN exactly at the
+    outputs (all channels) of the position that samples it, and NaN offset/mask gradients at that
+    sample; an infinite offset is a sample outside the image: the result equals that of a
+    far-away finite offset, and everything stays finite."""
+    cfg = NONFINITE_CFG
+    tensors = make_inputs(cfg, dtype, seed=11, device=device)
+    grad_out = random_grad_out(cfg, dtype, seed=12, device=device)
+    x, offset, mask, weight, bias = tensors
+    b, k, i, j = NONFINITE_POINT
+    base_out, base_grads = run(cfg, tensors, grad_out)
+
+    nan_offset = offset.clone()
+    nan_offset[b, 2 * k, i, j] = float("nan")  # dy only: one NaN coordinate is enough
+    out, grads = run(cfg, (x, nan_offset, mask, weight, bias), grad_out)
+    hit = torch.zeros_like(out, dtype=torch.bool)
+    hit[b, :, i, j] = True
+    assert torch.isnan(out[hit]).all(), "a NaN offset must make the outputs that sample it NaN"
+    assert torch.isfinite(out[~hit]).all(), "a NaN offset leaked into outputs that do not sample it"
+    torch.testing.assert_close(out[~hit], base_out[~hit], rtol=1e-6, atol=1e-6)
+    g_in, g_off, g_mask, g_w, g_b = grads
+    assert torch.isfinite(g_in).all(), "no input gradient flows through a NaN sample"
+    assert torch.isnan(g_off[b, 2 * k: 2 * k + 2, i, j]).all() and torch.isnan(g_mask[b, k, i, j])
+    off_hit = torch.zeros_like(g_off, dtype=torch.bool)
+    off_hit[b, 2 * k: 2 * k + 2, i, j] = True
+    assert torch.isfinite(g_off[~off_hit]).all()
+    torch.testing.assert_close(g_off[~off_hit], base_grads[1][~off_hit], rtol=1e-5, atol=1e-6)
+    assert torch.isnan(g_w[:, :, k // cfg.kw, k % cfg.kw]).all()  # the tap that read the NaN sample
+    assert torch.isfinite(g_b).all()
+
+    for inf in (float("inf"), float("-inf")):
+        inf_offset, far_offset = offset.clone(), offset.clone()
+        inf_offset[b, 2 * k + 1, i, j] = inf  # dx
+        far_offset[b, 2 * k + 1, i, j] = 1e4 if inf > 0 else -1e4
+        out, grads = run(cfg, (x, inf_offset, mask, weight, bias), grad_out)
+        far_out, far_grads = run(cfg, (x, far_offset, mask, weight, bias), grad_out)
+        assert torch.isfinite(out).all(), f"offset {inf} must be a sample outside the image"
+        # Equal up to the summation order of atomically scattered gradients.
+        tol = TOL[dtype]
+        torch.testing.assert_close(out, far_out, **tol)
+        for g, f, name in zip(grads, far_grads, GRAD_NAMES):
+            assert torch.isfinite(g).all(), f"grad {name} not finite with offset {inf}"
+            torch.testing.assert_close(g, f, **tol, msg=lambda m: f"grad {name}: {m}")

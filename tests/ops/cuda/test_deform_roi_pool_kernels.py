@@ -140,6 +140,40 @@ def test_host_kernels_half_precision(roi_pool_kernels, dtype):
     torch.testing.assert_close(g_off.float(), r_off, **tol)
 
 
+def check_nonfinite_offsets(forward, backward, dtype, device="cpu"):
+    """A NaN offset makes exactly its bin NaN (every channel) and its offset gradient NaN; an
+    infinite offset moves the bin outside the map (zero output, zero gradient), never an error."""
+    x, rois, off, grad = (t.to(device) for t in make_case(seed=13, dtype=dtype))
+    args = ((3, 2), 0.5, 2, 0.2, True)
+    base = forward(x, rois, off, *args)
+    bad = off.clone()
+    bad[4, 1, 1, 0] = float("nan")
+    out = forward(x, rois, bad, *args)
+    hit = torch.zeros_like(out, dtype=torch.bool)
+    hit[4, :, 1, 0] = True
+    assert torch.isnan(out[hit]).all() and torch.isfinite(out[~hit]).all()
+    torch.testing.assert_close(out[~hit], base[~hit])
+    g_in, g_off = backward(grad, x, rois, bad, *args, (True, True))
+    assert torch.isfinite(g_in).all()
+    assert torch.isnan(g_off[4, :, 1, 0]).all()
+    g_off[4, :, 1, 0] = 0
+    assert torch.isfinite(g_off).all()
+    for inf in (float("inf"), float("-inf")):
+        bad = off.clone()
+        bad[4, 0, 1, 0] = inf
+        out = forward(x, rois, bad, *args)
+        assert torch.isfinite(out).all() and (out[4, :, 1, 0] == 0).all()
+        g_in, g_off = backward(grad, x, rois, bad, *args, (True, True))
+        assert torch.isfinite(g_in).all() and torch.isfinite(g_off).all()
+        assert (g_off[4, :, 1, 0] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_host_kernels_nonfinite_offsets(roi_pool_kernels, dtype):
+    check_nonfinite_offsets(lambda *a: cupy_backend.forward(roi_pool_kernels, *a),
+                            lambda *a: cupy_backend.backward(roi_pool_kernels, *a), dtype)
+
+
 def test_launch_config():
     assert cupy_backend.launch_config(1) == ((1, 1, 1), (256, 1, 1))
     assert cupy_backend.launch_config(257) == ((2, 1, 1), (256, 1, 1))
@@ -177,6 +211,24 @@ def test_gpu_cupy_matches_torch_path(dtype, sampling_ratio):
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
     torch.testing.assert_close(gx.float(), rx, rtol=tol, atol=tol)
     torch.testing.assert_close(goff.float(), roff, rtol=tol, atol=tol * 10)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_gpu_nonfinite_offsets(dtype):
+    check_nonfinite_offsets(cupy_backend.deform_roi_pool_forward, cupy_backend.deform_roi_pool_backward,
+                            dtype, device="cuda")
+
+
+@gpu
+def test_gpu_inputs_unmodified():
+    x, rois, off, grad = (t.cuda() for t in make_case(c=8, hw=(16, 16), k=32, seed=9, dtype=torch.float32))
+    before = [t.clone() for t in (x, rois, off, grad)]
+    xs, offs = x.requires_grad_(), off.requires_grad_()
+    out = deform_roi_pool(xs, rois, offs, (3, 2), 0.5, 0, backend="cupy")
+    out.backward(grad)
+    for t, b, name in zip((x, rois, off, grad), before, ("input", "rois", "offset", "grad")):
+        assert torch.equal(t.detach(), b), f"{name} was modified"
 
 
 @gpu

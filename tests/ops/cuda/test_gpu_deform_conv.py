@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from deform_conv_cases import (CONFIGS, GRAD_NAMES, TOL, Config, assert_close, conv_args,
-                               make_inputs, random_grad_out, run_reference, run_torchvision)
+from deform_conv_cases import (CONFIGS, GRAD_NAMES, TOL, Config, assert_close, check_nonfinite_offsets,
+                               conv_args, make_inputs, random_grad_out, run_reference, run_torchvision)
 from dcn.ops import DeformConv2d, _cupy_deform_conv, deform_conv2d
-from dcn.ops import deform_conv as deform_conv_module
+from dcn.ops._dispatch import resolve_backend
 
 _REASON = _cupy_deform_conv.unavailable_reason()
 pytestmark = [
@@ -65,6 +65,26 @@ def test_matches_torch_backend(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_nonfinite_offsets(dtype):
+    check_nonfinite_offsets(lambda cfg, t, g: cupy_run(cfg, t, g), dtype, device=CUDA)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_inputs_unmodified(name):
+    """Forward and backward through the public op leave every input bit-identical."""
+    cfg = CONFIGS[name]
+    tensors = make_inputs(cfg, torch.float32, device=CUDA)
+    grad_out = random_grad_out(cfg, torch.float32, device=CUDA)
+    before = [t.clone() if t is not None else None for t in (*tensors, grad_out)]
+    leaves = [t.requires_grad_() if t is not None else None for t in tensors]
+    out = dcn_cupy(*leaves, cfg)
+    out.backward(grad_out)
+    for t, b, tname in zip((*tensors, grad_out), before, (*GRAD_NAMES, "grad_out")):
+        if t is not None:
+            assert torch.equal(t.detach(), b), f"{tname} was modified"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", ["basic", "groups_and_offset_groups", "stride_dilation_odd",
                                   "far_outside", "random3"])
 def test_matches_torchvision_cuda(name, dtype):
@@ -93,9 +113,9 @@ def test_integer_positions_match_torchvision_cuda():
     grad_out = random_grad_out(cfg, torch.float64, device=CUDA)
     out, grads = cupy_run(cfg, tensors, grad_out)
     ref_out, ref_grads = run_torchvision(cfg, [t.cpu() for t in tensors], grad_out.cpu())
-    assert_close(out, ref_out, "output", rtol=1e-12, atol=1e-12)
+    assert_close(out.cpu(), ref_out, "output", rtol=1e-12, atol=1e-12)
     for g, r, gname in zip(grads, ref_grads, GRAD_NAMES):
-        assert_close(g, r, f"grad {gname}", rtol=1e-12, atol=1e-12)
+        assert_close(g.cpu(), r, f"grad {gname}", rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
@@ -137,7 +157,8 @@ def test_gradcheck_float64(mask):
         w_, b_ = next(it), next(it)
         return dcn_cupy(x_, off_, m_, w_, b_, cfg)
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+    # The input gradient is scattered with atomics, whose summation order varies between runs.
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, nondet_tol=1e-12)
 
 
 def test_batch_33_and_batch_chunks(monkeypatch):
@@ -204,7 +225,7 @@ def test_auto_backend_selects_cupy_for_cuda_tensors(monkeypatch):
     x, offset, mask, weight, bias = make_inputs(cfg, torch.float32, device=CUDA)
     deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding, cfg.dilation, mask)
     assert calls == [1]
-    assert deform_conv_module._resolve_backend("auto", x.device) == "cupy"
+    assert resolve_backend("auto", x.device) == "cupy"
 
 
 def test_opcheck():
@@ -259,16 +280,19 @@ def test_cuda_graph_capture_forward_backward():
 
 
 def test_torch_compile_fullgraph():
+    # float64: in float32 the compiled and eager nn.Conv2d may pick different (TF32) algorithms,
+    # whose differences flip a few ReLU gates and hide what this test checks.
     layer, x = _module_and_input(1)
     model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), layer, torch.nn.ReLU()).to(CUDA)
+    model, x = model.double(), x.double()
     compiled = torch.compile(model, fullgraph=True)
     x = x.requires_grad_()
     out_eager, out_comp = model(x), compiled(x)
-    torch.testing.assert_close(out_comp, out_eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_comp, out_eager, rtol=1e-10, atol=1e-10)
     g_eager = torch.autograd.grad(out_eager.sum(), [x, layer.conv_offset.weight])
     g_comp = torch.autograd.grad(out_comp.sum(), [x, layer.conv_offset.weight])
     for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.slow

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import host_kernels
-from deform_conv_cases import (CONFIGS, GRAD_NAMES, TOL, Config, assert_close, conv_args,
-                               make_inputs, random_grad_out, run_kernels, run_reference, run_torchvision)
+from deform_conv_cases import (CONFIGS, GRAD_NAMES, TOL, Config, assert_close, check_nonfinite_offsets,
+                               conv_args, make_inputs, random_grad_out, run_kernels, run_reference,
+                               run_torchvision)
 from dcn.ops import _cupy_deform_conv as cupy_backend
 
 HERE = Path(__file__).resolve().parent
@@ -292,3 +293,8 @@ def test_kernels_stay_in_bounds_under_sanitizers(tmp_path):
     report = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("    #"))
     assert proc.returncode == 0, f"sanitizer run failed:\n{report[-6000:]}"
     assert "sanitized runs" in proc.stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_nonfinite_offsets(deform_conv_kernels, launch_mode, dtype):
+    check_nonfinite_offsets(lambda cfg, t, g: run_kernels(deform_conv_kernels, cfg, t, g), dtype)

@@ -25,15 +25,21 @@ namespace dcn {
 // outside the plane read as zero, so the value is zero unless -1 < y < H and -1 < x < W. Derivatives
 // with respect to the position are one-sided from above (the cell [floor(y), floor(y) + 1]), also as
 // torchvision: at y == -1 exactly the value is 0 but d/dy is not, hence the closed bound at -1.
+//
+// A NaN coordinate is not "outside": its sample is NaN (and so are its position and mask
+// derivatives), as a NaN anywhere in a convolution's input makes the outputs that read it NaN. It
+// never reaches the integer conversion. An infinite coordinate is outside (zero, zero derivative).
 template <typename A>
 struct Bilinear {
   bool inside;           // -1 <= y < H and -1 <= x < W: some corner can carry value or derivative
+  bool nan;              // y or x is NaN (then inside is false)
   index_t corner[4];     // flat plane index of corners (y0,x0) (y0,x1) (y1,x0) (y1,x1)
   bool valid[4];         // corner inside the plane
   A ly, lx, hy, hx;      // fractional parts and their complements
 
   __device__ __forceinline__ Bilinear(A y, A x, index_t height, index_t width) {
-    inside = y >= (A)-1 && y < (A)height && x >= (A)-1 && x < (A)width;
+    nan = y != y || x != x;
+    inside = y >= (A)-1 && y < (A)height && x >= (A)-1 && x < (A)width;  // false for NaN
     const index_t y0 = inside ? floor_index(y) : 0;
     const index_t x0 = inside ? floor_index(x) : 0;
     ly = y - (A)y0;
@@ -116,11 +122,12 @@ __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __res
     const Bilinear<A> s(y, x, height, width);
     A w[4];
     for (int j = 0; j < 4; ++j) w[j] = s.weight(j) * m;
+    const A nan_sample = y + x;  // NaN; used only when s.nan
     for (index_t c = p.c_begin; c < p.c_end; ++c) {
       A v[4];
       s.read(input + (p.b * channels + c) * plane_size, v);
       store(columns + ((c * K + p.k) * batch + p.b) * L + p.l,
-            w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]);
+            s.nan ? nan_sample : w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]);
     }
   }
 }
@@ -185,13 +192,14 @@ __global__ void deform_conv2d_backward_sample(
     if (!need_coordinates) continue;
     grad_y *= m;
     grad_x *= m;
+    if (s.nan) grad_y = grad_x = grad_m = y + x;  // NaN: the sample itself is NaN
     if (chunks == 1) {
       if (grad_offset) {
         grad_offset[off_idx] = grad_y;
         grad_offset[off_idx + L] = grad_x;
       }
       if (grad_mask) grad_mask[mask_idx] = grad_m;
-    } else if (s.inside) {  // nothing to add outside the plane; the buffers start at zero
+    } else if (s.inside || s.nan) {  // nothing to add outside the plane; the buffers start at zero
       if (grad_offset) {
         atomicAdd(grad_offset + off_idx, grad_y);
         atomicAdd(grad_offset + off_idx + L, grad_x);

@@ -23,20 +23,25 @@
 namespace dcn {
 
 // roi_align's bilinear footprint of one sample in an H x W plane.
+// A NaN coordinate makes the sample NaN (nan set, inside false) and never reaches the integer
+// conversion; an infinite one is outside like any far-away sample.
 template <typename A>
 struct RoISample {
   bool inside;             // -1 <= y <= H and -1 <= x <= W: the sample counts
+  bool nan;                // y or x is NaN
   bool slope_y, slope_x;   // 0 < y < H - 1 (resp. x): the clamp does not freeze the coordinate
   index_t corner[4];       // flat plane index of (y0,x0) (y0,x1) (y1,x0) (y1,x1); y1 = y0 at the last row
   A ly, lx, hy, hx;
 
   __device__ __forceinline__ RoISample(A y, A x, index_t height, index_t width) {
-    inside = !(y < (A)-1 || y > (A)height || x < (A)-1 || x > (A)width);
+    nan = y != y || x != x;
+    inside = !nan && !(y < (A)-1 || y > (A)height || x < (A)-1 || x > (A)width);
     slope_y = y > (A)0 && y < (A)(height - 1);
     slope_x = x > (A)0 && x < (A)(width - 1);
-    // Clamping before flooring keeps far-away coordinates from overflowing the integer conversion.
-    const A yc = y <= (A)0 ? (A)0 : (y >= (A)(height - 1) ? (A)(height - 1) : y);
-    const A xc = x <= (A)0 ? (A)0 : (x >= (A)(width - 1) ? (A)(width - 1) : x);
+    // Clamping before flooring keeps far-away coordinates from overflowing the integer conversion
+    // (a NaN coordinate is clamped to 0: its corners are never read).
+    const A yc = !(y > (A)0) ? (A)0 : (y >= (A)(height - 1) ? (A)(height - 1) : y);
+    const A xc = !(x > (A)0) ? (A)0 : (x >= (A)(width - 1) ? (A)(width - 1) : x);
     const index_t y0 = floor_index(yc), x0 = floor_index(xc);
     const index_t y1 = y0 + 1 < height ? y0 + 1 : y0;
     const index_t x1 = x0 + 1 < width ? x0 + 1 : x0;
@@ -124,6 +129,7 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input,
       const A y = b.sample_y(iy) + dy;
       for (index_t ix = 0; ix < b.grid_w; ++ix) {
         const RoISample<A> s(y, b.sample_x(ix) + dx, height, width);
+        if (s.nan) sum += y + dx;  // NaN
         if (!s.inside) continue;
         A w[4];
         s.weights(w);
@@ -166,6 +172,10 @@ __global__ void deform_roi_pool_backward(const T* __restrict__ grad_output, cons
       const A y = b.sample_y(iy) + dy;
       for (index_t ix = 0; ix < b.grid_w; ++ix) {
         const RoISample<A> s(y, b.sample_x(ix) + dx, height, width);
+        if (s.nan) {  // the output is NaN: so is its offset gradient; nothing reaches the input
+          grad_y = grad_x = y + dx;
+          continue;
+        }
         if (!s.inside) continue;
         if (grad_input) {
           A w[4];
@@ -180,7 +190,7 @@ __global__ void deform_roi_pool_backward(const T* __restrict__ grad_output, cons
         }
       }
     }
-    if (grad_offset && (grad_x != (A)0 || grad_y != (A)0)) {
+    if (grad_offset && !(grad_x == (A)0 && grad_y == (A)0)) {  // NaN is added too
       atomicAdd(grad_offset + o, g * grad_x * b.shift_x);
       atomicAdd(grad_offset + o + bins, g * grad_y * b.shift_y);
     }
