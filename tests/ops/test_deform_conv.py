@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.ops
 
-from dcn.ops import DeformConv2d, deform_conv2d
+from cuda.deform_conv_cases import check_nonfinite_offsets, conv_args
+from dcn.ops import DeformConv2d, _torch_deform_conv, deform_conv2d
 
 
 def _out_size(size, k, s, p, d):
@@ -319,11 +320,142 @@ def test_non_contiguous_inputs():
     wc = w.transpose(2, 3).contiguous().transpose(2, 3)
     assert not offc.is_contiguous() and not xc.is_contiguous()
     torch.testing.assert_close(deform_conv2d(xc, offc, wc, b, 1, 1, 1, mc), ref)
+    go = torch.randn_like(ref)
     leaves = [t.requires_grad_() for t in (xc, offc, wc, mc)]
     out = deform_conv2d(leaves[0], leaves[1], leaves[2], b, 1, 1, 1, leaves[3])
-    grads = torch.autograd.grad(out.sum(), leaves)
-    for g, t in zip(grads, leaves):
-        assert g.shape == t.shape and torch.isfinite(g).all()
+    grads = torch.autograd.grad(out, leaves, go)
+    ref_leaves = [t.detach().contiguous().requires_grad_() for t in (x, off, w, m)]
+    ref_out = deform_conv2d(ref_leaves[0], ref_leaves[1], ref_leaves[2], b, 1, 1, 1, ref_leaves[3])
+    ref_grads = torch.autograd.grad(ref_out, ref_leaves, go)
+    for g, r, name in zip(grads, ref_grads, ("input", "offset", "weight", "mask")):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12, msg=lambda m_: f"grad {name}: {m_}")
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs are never modified; non-finite offsets
+# ------------------------------------------------------------------------------------------
+def test_1x1_kernel_single_image_leaves_offset_unmodified():
+    """1x1 kernel, one offset group, one image: the offset's permuted view is already contiguous,
+    and the op used to add the sampling grid into the caller's tensor."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 8, 10, 10, generator=g), torch.randn(4, 8, 1, 1, generator=g)
+    off = torch.rand(1, 2, 10, 10, generator=g) - 0.5
+    before = off.clone()
+    first, second = deform_conv2d(x, off, w), deform_conv2d(x, off, w)
+    assert torch.equal(off, before)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("geometry", GEOMETRIES + [((1, 1), (1, 1), (0, 0), (1, 1))])
+@pytest.mark.parametrize("grouping", GROUPINGS)
+@pytest.mark.parametrize("mask,bias", [(False, False), (True, True)])
+def test_inputs_unmodified(n, geometry, grouping, mask, bias, cpu_backward):
+    """Forward and backward leave every input (and the incoming gradient) bit-identical."""
+    kernel, stride, padding, dilation = geometry
+    groups, G = grouping
+    case = make_case(n, 6, 4, (5, 7), kernel, stride, padding, dilation, groups, G, mask, bias,
+                     torch.float64)
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in case]
+    out = deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3], stride, padding, dilation, leaves[4])
+    go = torch.randn_like(out)
+    go_before = go.clone()
+    out.backward(go)
+    for t, before, name in zip(leaves, case, ("input", "offset", "weight", "bias", "mask")):
+        if t is not None:
+            assert torch.equal(t.detach(), before), f"{name} was modified"
+    assert torch.equal(go, go_before), "grad_output was modified"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nonfinite_offsets(dtype, cpu_backward):
+    """NaN offsets: NaN only at the outputs that sample them; +-inf: a sample outside the image.
+    The same check runs on the CUDA kernels (tests/ops/cuda)."""
+    def run(cfg, tensors, grad_out):
+        out = _torch_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg))
+        return out, _torch_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), [True] * 5)
+
+    check_nonfinite_offsets(run, dtype)
+
+
+def test_nan_offset_never_raises_and_stays_local():
+    """A NaN offset used to raise an index error from inside embedding_bag (torchvision's CPU op
+    crashes the process on this input)."""
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 4, 6, 6, generator=g), torch.randn(5, 4, 3, 3, generator=g)
+    o = torch.zeros(2, 18, 4, 4)
+    o[0, 1, 0, 0] = float("nan")  # image 0, kernel point 0, dx, output position (0, 0)
+    out = deform_conv2d(x, o, w)
+    nan = torch.isnan(out)
+    assert nan[0, :, 0, 0].all() and nan.sum() == 5
+    clean = o.clone()
+    clean[0, 1, 0, 0] = 0.0
+    torch.testing.assert_close(out[~nan], deform_conv2d(x, clean, w)[~nan])
+
+
+# ------------------------------------------------------------------------------------------
+# Double backward
+# ------------------------------------------------------------------------------------------
+DOUBLE_BACKWARD_CASES = {
+    "v2_groups": ((3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True),
+    "v1_stride_dilation": ((3, 2), (2, 1), (1, 0), (2, 1), 1, 1, False, True),
+    "1x1_no_bias": ((1, 1), (1, 1), (0, 0), (1, 1), 1, 1, True, False),
+}
+
+
+@pytest.mark.parametrize("name", list(DOUBLE_BACKWARD_CASES))
+def test_gradgradcheck(name):
+    """The backward is differentiable (create_graph=True): second derivatives of every input,
+    checked against finite differences of the first, away from the integer lines."""
+    kernel, stride, padding, dilation, groups, G, mask, bias = DOUBLE_BACKWARD_CASES[name]
+    case = make_case(2, 4, 4, (5, 4), kernel, stride, padding, dilation, groups, G, mask, bias,
+                     torch.float64, far=0.0)
+    x, off, w, b, m = (t.requires_grad_() if t is not None else None for t in case)
+    inputs = [t for t in (x, off, w, b, m) if t is not None]
+
+    def fn(*args):
+        it = iter(args)
+        x_, off_, w_ = next(it), next(it), next(it)
+        b_ = next(it) if bias else None
+        m_ = next(it) if mask else None
+        return deform_conv2d(x_, off_, w_, b_, stride, padding, dilation, m_)
+
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_create_graph_gradients_equal_the_fused_ones():
+    case = make_case(2, 4, 6, (6, 5), (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, torch.float64)
+    leaves = [t.requires_grad_() for t in case]
+    go = torch.randn(2, 6, 6, 5, dtype=torch.float64)
+    out = deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3], 1, 1, 1, leaves[4])
+    fused = torch.autograd.grad(out, leaves, go, retain_graph=True)
+    composed = torch.autograd.grad(out, leaves, go, create_graph=True)
+    for f, c, name in zip(fused, composed, ("input", "offset", "weight", "bias", "mask")):
+        assert c.requires_grad or name == "bias"  # the bias gradient is grad_out's sum: a constant
+        torch.testing.assert_close(c.detach(), f, rtol=1e-10, atol=1e-10)
+
+
+def test_gradient_penalty_training_step():
+    """A WGAN-GP-style step through DeformConv2d: the penalty's gradient reaches the offset
+    predictor and the weights, and one optimiser step lowers the penalty."""
+    torch.manual_seed(0)
+    layer = DeformConv2d(3, 4, 3, padding=1, modulated=True).double()
+    with torch.no_grad():
+        layer.conv_offset.weight.normal_(0, 0.1)
+    opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+
+    def penalty():
+        xi = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(layer(xi).square().sum(), xi, create_graph=True)
+        return gx.square().sum()
+
+    p0 = penalty()
+    opt.zero_grad()
+    p0.backward()
+    assert layer.conv_offset.weight.grad.abs().sum() > 0 and layer.weight.grad.abs().sum() > 0
+    opt.step()
+    assert penalty() < p0
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from torchvision.ops import MultiScaleRoIAlign, RoIAlign, roi_align
 
 from dcn.ops import DeformRoIPool, MultiScaleDeformRoIPool, deform_roi_pool
 from dcn.ops import _torch_deform_roi_pool
+from cuda.roi_pool_cases import check_nonfinite_offsets
+from cuda.roi_pool_cases import make_case as roi_case
 from dcn.ops.deform_roi_pool import _deform_roi_pool_op
 
 
@@ -249,10 +251,16 @@ def test_chunked_equals_unchunked(monkeypatch):
     offset = (torch.randn(12, 2, 3, 3, dtype=torch.float64) * 0.3).requires_grad_()
     out = deform_roi_pool(x, rois, offset, 3, 1.0, 0)
     grads = torch.autograd.grad(out.square().sum(), (x, offset))
-    # A tiny budget forces one chunk per RoI (and RoIs larger than the budget).
+    # A tiny budget (one sample per bin) forces one piece per RoI at best, and RoIs larger than
+    # the budget are split into blocks of their sample grid, rows and columns.
     monkeypatch.setattr(_torch_deform_roi_pool, "_ENTRY_BUDGET", 36)
-    assert len(_torch_deform_roi_pool._chunks(
-        _torch_deform_roi_pool._geometry(rois, (3, 3), 1.0, 0, True), 9)) == 12
+    geo = _torch_deform_roi_pool._geometry(rois, (3, 3), 1.0, 0, True)
+    pieces = _torch_deform_roi_pool._chunks(geo, 9)
+    assert any(p.partial for p in pieces) and len({p.lo for p in pieces}) == 12
+    for p in pieces:
+        samples = ((p.iy[1] - p.iy[0]) * (p.ix[1] - p.ix[0]) if p.partial
+                   else int((geo.grid_h[p.lo:p.hi] * geo.grid_w[p.lo:p.hi]).sum()))
+        assert samples * 4 * 9 <= 36, p
     out_c = deform_roi_pool(x, rois, offset, 3, 1.0, 0)
     grads_c = torch.autograd.grad(out_c.square().sum(), (x, offset))
     torch.testing.assert_close(out_c, out)
@@ -536,3 +544,44 @@ def test_per_level_modulated_heads_give_a_mask_per_box():
     torch.testing.assert_close(ours(feats, boxes, shapes), 0.5 * ref)  # sigmoid(0) = 0.5 at init
     with pytest.raises(ValueError, match="offset_heads must be one of \\['shared', 'per_level'\\]"):
         MultiScaleDeformRoIPool(names, 3, 0, in_channels=4, offset_heads="each")
+
+
+# ------------------------------------------------------------------------------------------
+# Huge RoIs, non-finite offsets, inputs unmodified
+# ------------------------------------------------------------------------------------------
+def test_huge_roi_bounded_work_equals_roi_align(monkeypatch):
+    """A +-5000 px box with adaptive sampling has ~25 million samples: it is pooled in pieces of
+    the entry budget (it used to exhaust memory), and equals roi_align."""
+    from torchvision.ops import roi_align
+
+    x = torch.randn(1, 4, 64, 64, dtype=torch.float64, requires_grad=True)
+    boxes = torch.tensor([[0, -5000.0, -5000.0, 5000.0, 5000.0], [0, 3.0, 4.0, 40.0, 50.0]],
+                         dtype=torch.float64)
+    geo = _torch_deform_roi_pool._geometry(boxes, (7, 7), 0.5, 0, True)
+    pieces = _torch_deform_roi_pool._chunks(geo, 49)
+    assert int(geo.grid_h[0] * geo.grid_w[0]) * 4 * 49 > 20 * _torch_deform_roi_pool._ENTRY_BUDGET
+    assert len(pieces) > 20 and all(p.lo == 0 for p in pieces[:-1])
+    out = deform_roi_pool(x, boxes, None, 7, 0.5, 0)
+    ref = roi_align(x, boxes, 7, 0.5, 0, aligned=True)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nonfinite_offsets(dtype):
+    """NaN offset: NaN bin and NaN offset gradient, nothing into the input gradient; +-inf: the
+    bin is outside the map. The same check runs on the CUDA kernels (tests/ops/cuda)."""
+    check_nonfinite_offsets(_torch_deform_roi_pool.deform_roi_pool_forward,
+                            _torch_deform_roi_pool.deform_roi_pool_backward, dtype)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_inputs_unmodified(sampling_ratio):
+    x, rois, off, grad = roi_case(seed=21)
+    before = [t.clone() for t in (x, rois, off, grad)]
+    xs, offs = x.clone().requires_grad_(), off.clone().requires_grad_()
+    out = deform_roi_pool(xs, rois, offs, (3, 2), 0.5, sampling_ratio)
+    out.backward(grad)
+    for t, b, name in zip((xs.detach(), rois, offs.detach(), grad), before, ("input", "rois", "offset", "grad")):
+        assert torch.equal(t, b), f"{name} was modified"

@@ -84,8 +84,11 @@ def _sample_positions(
     kx = torch.arange(kw, device=device, dtype=dtype).mul_(dilation[1]).repeat(kh)
     oy = torch.arange(h_out, device=device, dtype=dtype).mul_(stride[0]).sub_(padding[0])
     ox = torch.arange(w_out, device=device, dtype=dtype).mul_(stride[1]).sub_(padding[1])
-    # (n, G, K, 2, Ho, Wo) -> (2, n, Ho, Wo, K, G) in one copy.
-    off = offset.reshape(n, G, K, 2, h_out, w_out).permute(3, 0, 4, 5, 2, 1).contiguous()
+    # (n, G, K, 2, Ho, Wo) -> (2, n, Ho, Wo, K, G) in one copy. Always a copy: when the permuted
+    # view is already contiguous (1x1 kernel, one offset group, one image) .contiguous() would
+    # return the caller's offset tensor itself, and the in-place adds below would modify it.
+    off = offset.reshape(n, G, K, 2, h_out, w_out).permute(3, 0, 4, 5, 2, 1).clone(
+        memory_format=torch.contiguous_format)
     y = off[0].add_((oy.view(-1, 1, 1) + ky.view(1, 1, -1)).unsqueeze(-1))
     x = off[1].add_((ox.view(1, -1, 1) + kx.view(1, 1, -1)).unsqueeze(-1))
     return y, x
@@ -95,8 +98,11 @@ class _Bags(NamedTuple):
     """The four bilinear corners of every sample point, bags ordered (n, l, k, g).
 
     rows: (M, 4) int64 rows of the padded channels-last table (:func:`_padded_table`);
-    weights: (M, 4) corner weights with validity and mask folded in (what the forward sums);
-    ly, lx: (M,) fractional parts of y and x; scale: (M,) validity (0/1) times mask.
+    weights: (M, 4) corner weights with validity and mask folded in, finite (zero) at NaN
+    positions: what the input gradient scatters with;
+    ly, lx: (M,) fractional parts of y and x (finite); valid: (M,) 0/1; mask: (M,) or None;
+    nan: (M, 1) bool, the sample position is NaN (the sample, and its offset/mask gradients, are
+    NaN there; see :meth:`sample_weights`).
     M = n * L * K * G, so the summed bags form the channels-last column matrix (n * L, K * C).
     """
 
@@ -106,6 +112,15 @@ class _Bags(NamedTuple):
     lx: Tensor
     valid: Tensor
     mask: Optional[Tensor]
+    nan: Tensor
+
+    def sample_weights(self) -> Tensor:
+        """The weights the forward sums: NaN at NaN positions, so those samples are NaN."""
+        return self.weights.masked_fill(self.nan, float("nan"))
+
+    def nan_to_bag(self, t: Tensor) -> Tensor:
+        """``t`` (M,) or (M, j) per bag, NaN at the bags whose position is NaN."""
+        return t.masked_fill(self.nan if t.dim() == 2 else self.nan.view(-1), float("nan"))
 
 
 def _bilinear_bags(y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[Tensor]) -> _Bags:
@@ -117,12 +132,17 @@ def _bilinear_bags(y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[
     """
     n, h_out, w_out, K, G = y.shape
     H, W = in_hw
-    valid = ((y > -1) & (y < H) & (x > -1) & (x < W)).to(y.dtype)
+    valid = ((y > -1) & (y < H) & (x > -1) & (x < W)).to(y.dtype)  # False for NaN and +-inf
+    nan = (torch.isnan(y) | torch.isnan(x)).view(-1, 1)
     # Clamping only changes samples outside the valid window, whose weights are zeroed below;
-    # it keeps far-away coordinates from overflowing the integer conversion.
-    y0f = torch.floor(y.clamp(-1, H - 1))
-    x0f = torch.floor(x.clamp(-1, W - 1))
-    ly, lx = y - y0f, x - x0f
+    # it keeps far-away coordinates from overflowing the integer conversion (a NaN position
+    # reads row -1, the zero padding, with zero weight: it is made NaN by sample_weights).
+    y0f = torch.floor(y.clamp(-1, H - 1).nan_to_num_(nan=-1.0))
+    x0f = torch.floor(x.clamp(-1, W - 1).nan_to_num_(nan=-1.0))
+    # Finite everywhere (an infinite or NaN position would make 0 * inf = NaN weights); exact
+    # inside the valid window, where the clamp above changed nothing.
+    ly = (y - y0f).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    lx = (x - x0f).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     mask_bl = None
     scale = valid
     if mask is not None:
@@ -142,7 +162,7 @@ def _bilinear_bags(y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[
     rows = torch.stack((base, base + G, base + Wp * G, base + (Wp + 1) * G), dim=-1)
     return _Bags(
         rows.view(-1, 4), weights.view(-1, 4), ly.reshape(-1), lx.reshape(-1), valid.reshape(-1),
-        None if mask_bl is None else mask_bl.reshape(-1),
+        None if mask_bl is None else mask_bl.reshape(-1), nan,
     )
 
 
@@ -205,7 +225,7 @@ def deform_conv2d_forward(
     for s, e in _chunks(n, c_in * K * L):
         y, x = _sample_positions(offset[s:e], (kh, kw), stride, padding, dilation, offset_groups)
         bags = _bilinear_bags(y, x, (H, W), None if mask is None else mask[s:e])
-        cols = _columns(input[s:e], bags.rows, bags.weights, offset_groups, K * c_in)  # (b*L, K*C_in)
+        cols = _columns(input[s:e], bags.rows, bags.sample_weights(), offset_groups, K * c_in)  # (b*L, K*C_in)
         res = torch.cat(
             [torch.mm(c, w_mat[i]) for i, c in enumerate(_group_columns(cols, groups, K, c_in))], 1
         ) if groups > 1 else torch.mm(cols, w_mat[0])  # (b*L, C_out)
@@ -293,7 +313,7 @@ def deform_conv2d_backward(
             bags = _bilinear_bags(y, x, (H, W), m)
             table = _padded_table(x_in, G)
             if need_w:
-                cols = F.embedding_bag(bags.rows, table, per_sample_weights=bags.weights, mode="sum")
+                cols = F.embedding_bag(bags.rows, table, per_sample_weights=bags.sample_weights(), mode="sum")
                 for i, c in enumerate(_group_columns(cols.view(b * L, K * c_in), groups, K, c_in)):
                     grad_w_mat[i].addmm_(c.t(), go_groups[i])
                 del cols
@@ -312,9 +332,10 @@ def deform_conv2d_backward(
                 sc = bags.valid if bags.mask is None else bags.valid * bags.mask
                 g_y = ((d2 - d0) * hx + (d3 - d1) * lx) * sc
                 g_x = ((d1 - d0) * hy + (d3 - d2) * ly) * sc
-                grad_off[s:e] = _to_offset_layout(torch.stack((g_y, g_x), -1), b, h_out, w_out, K, G)
+                g_yx = bags.nan_to_bag(torch.stack((g_y, g_x), -1))
+                grad_off[s:e] = _to_offset_layout(g_yx, b, h_out, w_out, K, G)
             if need_mask:
-                g_m = (hy * (hx * d0 + lx * d1) + ly * (hx * d2 + lx * d3)) * bags.valid
+                g_m = bags.nan_to_bag((hy * (hx * d0 + lx * d1) + ly * (hx * d2 + lx * d3)) * bags.valid)
                 grad_mask[s:e] = _to_mask_layout(g_m, b, h_out, w_out, K, G)
             continue
 
@@ -322,7 +343,7 @@ def deform_conv2d_backward(
         if need_w or need_mask:
             # Recompute the columns (unmasked when the mask gradient needs them).
             bags = _bilinear_bags(y, x, (H, W), None if need_mask else m)
-            cols = _columns(x_in, bags.rows, bags.weights, G, K * c_in)  # (b*L, K*C_in)
+            cols = _columns(x_in, bags.rows, bags.sample_weights(), G, K * c_in)  # (b*L, K*C_in)
             del bags
             if need_mask:
                 # d out / d mask[n,g,k,l] = sum over the group's channels of grad_cols * unmasked cols.
@@ -346,9 +367,12 @@ def deform_conv2d_backward(
         gcols = torch.matmul(w_cf_t, go_cf).view(b, G, cg, K, L)
         if m is not None:
             gcols = gcols * m.reshape(b, G, 1, K, L)
-        # align_corners=False normalisation for grid_sampler_2d_backward.
+        # align_corners=False normalisation for grid_sampler_2d_backward. Non-finite positions
+        # become far-outside ones (zero gradient), NaN ones are made NaN again below.
+        nan = torch.isnan(y) | torch.isnan(x)
+        y_s, x_s = (t.clamp(-2.0, float(size) + 1.0).nan_to_num_(nan=-2.0) for t, size in ((y, H), (x, W)))
         grid = torch.stack(
-            (x.mul(2.0 / W).add_(1.0 / W - 1.0), y.mul(2.0 / H).add_(1.0 / H - 1.0)), dim=-1
+            (x_s.mul_(2.0 / W).add_(1.0 / W - 1.0), y_s.mul_(2.0 / H).add_(1.0 / H - 1.0)), dim=-1
         )  # (b, Ho, Wo, K, G, 2) -> (b*G, K, L, 2)
         grid = grid.permute(0, 4, 3, 1, 2, 5).reshape(b * G, K, L, 2)
         gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
@@ -362,6 +386,7 @@ def deform_conv2d_backward(
             go_off = grad_off[s:e].view(b, G, K, 2, h_out, w_out)
             go_off[:, :, :, 0] = ggrid[..., 1] * (2.0 / H)
             go_off[:, :, :, 1] = ggrid[..., 0] * (2.0 / W)
+            go_off.masked_fill_(nan.permute(0, 4, 3, 1, 2).unsqueeze(3), float("nan"))
 
     grad_w = None
     if need_w:

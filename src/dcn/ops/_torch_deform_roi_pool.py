@@ -36,7 +36,14 @@ padding to the largest grid). The (roi, bin)-major bag order makes the pooled ro
 
 The (pixel, weight) entries are generated per chunk of RoIs holding at most
 ``_ENTRY_BUDGET`` entries, so memory stays bounded when adaptive sampling
-(``sampling_ratio=0``) puts many samples into large RoIs.
+(``sampling_ratio=0``) puts many samples into large RoIs. A single RoI above the budget (a box of
+thousands of pixels has millions of samples) is split into pieces of its sample grid (rows, and
+columns if need be) whose partial bin sums are added: the work grows with the box as in
+roi_align, the memory does not.
+
+Non-finite positions: a sample whose coordinate is NaN (a NaN offset) makes its bin NaN, and that
+bin's offset gradient; it adds nothing to the input gradient. An infinite coordinate is a sample
+outside the map (zero).
 """
 
 from __future__ import annotations
@@ -97,19 +104,45 @@ def _geometry(
     )
 
 
-def _chunks(geo: _RoIGeometry, bins: int) -> list[tuple[int, int]]:
-    """Contiguous (start, stop) RoI ranges with at most ``_ENTRY_BUDGET`` entries each
-    (a single RoI larger than the budget gets a chunk of its own)."""
-    entries = (geo.grid_h * geo.grid_w * (4 * bins)).tolist()
-    chunks, start, total = [], 0, 0
-    for i, e in enumerate(entries):
+class _Piece(NamedTuple):
+    """RoIs ``lo:hi`` (all their samples), or, for one RoI above the entry budget (``hi = lo + 1``),
+    the samples of its grid rows ``iy[0]:iy[1]`` and columns ``ix[0]:ix[1]`` in every bin."""
+
+    lo: int
+    hi: int
+    iy: Optional[tuple[int, int]] = None
+    ix: Optional[tuple[int, int]] = None
+
+    @property
+    def partial(self) -> bool:
+        return self.iy is not None
+
+
+def _chunks(geo: _RoIGeometry, bins: int) -> list[_Piece]:
+    """Pieces of work with at most ``_ENTRY_BUDGET`` entries each (at least one sample per bin):
+    contiguous RoI ranges, and grid blocks of the RoIs that exceed the budget on their own."""
+    grid_h, grid_w = geo.grid_h.tolist(), geo.grid_w.tolist()
+    pieces, start, total = [], 0, 0
+    for i, (gh, gw) in enumerate(zip(grid_h, grid_w)):
+        e = gh * gw * 4 * bins
+        if e > _ENTRY_BUDGET:
+            if start < i:
+                pieces.append(_Piece(start, i))
+            per_row = gw * 4 * bins
+            rows = max(1, _ENTRY_BUDGET // per_row)
+            cols = gw if rows > 1 or per_row <= _ENTRY_BUDGET else max(1, _ENTRY_BUDGET // (4 * bins))
+            for a in range(0, gh, rows):
+                for c in range(0, gw, cols):
+                    pieces.append(_Piece(i, i + 1, (a, min(gh, a + rows)), (c, min(gw, c + cols))))
+            start, total = i + 1, 0
+            continue
         if total and total + e > _ENTRY_BUDGET:
-            chunks.append((start, i))
+            pieces.append(_Piece(start, i))
             start, total = i, 0
         total += e
-    if start < len(entries):
-        chunks.append((start, len(entries)))
-    return chunks
+    if start < len(grid_h):
+        pieces.append(_Piece(start, len(grid_h)))
+    return pieces
 
 
 class _Bags(NamedTuple):
@@ -124,25 +157,28 @@ class _Bags(NamedTuple):
 
 
 def _sample_coordinates(
-    geo: _RoIGeometry, lo: int, hi: int, offset: Optional[Tensor], gamma: float,
+    geo: _RoIGeometry, piece: _Piece, offset: Optional[Tensor], gamma: float,
     output_size: Sequence[int], uniform_grid: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Sample coordinates of RoIs ``lo:hi`` in bag-entry order (roi, bin, iy, ix).
+    """Sample coordinates of ``piece`` in bag-entry order (roi, bin, iy, ix).
 
     Returns (y, x, batch, count), broadcastable against each other. With a uniform grid (a fixed
-    ``sampling_ratio``) they are (R, out_h, out_w | 1, grid_h, 1) / (R, out_h | 1, out_w, 1, grid_w)
-    tensors, so the per-coordinate work is done on rows and columns of samples only; with adaptive
-    grids every sample is decoded from a flat index, so RoIs with different grids need no padding.
+    ``sampling_ratio``, or a piece of one RoI) they are (R, out_h, out_w | 1, grid_h, 1) /
+    (R, out_h | 1, out_w, 1, grid_w) tensors, so the per-coordinate work is done on rows and columns
+    of samples only; with adaptive grids every sample is decoded from a flat index, so RoIs with
+    different grids need no padding.
     """
     out_h, out_w = output_size
     bins = out_h * out_w
+    lo, hi = piece.lo, piece.hi
     device, dtype = geo.start_x.device, geo.start_x.dtype
-    if uniform_grid:
-        gh, gw = int(geo.grid_h[0]), int(geo.grid_w[0])
+    if uniform_grid or piece.partial:
+        gh, gw = int(geo.grid_h[lo]), int(geo.grid_w[lo])
+        (ya, yb), (xa, xb) = piece.iy or (0, gh), piece.ix or (0, gw)
         col = lambda t: t[lo:hi].view(-1, 1, 1, 1, 1)  # noqa: E731
-        ar = lambda n: torch.arange(n, device=device, dtype=dtype)  # noqa: E731
-        ph, pw = ar(out_h).view(1, -1, 1, 1, 1), ar(out_w).view(1, 1, -1, 1, 1)
-        iy, ix = ar(gh).view(1, 1, 1, -1, 1), ar(gw).view(1, 1, 1, 1, -1)
+        ar = lambda a, b: torch.arange(a, b, device=device, dtype=dtype)  # noqa: E731
+        ph, pw = ar(0, out_h).view(1, -1, 1, 1, 1), ar(0, out_w).view(1, 1, -1, 1, 1)
+        iy, ix = ar(ya, yb).view(1, 1, 1, -1, 1), ar(xa, xb).view(1, 1, 1, 1, -1)
         # Same operation order as torchvision's pre_calc_for_bilinear_interpolate, so that
         # without offsets the sample coordinates are bit-identical to roi_align's.
         y = col(geo.start_y) + ph * col(geo.bin_h) + (iy + 0.5) * col(geo.bin_h) / gh
@@ -177,8 +213,7 @@ def _sample_coordinates(
 
 def _bags(
     geo: _RoIGeometry,
-    lo: int,
-    hi: int,
+    piece: _Piece,
     offset: Optional[Tensor],
     gamma: float,
     in_hw: tuple[int, int],
@@ -186,16 +221,17 @@ def _bags(
     with_derivatives: bool,
     uniform_grid: bool = False,
 ) -> _Bags:
-    """Bilinear bag entries of RoIs ``lo:hi``; offset is (K, 2, out_h, out_w) or None."""
+    """Bilinear bag entries of ``piece``; offset is (K, 2, out_h, out_w) or None."""
     H, W = in_hw
     bins = output_size[0] * output_size[1]
     dtype = geo.start_x.dtype
-    y, x, batch, count = _sample_coordinates(geo, lo, hi, offset, gamma, output_size, uniform_grid)
+    lo, hi = piece.lo, piece.hi
+    y, x, batch, count = _sample_coordinates(geo, piece, offset, gamma, output_size, uniform_grid)
 
     def axis(c: Tensor, size: int):
         """roi_align's rule along one axis: cut outside [-1, size], clamp into [0, size - 1]."""
-        keep = (c >= -1.0) & (c <= size)
-        cc = c.clamp(0.0, size - 1)
+        keep = (c >= -1.0) & (c <= size)  # False for NaN
+        cc = c.clamp(0.0, size - 1).nan_to_num_(nan=0.0)  # a NaN coordinate reads pixel 0 ...
         low = cc.floor()
         frac = cc - low
         low = low.to(torch.int64)
@@ -210,6 +246,9 @@ def _bags(
     # and the cut of out-of-range samples are folded into them.
     wy = keep_y.to(dtype) / count
     wx = keep_x.to(dtype)
+    # ... with a NaN weight: its bin becomes NaN, as does the bin's offset gradient.
+    wy = wy.masked_fill(torch.isnan(y), float("nan"))
+    wx = wx.masked_fill(torch.isnan(x), float("nan"))
     row_low = batch * (H * W) + y_low * W
     row_high = batch * (H * W) + y_high * W
     shape = torch.broadcast_shapes(y.shape, x.shape, batch.shape, count.shape)
@@ -235,7 +274,11 @@ def _bags(
         d_dy = entries(torch.mul, ((-hx, gy), (-lx, gy), (hx, gy), (lx, gy)), dtype)
         d_dx = entries(torch.mul, ((-hy, gx), (hy, gx), (-ly, gx), (ly, gx)), dtype)
 
-    per_bin = geo.grid_h[lo:hi] * geo.grid_w[lo:hi]
+    if piece.partial:
+        per_bin = torch.full((1,), (piece.iy[1] - piece.iy[0]) * (piece.ix[1] - piece.ix[0]),
+                             dtype=torch.int64, device=index.device)
+    else:
+        per_bin = geo.grid_h[lo:hi] * geo.grid_w[lo:hi]
     offsets = torch.zeros((hi - lo) * bins + 1, dtype=torch.int64, device=index.device)
     torch.cumsum((4 * per_bin).repeat_interleave(bins), 0, out=offsets[1:])
     return _Bags(index, weight, offsets, d_dx, d_dy)
@@ -302,11 +345,18 @@ def deform_roi_pool_forward(
     geo = _geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
     table = _pixel_table(input)
     bins = out_h * out_w
-    parts = []  # (roi chunk * bins, C) each
-    for lo, hi in _chunks(geo, bins):
-        bags = _bags(geo, lo, hi, offset, gamma, (H, W), output_size, False, sampling_ratio > 0)
-        parts.append(_bag_sum(table, bags.index, bags.offsets, bags.weight))
-    rows = parts[0] if len(parts) == 1 else torch.cat(parts)
+    pieces = _chunks(geo, bins)
+    rows = None  # (K * bins, C)
+    for piece in pieces:
+        bags = _bags(geo, piece, offset, gamma, (H, W), output_size, False, sampling_ratio > 0)
+        part = _bag_sum(table, bags.index, bags.offsets, bags.weight)
+        if len(pieces) == 1:
+            rows = part
+            break
+        if rows is None:
+            rows = table.new_zeros((K * bins, c))
+        target = rows[piece.lo * bins: piece.hi * bins]
+        target.add_(part) if piece.partial else target.copy_(part)
     # (K*bins, C) -> (K, C, out_h, out_w): a transposing copy, as roi_align's layout is channel-major.
     return rows.view(K, out_h, out_w, c).permute(0, 3, 1, 2).contiguous().to(out_dtype)
 
@@ -346,10 +396,11 @@ def deform_roi_pool_backward(
     n_pix = n * H * W
     g_table = None  # (N*H*W, C) input gradient, summed over chunks
     table = _pixel_table(x) if need_off else None
-    g_off_rows = x.new_empty((K * bins, 2)) if need_off else None
+    g_off_rows = x.new_zeros((K * bins, 2)) if need_off else None
 
-    for lo, hi in _chunks(geo, bins):
-        bags = _bags(geo, lo, hi, off_c, gamma, (H, W), output_size, need_off, sampling_ratio > 0)
+    for piece in _chunks(geo, bins):
+        lo, hi = piece.lo, piece.hi
+        bags = _bags(geo, piece, off_c, gamma, (H, W), output_size, need_off, sampling_ratio > 0)
         g_chunk = g_rows[lo * bins : hi * bins]
         if need_in:
             # Transpose of the forward: sort entries by pixel; each pixel's bag gathers the
@@ -360,14 +411,16 @@ def deform_roi_pool_backward(
             order = torch.argsort(bags.index, stable=True)
             pix_offsets = torch.zeros(n_pix + 1, dtype=torch.int64, device=x.device)
             torch.cumsum(torch.bincount(bags.index, minlength=n_pix), 0, out=pix_offsets[1:])
-            g_part = _bag_sum(g_chunk, bag_of_entry[order], pix_offsets, bags.weight[order])
+            # NaN-position samples (NaN weights) carry no input gradient.
+            weight = bags.weight[order].nan_to_num_(nan=0.0)
+            g_part = _bag_sum(g_chunk, bag_of_entry[order], pix_offsets, weight)
             g_table = g_part if g_table is None else g_table.add_(g_part)
         if need_off:
             k = torch.arange(lo, hi, device=x.device).repeat_interleave(bins)
             dy = (_bag_sum(table, bags.index, bags.offsets, bags.d_weight_dy) * g_chunk).sum(1)
             dx = (_bag_sum(table, bags.index, bags.offsets, bags.d_weight_dx) * g_chunk).sum(1)
-            g_off_rows[lo * bins : hi * bins, 0] = dx * (gamma * geo.width[k])
-            g_off_rows[lo * bins : hi * bins, 1] = dy * (gamma * geo.height[k])
+            g_off_rows[lo * bins : hi * bins, 0] += dx * (gamma * geo.width[k])
+            g_off_rows[lo * bins : hi * bins, 1] += dy * (gamma * geo.height[k])
 
     grad_in = grad_off = None
     if need_in:

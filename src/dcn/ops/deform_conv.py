@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from dcn.ops import _composite_deform_conv
 from dcn.ops._dispatch import BACKENDS, cupy_unavailable_reason, implementation, resolve_backend
 
 __all__ = ["deform_conv2d", "DeformConv2d", "BACKENDS", "cupy_unavailable_reason"]
@@ -106,6 +107,21 @@ def _setup_context(ctx, inputs, output):
     ctx.conf = (stride, padding, dilation, groups, offset_groups, backend)
 
 
+def _differentiable_backward(grad_out, saved, needs, conf):
+    """Gradients that autograd can differentiate again: the op recomposed from differentiable
+    PyTorch operations (:mod:`dcn.ops._composite_deform_conv`) and differentiated by autograd."""
+    stride, padding, dilation, groups, offset_groups, _ = conf
+    with torch.enable_grad():
+        out = _composite_deform_conv.deform_conv2d(*saved, stride, padding, dilation, groups, offset_groups)
+        wanted = [t for t, need in zip(saved, needs) if need]
+        found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    grads = []
+    for t, need in zip(saved, needs):
+        g = next(found) if need else None
+        grads.append(torch.zeros_like(t) if need and g is None else g)
+    return grads
+
+
 def _backward(ctx, grad_out):
     input, offset, mask, weight, bias = ctx.saved_tensors
     stride, padding, dilation, groups, offset_groups, backend = ctx.conf
@@ -116,6 +132,12 @@ def _backward(ctx, grad_out):
         ctx.needs_input_grad[3],
         bias is not None and ctx.needs_input_grad[4],
     ]
+    if torch.is_grad_enabled():
+        # backward(create_graph=True) / autograd.grad(..., create_graph=True): the gradients must
+        # themselves be differentiable, which the fused kernels' are not.
+        g_in, g_off, g_mask, g_w, g_b = _differentiable_backward(
+            grad_out, (input, offset, mask, weight, bias), needs, ctx.conf)
+        return g_in, g_off, g_mask, g_w, g_b, None, None, None, None, None, None
     grads = _deform_conv2d_backward_op(
         grad_out, input, offset, mask, weight, bias, stride, padding, dilation, groups,
         offset_groups, backend, needs,

@@ -53,7 +53,7 @@ def _run_cases(kernels, device: str) -> int:
 
 
 def _run_roi_pool_cases() -> int:
-    from test_deform_roi_pool_kernels import make_case
+    from roi_pool_cases import make_case
     from dcn.ops import _cupy_deform_roi_pool as roi
 
     runs = 0

@@ -69,6 +69,38 @@ def test_nonfinite_offsets(dtype):
     check_nonfinite_offsets(lambda cfg, t, g: cupy_run(cfg, t, g), dtype, device=CUDA)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_nonfinite_offsets_torch_backend(dtype):
+    """The PyTorch path on CUDA tensors (its ATen fallback) follows the same NaN/Inf rules."""
+    from dcn.ops import _torch_deform_conv as torch_backend
+
+    def run(cfg, t, g):
+        out = torch_backend.deform_conv2d_forward(*t, *conv_args(cfg))
+        return out, torch_backend.deform_conv2d_backward(g, *t, *conv_args(cfg), [True] * 5)
+
+    check_nonfinite_offsets(run, dtype, device=CUDA)
+
+
+@pytest.mark.parametrize("backend", ["cupy", "torch"])
+def test_double_backward(backend):
+    """create_graph=True gradients are differentiable on CUDA (composed from PyTorch operations)
+    and equal the fused kernels' first-order gradients."""
+    cfg = Config(n=2, c_in=4, c_out=4, h=5, w=4, groups=2, offset_groups=2, mask=True)
+    x, offset, m, weight, bias = make_inputs(cfg, torch.float64, device=CUDA)
+    inputs = [t.requires_grad_() for t in (x, fractional_offsets(offset), m, weight, bias)]
+
+    def fn(x_, off_, m_, w_, b_):
+        return deform_conv2d(x_, off_, w_, b_, cfg.stride, cfg.padding, cfg.dilation, m_, backend=backend)
+
+    out = fn(*inputs)
+    go = random_grad_out(cfg, torch.float64, device=CUDA)
+    fused = torch.autograd.grad(out, inputs, go, retain_graph=True)
+    composed = torch.autograd.grad(out, inputs, go, create_graph=True)
+    for f, c, name in zip(fused, composed, GRAD_NAMES):
+        assert_close(c.detach(), f, f"grad {name}", rtol=1e-9, atol=1e-9)
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, nondet_tol=1e-10)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_inputs_unmodified(name):
     """Forward and backward through the public op leave every input bit-identical."""
