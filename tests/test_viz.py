@@ -60,7 +60,7 @@ def test_modulated_weights_are_products_of_masks() -> None:
 
 def test_plain_network_is_refused() -> None:
     plain = SeedNet(in_channels=1, deform={"enabled": False})
-    with pytest.raises(ValueError, match="no DeformConv2d"):
+    with pytest.raises(ValueError, match="no DeformConv2dPack"):
         sampling_points(plain, torch.rand(1, 8, 8))
 
 

@@ -42,7 +42,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dcn.ops import DeformConv2d, DeformRoIPool, MultiScaleDeformRoIPool
+from dcn.ops import DeformConv2dPack, DeformRoIPoolPack, MultiScaleDeformRoIPool
 
 __all__ = [
     "RESULTS_FILE",
@@ -65,18 +65,18 @@ _LIBRARIES = (
 
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
     """``{total, trainable, offset_predictor, roi_offset_head}`` parameter counts: ``offset_predictor``
-    sums the ``conv_offset`` predictors of every :class:`~dcn.ops.DeformConv2d` (0 in a plain
+    sums the ``conv_offset`` predictors of every :class:`~dcn.ops.DeformConv2dPack` (0 in a plain
     network), ``roi_offset_head`` the offset heads of deformable RoI pooling layers (0 without)."""
     offset = sum(
         p.numel()
         for m in model.modules()
-        if isinstance(m, DeformConv2d)
+        if isinstance(m, DeformConv2dPack)
         for p in m.conv_offset.parameters()
     )
     roi_offset = sum(
         p.numel()
         for m in model.modules()
-        if isinstance(m, (DeformRoIPool, MultiScaleDeformRoIPool))
+        if isinstance(m, (DeformRoIPoolPack, MultiScaleDeformRoIPool))
         for name, p in m.named_parameters()
         if name.startswith("offset_head")  # offset_head (shared) or offset_heads.<level>
     )

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2dPack
 
 __all__ = ["SamplingPoints", "draw_sampling_points", "load_model", "main", "sampling_points"]
 
@@ -80,7 +80,7 @@ def sampling_points(backbone: nn.Module, image: Tensor, point: Optional[Tuple[fl
     """Sampling locations of ``backbone``'s deformable layers for one output unit.
 
     Args:
-        backbone: any module containing :class:`~dcn.ops.DeformConv2d` layers (run in eval mode).
+        backbone: any module containing :class:`~dcn.ops.DeformConv2dPack` layers (run in eval mode).
         image: Tensor[C, H, W], preprocessed as the network's input.
         point: (y, x) in image pixels; the output unit nearest to it is chosen. None: the centre unit.
 
@@ -92,16 +92,16 @@ def sampling_points(backbone: nn.Module, image: Tensor, point: Optional[Tuple[fl
     """
     if image.dim() != 3:
         raise ValueError(f"image must be Tensor[C, H, W], got shape {tuple(image.shape)}")
-    layers = [(name, m) for name, m in backbone.named_modules() if isinstance(m, DeformConv2d)]
+    layers = [(name, m) for name, m in backbone.named_modules() if isinstance(m, DeformConv2dPack)]
     if not layers:
         raise ValueError(
-            "the network has no DeformConv2d layer (was it trained with backbone.deform.enabled=false?): "
+            "the network has no DeformConv2dPack layer (was it trained with backbone.deform.enabled=false?): "
             "there are no offsets to draw"
         )
     captured: Dict[str, Tuple[Tensor, Tensor, Optional[Tensor]]] = {}
 
     def hook(name: str):
-        def run(module: DeformConv2d, args: Tuple[Tensor, ...], output: Tensor) -> None:
+        def run(module: DeformConv2dPack, args: Tuple[Tensor, ...], output: Tensor) -> None:
             offset, mask = module.offsets_and_mask(args[0])
             # On the CPU in float64: the geometry below is tiny and must not lose precision.
             captured[name] = (

@@ -1,4 +1,4 @@
-"""The deform config block and the conversion of convs to DeformConv2d."""
+"""The deform config block and the conversion of convs to DeformConv2dPack."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dcn.backbones import DeformOptions, make_deformable
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2dPack
 
 
 def test_coerce_accepts_dictconfig_dict_bool_and_none():
@@ -71,7 +71,7 @@ def test_make_deformable_converts_spatial_convs_of_the_named_parts_only():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     names = make_deformable(net, ["0", "1"], DeformOptions(modulated=True, offset_groups=2))
     assert names == ["0", "1.1"]
-    assert isinstance(net[0], DeformConv2d) and isinstance(net[1][1], DeformConv2d)
+    assert isinstance(net[0], DeformConv2dPack) and isinstance(net[1][1], DeformConv2dPack)
     assert type(net[1][0]) is nn.Conv2d  # 1x1 stays plain
     assert type(net[2]) is nn.Conv2d  # not named
     # Geometry and weights carried over; the new predictor outputs 3 * G * 9 channels.

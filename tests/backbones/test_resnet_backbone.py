@@ -8,14 +8,14 @@ import torchvision
 from torch import nn
 
 from dcn.backbones import ResNetBackbone
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2dPack
 
 
 def conv_geometry(model: nn.Module) -> dict:
     return {
         name: (m.stride, m.dilation, m.padding)
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, DeformConv2d)) and name.startswith("layer") and "conv_offset" not in name
+        if isinstance(m, (nn.Conv2d, DeformConv2dPack)) and name.startswith("layer") and "conv_offset" not in name
     }
 
 
@@ -95,10 +95,10 @@ def test_deform_variants_run_forward_and_backward(kwargs):
     assert list(out) == [f.name for f in model.feature_info]
     out[model.feature_info[-1].name].square().mean().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    offsets = [m.conv_offset.weight for m in model.modules() if isinstance(m, DeformConv2d)]
+    offsets = [m.conv_offset.weight for m in model.modules() if isinstance(m, DeformConv2dPack)]
     assert offsets and all(w.grad is not None and w.grad.abs().sum() > 0 for w in offsets)
     for m in model.modules():
-        if isinstance(m, DeformConv2d):
+        if isinstance(m, DeformConv2dPack):
             assert m.modulated == kwargs.get("modulated", False)
             assert m.offset_groups == kwargs.get("offset_groups", 1)
     if kwargs.get("extra_layers"):

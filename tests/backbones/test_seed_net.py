@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dcn.backbones import FeatureInfo, SeedNet
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2dPack
 
 
 def n_params(*modules: nn.Module) -> int:
@@ -22,7 +22,7 @@ def test_parameter_count_matches_the_seed():
 
 def test_layer4_is_the_seeds_deformable_conv():
     layer = SeedNet(in_channels=1).layer4.conv
-    assert isinstance(layer, DeformConv2d)
+    assert isinstance(layer, DeformConv2dPack)
     assert layer.weight.shape == (128, 128, 3, 3) and layer.bias is None
     assert layer.conv_offset.weight.shape == (18, 128, 3, 3) and layer.conv_offset.bias.shape == (18,)
     assert (layer.stride, layer.padding, layer.dilation) == ((1, 1), (1, 1), (1, 1))

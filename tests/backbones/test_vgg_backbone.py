@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from dcn.backbones import VGGBackbone
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2dPack
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "vgg16"])
@@ -37,7 +37,7 @@ def test_forward_backward_with_all_options():
     assert out["extra"].shape == (2, 512, 1, 1)
     out["extra"].sum().backward()
     assert x.grad is not None
-    layers = [m for m in model.modules() if isinstance(m, DeformConv2d)]
+    layers = [m for m in model.modules() if isinstance(m, DeformConv2dPack)]
     assert len(layers) == 3 and all(m.modulated and m.offset_groups == 2 for m in layers)
 
 
@@ -55,5 +55,5 @@ def test_bad_arch():
 
 def test_deform_off_is_plain():
     model = VGGBackbone("vgg11", deform={"enabled": False})
-    assert not any(isinstance(m, DeformConv2d) for m in model.modules())
+    assert not any(isinstance(m, DeformConv2dPack) for m in model.modules())
     assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 8

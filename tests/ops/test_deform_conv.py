@@ -1,4 +1,4 @@
-"""dcn.ops.deform_conv2d / DeformConv2d (PyTorch backend) against torchvision and a loop reference."""
+"""dcn.ops.deform_conv2d / DeformConv2d / DeformConv2dPack (PyTorch backend) against torchvision and a loop reference."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision.ops
 
 from cuda.deform_conv_cases import check_nonfinite_offsets, conv_args
-from dcn.ops import DeformConv2d, _torch_deform_conv, deform_conv2d
+from dcn.ops import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, _torch_deform_conv, deform_conv2d
 
 
 def _out_size(size, k, s, p, d):
@@ -436,10 +436,10 @@ def test_create_graph_gradients_equal_the_fused_ones():
 
 
 def test_gradient_penalty_training_step():
-    """A WGAN-GP-style step through DeformConv2d: the penalty's gradient reaches the offset
+    """A WGAN-GP-style step through DeformConv2dPack: the penalty's gradient reaches the offset
     predictor and the weights, and one optimiser step lowers the penalty."""
     torch.manual_seed(0)
-    layer = DeformConv2d(3, 4, 3, padding=1, modulated=True).double()
+    layer = DeformConv2dPack(3, 4, 3, padding=1, modulated=True).double()
     with torch.no_grad():
         layer.conv_offset.weight.normal_(0, 0.1)
     opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
@@ -537,7 +537,7 @@ def test_cupy_backend_without_cuda_says_how_to_install():
 def test_module_v1_at_init_equals_conv2d():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 8, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2)
-    layer = DeformConv2d.from_conv(conv, offset_groups=3)
+    layer = DeformConv2dPack.from_conv(conv, offset_groups=3)
     x = torch.randn(2, 6, 9, 8)
     torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
     assert layer.conv_offset.out_channels == 2 * 3 * 3 * 2
@@ -545,7 +545,7 @@ def test_module_v1_at_init_equals_conv2d():
 
 
 def test_module_v2_shapes_and_init():
-    layer = DeformConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=True, bias=False)
+    layer = DeformConv2dPack(4, 6, 3, padding=1, offset_groups=2, modulated=True, bias=False)
     assert layer.conv_offset.out_channels == 3 * 2 * 9
     x = torch.randn(2, 4, 5, 5)
     offset, mask = layer.offsets_and_mask(x)
@@ -558,21 +558,108 @@ def test_module_v2_shapes_and_init():
 
 def test_module_learns_offsets():
     """The offset predictor receives gradient (it is zero-initialised, not frozen)."""
-    layer = DeformConv2d(3, 4, 3, padding=1)
+    layer = DeformConv2dPack(3, 4, 3, padding=1)
     x = torch.randn(2, 3, 6, 6)
     layer(x).pow(2).sum().backward()
     assert layer.conv_offset.weight.grad.abs().sum() > 0
 
 
 def test_module_repr_and_errors():
-    layer = DeformConv2d(4, 8, 3, stride=2, padding=1, offset_groups=2, modulated=True, bias=False)
+    layer = DeformConv2dPack(4, 8, 3, stride=2, padding=1, offset_groups=2, modulated=True, bias=False)
     r = repr(layer)
     assert "4, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)" in r and "(conv_offset): Conv2d" in r
     assert "offset_groups=2" in r and "bias=False" in r and "modulated=True" in r
     with pytest.raises(ValueError, match="divisible by offset_groups=3"):
-        DeformConv2d(4, 8, 3, offset_groups=3)
+        DeformConv2dPack(4, 8, 3, offset_groups=3)
     with pytest.raises(TypeError, match="expects an nn.Conv2d"):
-        DeformConv2d.from_conv(torch.nn.Linear(2, 2))
+        DeformConv2dPack.from_conv(torch.nn.Linear(2, 2))
+
+
+def test_module_is_a_drop_in_for_torchvision():
+    """Same constructor, parameters, initialisation (under the same seed) and forward(input,
+    offset, mask) as torchvision.ops.DeformConv2d."""
+    torch.manual_seed(0)
+    ours = DeformConv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2)
+    torch.manual_seed(0)
+    theirs = torchvision.ops.DeformConv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2)
+    assert set(ours.state_dict()) == set(theirs.state_dict()) == {"weight", "bias"}
+    for k, v in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v)
+    x = torch.randn(2, 6, 9, 8)
+    off = torch.randn(2, 2 * 3 * 6, 4, 7)  # 3 offset groups, read from the channels
+    m = torch.rand(2, 3 * 6, 4, 7)
+    torch.testing.assert_close(ours(x, off, m), theirs(x, off, m), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours(x, off), theirs(x, off), rtol=1e-4, atol=1e-4)
+    ours.load_state_dict(theirs.state_dict())
+
+
+def test_module_without_offset_names_the_pack_layer():
+    layer = DeformConv2d(3, 4, 3, padding=1)
+    with pytest.raises(TypeError, match="needs the offsets .*DeformConv2dPack"):
+        layer(torch.randn(1, 3, 5, 5))
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), ((2, 3), 1), (4, 2), ((3, 4), (1, 1))])
+def test_padding_same_and_valid_as_conv2d(kernel, dilation):
+    """'same' (also with even kernels: one more pixel at the right/bottom, as nn.Conv2d) and
+    'valid': at zero offsets the layer equals nn.Conv2d with that padding."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 8)
+    for padding in ("same", "valid"):
+        conv = torch.nn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation)
+        layer = DeformConv2dPack.from_conv(conv)
+        assert layer(x).shape == conv(x).shape
+        torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+        plain = DeformConv2d(3, 4, kernel, padding=padding, dilation=dilation)
+        plain.load_state_dict(conv.state_dict())
+        off = torch.zeros(2, 2 * plain.weight[0, 0].numel(), *conv(x).shape[-2:])
+        torch.testing.assert_close(plain(x, off), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_geometry_is_refused_at_construction():
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        DeformConv2d(3, 4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding must be an int, a pair, 'same' or 'valid', got 'full'"):
+        DeformConv2d(3, 4, 3, padding="full")
+    with pytest.raises(ValueError, match="padding must be non-negative"):
+        DeformConv2d(3, 4, 3, padding=-1)
+    with pytest.raises(ValueError, match="kernel_size must be a positive int or a pair"):
+        DeformConv2d(3, 4, 0)
+    with pytest.raises(ValueError, match="stride must be a positive int or a pair"):
+        DeformConv2dPack(3, 4, 3, stride=(1, 0))
+    with pytest.raises(ValueError, match="in_channels=3 must be divisible by groups=2"):
+        DeformConv2d(3, 4, 3, groups=2)
+
+
+def test_modulated_pack_is_mmcv_layout():
+    """mmcv's ModulatedDeformConv2dPack: conv_offset predicts 3 * G * K channels, the first two
+    thirds offsets and the last third mask logits; keys weight, bias, conv_offset.{weight,bias}."""
+    layer = ModulatedDeformConv2dPack(4, 6, 3, padding=1, offset_groups=2)
+    assert layer.modulated and layer.conv_offset.out_channels == 3 * 2 * 9
+    assert set(layer.state_dict()) == {"weight", "bias", "conv_offset.weight", "conv_offset.bias"}
+    assert isinstance(layer, DeformConv2dPack) and isinstance(layer, DeformConv2d)
+
+
+def test_checkpoints_written_before_the_pack_layers_still_load():
+    """A SeedNet (DCN v2 layer) and a self-predicting RoI pooling layer saved by dcn before the
+    split into DeformConv2d / DeformConv2dPack load unchanged and compute what they computed."""
+    from pathlib import Path
+
+    from dcn.backbones import SeedNet
+    from dcn.ops import DeformRoIPoolPack
+
+    saved = torch.load(Path(__file__).parents[1] / "fixtures" / "state_dicts_before_pack_layers.pt",
+                       weights_only=True)
+    net = SeedNet(in_channels=1, deform={"enabled": True, "modulated": True})
+    net.load_state_dict(saved["seed_net"])
+    net.eval()
+    with torch.no_grad():
+        out = list(net(saved["seed_net_input"]).values())[-1]
+    torch.testing.assert_close(out, saved["seed_net_output"])
+    pool = DeformRoIPoolPack(4, (2, 2), 0.5, hidden_channels=8, modulated=True)
+    pool.load_state_dict(saved["deform_roi_pool"])
+    with torch.no_grad():
+        torch.testing.assert_close(pool(saved["pool_input"], saved["pool_boxes"]), saved["pool_output"])
 
 
 @pytest.mark.slow
@@ -580,7 +667,7 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1),
-        DeformConv2d(8, 8, 3, padding=1, modulated=True),
+        DeformConv2dPack(8, 8, 3, padding=1, modulated=True),
         torch.nn.ReLU(),
     )
     with torch.no_grad():

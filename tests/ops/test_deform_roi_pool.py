@@ -1,4 +1,4 @@
-"""dcn.ops.deform_roi_pool / DeformRoIPool / MultiScaleDeformRoIPool (PyTorch backend).
+"""dcn.ops.deform_roi_pool / DeformRoIPool / DeformRoIPoolPack / MultiScaleDeformRoIPool (PyTorch backend).
 
 References: torchvision's roi_align (no offsets, and per-bin shifted RoIs with offsets) and a
 slow, obviously-correct loop implementation of the definition (forward and autograd grads).
@@ -15,7 +15,7 @@ import torch
 import torchvision.ops
 from torchvision.ops import MultiScaleRoIAlign, RoIAlign, roi_align
 
-from dcn.ops import DeformRoIPool, MultiScaleDeformRoIPool, deform_roi_pool
+from dcn.ops import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, MultiScaleDeformRoIPool, deform_roi_pool
 from dcn.ops import _torch_deform_roi_pool
 from cuda.roi_pool_cases import check_nonfinite_offsets
 from cuda.roi_pool_cases import make_case as roi_case
@@ -390,19 +390,19 @@ def test_cupy_backend_on_cpu_tensors_is_an_error():
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_module_at_init_equals_roi_align(sampling_ratio):
     torch.manual_seed(0)
-    layer = DeformRoIPool(4, (3, 2), 0.25, sampling_ratio, hidden_channels=16)
+    layer = DeformRoIPoolPack(4, (3, 2), 0.25, sampling_ratio, hidden_channels=16)
     x = torch.randn(2, 4, 10, 12)
     boxes = [make_rois(5, 1, (40, 48), torch.float32, seed=31)[:, 1:], make_rois(3, 1, (40, 48), torch.float32, seed=37)[:, 1:]]
     ref = RoIAlign((3, 2), 0.25, sampling_ratio, aligned=True)(x, boxes)
     torch.testing.assert_close(layer(x, boxes), ref)
 
-    modulated = DeformRoIPool(4, (3, 2), 0.25, sampling_ratio, hidden_channels=16, modulated=True)
+    modulated = DeformRoIPoolPack(4, (3, 2), 0.25, sampling_ratio, hidden_channels=16, modulated=True)
     torch.testing.assert_close(modulated(x, boxes), 0.5 * ref)
 
 
 def test_module_learns_offsets_and_mask():
     torch.manual_seed(0)
-    layer = DeformRoIPool(3, 2, 0.5, 0, gamma=0.1, hidden_channels=8, modulated=True).double()
+    layer = DeformRoIPoolPack(3, 2, 0.5, 0, gamma=0.1, hidden_channels=8, modulated=True).double()
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     rois = make_rois(4, 1, (16, 16), seed=41, min_size=2.0)
     out = layer(x, rois)
@@ -422,12 +422,12 @@ def test_module_learns_offsets_and_mask():
 
 def test_module_checks_and_repr():
     with pytest.raises(ValueError, match="in_channels"):
-        DeformRoIPool(0, 7, 1 / 16)
+        DeformRoIPoolPack(0, 7, 1 / 16)
     with pytest.raises(ValueError, match="spatial_scale"):
-        DeformRoIPool(4, 7, -1.0)
+        DeformRoIPoolPack(4, 7, -1.0)
     with pytest.raises(ValueError, match="unknown backend"):
-        DeformRoIPool(4, 7, 1.0, backend="nope")
-    layer = DeformRoIPool(4, 7, 1 / 16, modulated=True)
+        DeformRoIPoolPack(4, 7, 1.0, backend="nope")
+    layer = DeformRoIPoolPack(4, 7, 1 / 16, modulated=True)
     with pytest.raises(ValueError, match="expected input with 4 channels"):
         layer(torch.randn(1, 3, 8, 8), torch.tensor([[0.0, 0, 0, 4, 4]]))
     assert layer.extra_repr() == (
@@ -435,6 +435,27 @@ def test_module_checks_and_repr():
         "hidden_channels=1024, modulated=True"
     )
     assert layer.offset_head.fc[-1].out_features == 3 * 49
+
+
+def test_offset_module_is_the_functional_op():
+    """DeformRoIPool(output_size, spatial_scale, sampling_ratio, gamma).forward(input, rois,
+    offset=None): mmcv's signature, the functional op with the module's settings."""
+    x = torch.randn(2, 4, 10, 12, dtype=torch.float64)
+    rois = make_rois(6, 2, (40, 48), seed=43)
+    off = torch.randn(6, 2, 3, 2, dtype=torch.float64) * 0.2
+    layer = DeformRoIPool((3, 2), 0.25, 2, gamma=0.2)
+    assert list(layer.parameters()) == []
+    torch.testing.assert_close(layer(x, rois, off), deform_roi_pool(x, rois, off, (3, 2), 0.25, 2, 0.2))
+    torch.testing.assert_close(layer(x, rois), RoIAlign((3, 2), 0.25, 2, aligned=True)(x, rois))
+    assert layer.extra_repr() == "output_size=(3, 2), spatial_scale=0.25, sampling_ratio=2, gamma=0.2"
+    with pytest.raises(ValueError, match="spatial_scale must be positive"):
+        DeformRoIPool(7, 0.0)
+
+
+def test_modulated_pack_name():
+    layer = ModulatedDeformRoIPoolPack(4, 3, 0.5, hidden_channels=8)
+    assert layer.modulated and isinstance(layer, DeformRoIPoolPack) and isinstance(layer, DeformRoIPool)
+    assert layer.offset_head.fc[-1].out_features == 3 * 9
 
 
 def _pyramid(n=2, c=4, seed=0):

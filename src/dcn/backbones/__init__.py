@@ -3,7 +3,7 @@
 Every backbone maps ``Tensor[N, C_in, H, W]`` to an ordered dict of feature maps described by
 ``feature_info`` (name, channels, stride), shallow to deep; ``out_channels`` is the deepest
 feature's channel count. The ``deform`` config block (:class:`DeformOptions`) says which convs
-become :class:`dcn.ops.DeformConv2d`.
+become :class:`dcn.ops.DeformConv2dPack`.
 """
 
 from dcn.backbones.deformable import DeformOptions, make_deformable

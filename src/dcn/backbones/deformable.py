@@ -1,7 +1,7 @@
-"""The deformable switch as data: which convs of a built network become :class:`DeformConv2d`.
+"""The deformable switch as data: which convs of a built network become :class:`DeformConv2dPack`.
 
 Backbones are built plain (torchvision's code, unmodified); :func:`make_deformable` then swaps the
-spatial convs of the chosen stages for ``DeformConv2d.from_conv`` copies. That keeps one network
+spatial convs of the chosen stages for ``DeformConv2dPack.from_conv`` copies. That keeps one network
 definition per architecture, a deformable net whose state_dict names match its plain twin's, and
 (since offset predictors start at zero) a deformable net that starts out computing exactly what the
 plain one does (DCN v1; a v2 layer starts at half, sigmoid(0) = 0.5).
@@ -9,7 +9,7 @@ plain one does (DCN v1; a v2 layer starts at half, sigmoid(0) = 0.5).
 Config (``backbone.deform`` in Hydra; also accepted as a plain dict)::
 
     deform:
-      enabled: true        # false -> no DeformConv2d anywhere (extra layers stay, as plain convs)
+      enabled: true        # false -> no DeformConv2dPack anywhere (extra layers stay, as plain convs)
       stages: [4]          # which stages' 3x3 convs become deformable (null: the last stage, as the paper)
       modulated: false     # DCN v2: also predict a sigmoid mask per sampling point
       offset_groups: 1     # input channels split into groups that share one offset field
@@ -26,7 +26,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from torch import nn
 
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2dPack
 
 __all__ = ["DeformOptions", "make_deformable", "conv_bn_relu", "extra_layers"]
 
@@ -128,7 +128,7 @@ def _is_spatial_conv(module: nn.Module) -> bool:
 
 def make_deformable(root: nn.Module, names: Sequence[str], options: DeformOptions) -> List[str]:
     """Replace, in place, every spatial (k > 1) ``nn.Conv2d`` of ``root`` that is, or lies inside,
-    one of the submodules ``names`` with a ``DeformConv2d.from_conv`` copy (same weight, bias,
+    one of the submodules ``names`` with a ``DeformConv2dPack.from_conv`` copy (same weight, bias,
     stride, padding, dilation and groups; zero offsets).
 
     Args:
@@ -151,7 +151,7 @@ def make_deformable(root: nn.Module, names: Sequence[str], options: DeformOption
                 f"deform.offset_groups={options.offset_groups} must divide the input channels of every "
                 f"deformable conv, but {name} has {conv.in_channels}"
             )
-        new = DeformConv2d.from_conv(conv, modulated=options.modulated, offset_groups=options.offset_groups)
+        new = DeformConv2dPack.from_conv(conv, modulated=options.modulated, offset_groups=options.offset_groups)
         _set_submodule(root, name, new)
     return [name for name, _ in targets]
 

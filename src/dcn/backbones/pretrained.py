@@ -10,7 +10,7 @@
   ``_orig_mod.`` and everything up to the first ``backbone.`` (``backbone.``, ``model.backbone.``)
   are stripped.
 
-Because :class:`~dcn.ops.DeformConv2d` keeps ``nn.Conv2d``'s ``weight``/``bias`` names, plain
+Because :class:`~dcn.ops.DeformConv2dPack` keeps ``nn.Conv2d``'s ``weight``/``bias`` names, plain
 weights load straight into a deformable net. Keys the backbone adds by design (offset predictors
 ``*.conv_offset.*``, ``extra.*`` layers) may be missing and keep their init — zero offsets, so a
 deformable net starts equal to its plain twin; classifier heads in the file (``fc.*``,

@@ -13,7 +13,7 @@ construction, in this order, each as data rather than forked network code:
    28x28 input gives a 4x4 ``layer4``). The 3x3 stem conv is new: a pretrained file's 7x7
    ``conv1.weight`` is skipped (reported), the rest of the network loads.
 3. ``deform``: every 3x3 conv of the chosen stages (1..4 = ``layer1``..``layer4``; paper: ``[4]``)
-   becomes a ``DeformConv2d`` with the same weight, stride and dilation; ``extra_layers``
+   becomes a ``DeformConv2dPack`` with the same weight, stride and dilation; ``extra_layers``
    appends N 3x3 conv+BN+ReLU layers (deformable when enabled) after ``layer4``, at its width
    (512 for ResNet-18/34; 2048 for ResNet-50/101, i.e. 37.7M weights per layer).
 """

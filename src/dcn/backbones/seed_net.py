@@ -5,7 +5,7 @@
     layer1  conv3x3 C_in->32 (bias)  + BN + ReLU
     layer2  conv3x3   32->64 (bias)  + BN + ReLU
     layer3  conv3x3   64->128 (bias) + BN + ReLU
-    layer4  DeformConv2d 128->128, no bias (offset predictor: conv3x3 128->18 with bias) + BN + ReLU
+    layer4  DeformConv2dPack 128->128, no bias (offset predictor: conv3x3 128->18 with bias) + BN + ReLU
 
 All convs have stride 1 and padding 1, so every feature keeps the input resolution (stride 1).
 The classifier (global average pooling + Linear(128, classes)) belongs to the classification task;

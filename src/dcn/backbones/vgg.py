@@ -5,7 +5,7 @@ torchvision's init — what ``vgg11_bn().features`` is, without building (and in
 120M-parameter classifier we would drop — so state_dict names are torchvision's (``features.N.*``)
 and its ImageNet weights load unchanged. The
 five stages are the conv blocks split at the max-pools, each ending with its pool; ``deform.stages``
-(1..5) picks whose 3x3 convs become ``DeformConv2d`` and ``extra_layers`` appends N 3x3 conv+BN+ReLU
+(1..5) picks whose 3x3 convs become ``DeformConv2dPack`` and ``extra_layers`` appends N 3x3 conv+BN+ReLU
 layers (deformable when enabled) after stage 5.
 """
 

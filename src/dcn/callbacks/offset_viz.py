@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from dcn.callbacks.figures import first_validation_items, is_drawing_epoch, publish_figure
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2dPack
 from dcn.viz import render_figure, sampling_points
 
 __all__ = ["OffsetVisualization"]
@@ -66,7 +66,7 @@ class OffsetVisualization(Callback):
             return
         epoch = trainer.current_epoch
         backbone = getattr(pl_module, "backbone", pl_module)
-        if not any(isinstance(m, DeformConv2d) for m in backbone.modules()):
+        if not any(isinstance(m, DeformConv2dPack) for m in backbone.modules()):
             if not getattr(self, "_warned", False):
                 rank_zero_warn("OffsetVisualization: the network has no deformable layer; no offset pictures")
                 self._warned = True

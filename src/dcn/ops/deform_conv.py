@@ -3,7 +3,10 @@
 Public API, with torchvision's signature order, tensor layouts and semantics:
 
 * :func:`deform_conv2d` — the functional op, drop-in for ``torchvision.ops.deform_conv2d``;
-* :class:`DeformConv2d` — a module that owns its weights *and* its offset predictor.
+* :class:`DeformConv2d` — the module with caller-given offsets, drop-in for
+  ``torchvision.ops.DeformConv2d``;
+* :class:`DeformConv2dPack` (and :class:`ModulatedDeformConv2dPack`) — the module that also owns
+  its offset (and mask) predictor, mmcv's layers of the same names.
 
 Both dispatch to a backend: ``"torch"`` (any device, :mod:`dcn.ops._torch_deform_conv`) or
 ``"cupy"`` (CUDA kernels, :mod:`dcn.ops._cupy_deform_conv`); ``"auto"`` picks CuPy for CUDA
@@ -25,7 +28,8 @@ from torch.nn.modules.utils import _pair
 from dcn.ops import _composite_deform_conv
 from dcn.ops._dispatch import BACKENDS, cupy_unavailable_reason, implementation, resolve_backend
 
-__all__ = ["deform_conv2d", "DeformConv2d", "BACKENDS", "cupy_unavailable_reason"]
+__all__ = ["deform_conv2d", "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "BACKENDS",
+           "cupy_unavailable_reason"]
 
 IntPair = Union[int, Tuple[int, int], Sequence[int]]
 
@@ -285,17 +289,145 @@ def deform_conv2d(
 
 
 # --------------------------------------------------------------------------------------
-# Module
+# Modules
 # --------------------------------------------------------------------------------------
+def _conv_padding(padding: Union[str, IntPair], kernel_size: Tuple[int, int], stride: Tuple[int, int],
+                  dilation: Tuple[int, int]) -> Tuple[Tuple[int, int], Optional[Tuple[int, int, int, int]]]:
+    """nn.Conv2d's padding argument -> (symmetric padding for the op, explicit (left, right, top,
+    bottom) input padding or None). ``'same'`` with an even dilated kernel pads one more pixel at
+    the right/bottom, as nn.Conv2d does; that part is applied to the input explicitly."""
+    if not isinstance(padding, str):
+        pad = _pair(padding)
+        if min(pad) < 0:
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        return pad, None
+    if padding == "valid":
+        return (0, 0), None
+    if padding != "same":
+        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    if stride != (1, 1):
+        raise ValueError(f"padding='same' needs stride 1 (as nn.Conv2d), got stride {stride}")
+    total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+    if all(t % 2 == 0 for t in total):
+        return (total[0] // 2, total[1] // 2), None
+    (th, tw) = total
+    return (0, 0), (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+
+
+def _check_geometry(in_channels: int, out_channels: int, kernel_size: Tuple[int, int],
+                    stride: Tuple[int, int], dilation: Tuple[int, int], groups: int) -> None:
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    for name, v in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+        if len(v) != 2 or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in v):
+            raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
+    if in_channels % groups != 0:
+        raise ValueError(f"in_channels={in_channels} must be divisible by groups={groups}")
+    if out_channels % groups != 0:
+        raise ValueError(f"out_channels={out_channels} must be divisible by groups={groups}")
+
+
 class DeformConv2d(nn.Module):
-    """Deformable convolution layer that predicts its own offsets (and DCN v2 mask).
+    """Deformable convolution with offsets (and DCN v2 mask) given by the caller.
+
+    A drop-in for ``torchvision.ops.DeformConv2d``: same constructor, parameters (``weight``
+    ``(C_out, C_in/groups, kh, kw)``, ``bias``), initialisation and ``forward(input, offset,
+    mask=None)``; the number of offset groups is read from the offset's channels. ``padding``
+    also takes ``'same'`` and ``'valid'``, as ``nn.Conv2d``. For a layer that predicts its own
+    offsets, see :class:`DeformConv2dPack`.
+
+    Shapes: input (N, C_in, H, W), offset (N, 2 * offset_groups * kh * kw, H_out, W_out), mask
+    (N, offset_groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: Union[str, IntPair] = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        kernel_size, stride, dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        _check_geometry(in_channels, out_channels, kernel_size, stride, dilation, groups)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding_mode = padding if isinstance(padding, str) else None
+        self.padding, self._input_padding = _conv_padding(padding, kernel_size, stride, dilation)
+        self.dilation = dilation
+        self.groups = groups
+        self.backend = backend
+        kh, kw = kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kh, kw))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's (and torchvision's DeformConv2d's) initialisation.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _deform(self, input: Tensor, offset: Tensor, mask: Optional[Tensor]) -> Tensor:
+        if self._input_padding is not None:
+            input = nn.functional.pad(input, self._input_padding)
+        return deform_conv2d(
+            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask,
+            backend=self.backend,
+        )
+
+    def forward(self, input: Tensor, offset: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        if offset is None:
+            raise TypeError(
+                "DeformConv2d.forward(input, offset, mask=None) needs the offsets (as torchvision's "
+                "DeformConv2d); for a layer that predicts its own offsets use dcn.ops.DeformConv2dPack"
+            )
+        return self._deform(input, offset, mask)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding_mode is not None:
+            s += f", padding={self.padding_mode!r}"
+        elif self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+class DeformConv2dPack(DeformConv2d):
+    """Deformable convolution that predicts its own offsets (and, with ``modulated=True``, the
+    DCN v2 mask) from its input: mmcv's ``DeformConv2dPack`` / ``ModulatedDeformConv2dPack``.
 
     ``weight`` and ``bias`` have the names and shapes of ``nn.Conv2d``'s, so plain conv weights
     load directly. The offset predictor ``conv_offset`` is a conv with the same kernel, stride,
     padding and dilation producing ``2 * offset_groups * kh * kw`` offset channels (plus
-    ``offset_groups * kh * kw`` mask channels, passed through a sigmoid, when ``modulated``).
-    It is zero-initialised, so at init a v1 layer computes exactly ``nn.Conv2d`` with the same
-    weight (a v2 layer computes it scaled by sigmoid(0) = 0.5, as in DCN v2).
+    ``offset_groups * kh * kw`` mask channels, passed through a sigmoid, when ``modulated``): the
+    state-dict layout of mmcv's layers, so their weights load under the same keys. It is
+    zero-initialised, so at init a v1 layer computes exactly ``nn.Conv2d`` with the same weight (a
+    v2 layer computes it scaled by sigmoid(0) = 0.5, as in DCN v2).
 
     Shapes: input (N, C_in, H, W) -> output (N, C_out, H_out, W_out).
     """
@@ -306,53 +438,38 @@ class DeformConv2d(nn.Module):
         out_channels: int,
         kernel_size: IntPair,
         stride: IntPair = 1,
-        padding: IntPair = 0,
+        padding: Union[str, IntPair] = 0,
         dilation: IntPair = 1,
         groups: int = 1,
         offset_groups: int = 1,
         bias: bool = True,
         modulated: bool = False,
+        *,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        if in_channels % groups != 0:
-            raise ValueError(f"in_channels={in_channels} must be divisible by groups={groups}")
-        if out_channels % groups != 0:
-            raise ValueError(f"out_channels={out_channels} must be divisible by groups={groups}")
-        if offset_groups < 1 or in_channels % offset_groups != 0:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         backend=backend)
+        if isinstance(offset_groups, bool) or not isinstance(offset_groups, int) or offset_groups < 1 or (
+                in_channels % offset_groups != 0):
             raise ValueError(
-                f"in_channels={in_channels} must be divisible by offset_groups={offset_groups}"
+                f"in_channels={in_channels} must be divisible by offset_groups={offset_groups} (>= 1)"
             )
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = groups
         self.offset_groups = offset_groups
         self.modulated = modulated
-        self.backend = backend
-
         kh, kw = self.kernel_size
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kh, kw))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         n_pred = offset_groups * kh * kw * (3 if modulated else 2)
+        # Same geometry as the deformable conv (padding='same' included), so the predicted
+        # offsets have its output size.
         self.conv_offset = nn.Conv2d(
-            in_channels, n_pred, self.kernel_size, self.stride, self.padding, self.dilation, bias=True
+            in_channels, n_pred, self.kernel_size, self.stride,
+            padding if isinstance(padding, str) else self.padding, self.dilation, bias=True,
         )
-        self.reset_parameters()
+        self.reset_offset_predictor()
 
     def reset_parameters(self) -> None:
-        # nn.Conv2d's initialisation for the main weights...
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
-        self.reset_offset_predictor()
+        super().reset_parameters()
+        if hasattr(self, "conv_offset"):
+            self.reset_offset_predictor()
 
     def reset_offset_predictor(self) -> None:
         """Zero the offset predictor: the layer then samples the regular grid."""
@@ -367,16 +484,13 @@ class DeformConv2d(nn.Module):
         n_off = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         return pred[:, :n_off], torch.sigmoid(pred[:, n_off:])
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         offset, mask = self.offsets_and_mask(input)
-        return deform_conv2d(
-            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask,
-            backend=self.backend,
-        )
+        return self._deform(input, offset, mask)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **deform_options) -> "DeformConv2d":
-        """A DeformConv2d with ``conv``'s geometry and a copy of its weight and bias.
+    def from_conv(cls, conv: nn.Conv2d, **deform_options) -> "DeformConv2dPack":
+        """A DeformConv2dPack with ``conv``'s geometry and a copy of its weight and bias.
 
         ``deform_options`` (``offset_groups``, ``modulated``, ``backend``) configure the deformable
         part. The result lives on ``conv``'s device and dtype.
@@ -385,8 +499,6 @@ class DeformConv2d(nn.Module):
             raise TypeError(f"from_conv expects an nn.Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros":
             raise ValueError(f"only padding_mode='zeros' convs can be converted, got {conv.padding_mode!r}")
-        if isinstance(conv.padding, str):
-            raise ValueError(f"string padding {conv.padding!r} is not supported; use explicit padding")
         layer = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
             conv.dilation, conv.groups, bias=conv.bias is not None, **deform_options,
@@ -398,22 +510,17 @@ class DeformConv2d(nn.Module):
         return layer
 
     def extra_repr(self) -> str:
-        s = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
-        )
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
+        s = super().extra_repr()
         if self.offset_groups != 1:
             s += f", offset_groups={self.offset_groups}"
-        if self.bias is None:
-            s += ", bias=False"
         if self.modulated:
             s += ", modulated=True"
-        if self.backend != "auto":
-            s += f", backend={self.backend!r}"
         return s
+
+
+class ModulatedDeformConv2dPack(DeformConv2dPack):
+    """:class:`DeformConv2dPack` with ``modulated=True`` (DCN v2), under mmcv's name."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("modulated", True)
+        super().__init__(*args, **kwargs)

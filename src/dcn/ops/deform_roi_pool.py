@@ -3,7 +3,9 @@
 Public API, following ``torchvision.ops.roi_align``'s signature order, box formats and layouts:
 
 * :func:`deform_roi_pool` — the functional op: RoIAlign whose bins are shifted by given offsets;
-* :class:`DeformRoIPool` — a module that owns its offset head (offset-free pooling -> FCs);
+* :class:`DeformRoIPool` — the module with caller-given offsets (mmcv's ``DeformRoIPool``);
+* :class:`DeformRoIPoolPack` (and :class:`ModulatedDeformRoIPoolPack`) — the module that owns its
+  offset head (offset-free pooling -> FCs), mmcv's names;
 * :class:`MultiScaleDeformRoIPool` — the FPN version, a drop-in for
   ``torchvision.ops.MultiScaleRoIAlign`` (same ``forward(features, proposals, image_shapes)``).
 
@@ -27,7 +29,8 @@ from torchvision.ops.poolers import _filter_input, _setup_scales
 
 from dcn.ops._dispatch import BACKENDS, implementation, resolve_backend
 
-__all__ = ["deform_roi_pool", "DeformRoIPool", "MultiScaleDeformRoIPool"]
+__all__ = ["deform_roi_pool", "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
+           "MultiScaleDeformRoIPool"]
 
 Boxes = Union[Tensor, Sequence[Tensor]]
 IntPair = Union[int, Tuple[int, int], Sequence[int]]
@@ -322,16 +325,78 @@ def _check_module_args(in_channels: int, output_size: Tuple[int, int], sampling_
 
 
 class DeformRoIPool(nn.Module):
-    """Deformable RoI pooling that predicts its own bin offsets (and DCN v2 mask).
+    """Deformable RoI pooling with bin offsets given by the caller (mmcv's ``DeformRoIPool``).
+
+    ``forward(input, rois, offset=None)`` is :func:`deform_roi_pool` with this module's settings;
+    without offsets it is ``torchvision.ops.RoIAlign(output_size, spatial_scale, sampling_ratio,
+    aligned)``. For a layer that predicts its own offsets, see :class:`DeformRoIPoolPack`.
+
+    Shapes: input (N, C, H, W), rois Tensor[K, 5] or List[Tensor[L, 4]], offset (K, 2, out_h, out_w)
+    -> (K, C, out_h, out_w).
+    """
+
+    def __init__(
+        self,
+        output_size: IntPair,
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
+        gamma: float = 0.1,
+        *,
+        aligned: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        output_size = tuple(_pair(output_size))
+        if min(output_size) < 1:
+            raise ValueError(f"output_size must be positive, got {output_size}")
+        if sampling_ratio < 0:
+            raise ValueError(f"sampling_ratio must be >= 0 (0 = adaptive), got {sampling_ratio}")
+        if not spatial_scale > 0:
+            raise ValueError(f"spatial_scale must be positive, got {spatial_scale}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.gamma = gamma
+        self.aligned = aligned
+        self.backend = backend
+
+    def _pool(self, input: Tensor, rois: Boxes, offset: Optional[Tensor]) -> Tensor:
+        return deform_roi_pool(
+            input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
+            self.gamma, aligned=self.aligned, backend=self.backend,
+        )
+
+    def forward(self, input: Tensor, rois: Boxes, offset: Optional[Tensor] = None) -> Tensor:
+        return self._pool(input, rois, offset)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}"
+        )
+        if not self.aligned:
+            s += ", aligned=False"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+class DeformRoIPoolPack(DeformRoIPool):
+    """Deformable RoI pooling that predicts its own bin offsets (and DCN v2 mask): mmcv's
+    ``DeformRoIPoolPack`` / ``ModulatedDeformRoIPoolPack``.
 
     Pipeline (Dai et al. 2017, fig. 3): RoIAlign without offsets -> flatten ->
     FC(hidden)-ReLU-FC(hidden)-ReLU-FC(2 * out_h * out_w) -> offsets -> deformable pooling.
     The last FC is zero-initialised, so at init the module computes exactly
     ``torchvision.ops.RoIAlign(output_size, spatial_scale, sampling_ratio, aligned)``.
     With ``modulated=True`` the last FC also predicts one mask logit per bin and the output is
-    multiplied by ``sigmoid(logit)`` (DCN v2); at init that mask is 0.5 everywhere.
+    multiplied by ``sigmoid(logit)`` (DCN v2); at init that mask is 0.5 everywhere. (One head,
+    ``offset_head.fc``, predicts offsets and mask logits; mmcv keeps separate ``offset_fc`` and
+    ``mask_fc`` heads, so its RoI pooling weights do not load here.)
 
-    Shapes: input (N, C, H, W), boxes Tensor[K, 5] or List[Tensor[L, 4]] -> (K, C, out_h, out_w).
+    Shapes: input (N, C, H, W), rois Tensor[K, 5] or List[Tensor[L, 4]] -> (K, C, out_h, out_w).
     """
 
     def __init__(
@@ -347,49 +412,34 @@ class DeformRoIPool(nn.Module):
         aligned: bool = True,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        output_size = tuple(_pair(output_size))
-        _check_module_args(in_channels, output_size, sampling_ratio, hidden_channels, backend)
-        if not spatial_scale > 0:
-            raise ValueError(f"spatial_scale must be positive, got {spatial_scale}")
+        super().__init__(output_size, spatial_scale, sampling_ratio, gamma, aligned=aligned, backend=backend)
+        _check_module_args(in_channels, self.output_size, sampling_ratio, hidden_channels, backend)
         self.in_channels = in_channels
-        self.output_size = output_size
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.gamma = gamma
         self.hidden_channels = hidden_channels
         self.modulated = modulated
-        self.aligned = aligned
-        self.backend = backend
-        self.offset_head = _OffsetHead(in_channels, output_size, hidden_channels, modulated)
+        self.offset_head = _OffsetHead(in_channels, self.output_size, hidden_channels, modulated)
 
-    def _pool(self, input: Tensor, rois: Tensor, offset: Optional[Tensor]) -> Tensor:
-        return deform_roi_pool(
-            input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
-            self.gamma, aligned=self.aligned, backend=self.backend,
-        )
-
-    def forward(self, input: Tensor, boxes: Boxes) -> Tensor:
+    def forward(self, input: Tensor, rois: Boxes) -> Tensor:  # type: ignore[override]
         if input.dim() == 4 and input.shape[1] != self.in_channels:
             raise ValueError(f"expected input with {self.in_channels} channels, got {tuple(input.shape)}")
-        rois = _to_rois(boxes, input)
+        rois = _to_rois(rois, input)
         offset, mask = self.offset_head(self._pool(input, rois, None))
         out = self._pool(input, rois, offset)
         return out * mask if mask is not None else out
 
     def extra_repr(self) -> str:
-        s = (
-            f"{self.in_channels}, output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}, "
-            f"hidden_channels={self.hidden_channels}"
-        )
+        s = f"{self.in_channels}, " + super().extra_repr() + f", hidden_channels={self.hidden_channels}"
         if self.modulated:
             s += ", modulated=True"
-        if not self.aligned:
-            s += ", aligned=False"
-        if self.backend != "auto":
-            s += f", backend={self.backend!r}"
         return s
+
+
+class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
+    """:class:`DeformRoIPoolPack` with ``modulated=True`` (DCN v2), under mmcv's name."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("modulated", True)
+        super().__init__(*args, **kwargs)
 
 
 class MultiScaleDeformRoIPool(nn.Module):
@@ -410,7 +460,7 @@ class MultiScaleDeformRoIPool(nn.Module):
         featmap_names (List[str]): names of the pooled feature maps, as in MultiScaleRoIAlign.
         output_size (int or (int, int)), sampling_ratio (int): as in MultiScaleRoIAlign.
         in_channels (int): channels of the feature maps (the offset head's input is C*out_h*out_w).
-        gamma, hidden_channels, modulated: as in :class:`DeformRoIPool`.
+        gamma, hidden_channels, modulated: as in :class:`DeformRoIPoolPack`.
         canonical_scale, canonical_level: torchvision's LevelMapper parameters.
         aligned (bool): roi_align's pixel convention (False in MultiScaleRoIAlign).
         offset_heads (str): ``"shared"`` (one offset head) or ``"per_level"`` (one per feature map).

@@ -13,7 +13,7 @@ import torchvision
 
 from deform_conv_cases import (CONFIGS, GRAD_NAMES, TOL, Config, assert_close, check_nonfinite_offsets,
                                conv_args, make_inputs, random_grad_out, run_reference, run_torchvision)
-from dcn.ops import DeformConv2d, _cupy_deform_conv, deform_conv2d
+from dcn.ops import DeformConv2dPack, _cupy_deform_conv, deform_conv2d
 from dcn.ops._dispatch import resolve_backend
 
 _REASON = _cupy_deform_conv.unavailable_reason()
@@ -271,7 +271,7 @@ def test_opcheck():
 
 def _module_and_input(seed=0):
     torch.manual_seed(seed)
-    layer = DeformConv2d(8, 16, 3, padding=1, offset_groups=2, modulated=True, backend="cupy").to(CUDA)
+    layer = DeformConv2dPack(8, 16, 3, padding=1, offset_groups=2, modulated=True, backend="cupy").to(CUDA)
     with torch.no_grad():
         layer.conv_offset.weight.normal_(0, 0.1)
     x = torch.randn(4, 8, 20, 18, device=CUDA)

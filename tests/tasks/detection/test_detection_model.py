@@ -7,7 +7,7 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 from dcn.backbones import ResNetBackbone
-from dcn.ops import DeformConv2d, MultiScaleDeformRoIPool
+from dcn.ops import DeformConv2dPack, MultiScaleDeformRoIPool
 from dcn.tasks.detection.model import FeatureSelectingRPN, build_faster_rcnn, freeze_stages
 
 SMALL = dict(min_size=64, max_size=96, representation_size=64,
@@ -43,7 +43,7 @@ def _data():
 @pytest.mark.parametrize("deform", [False, True])
 def test_train_and_eval_forward(layout, roi_pool, deform):
     model = _model(layout, roi_pool, deform)
-    assert any(isinstance(m, DeformConv2d) for m in model.modules()) == deform
+    assert any(isinstance(m, DeformConv2dPack) for m in model.modules()) == deform
     pooler = model.roi_heads.box_roi_pool
     assert isinstance(pooler, MultiScaleDeformRoIPool if roi_pool == "deform" else MultiScaleRoIAlign)
     images, targets = _data()
@@ -55,7 +55,7 @@ def test_train_and_eval_forward(layout, roi_pool, deform):
     total.backward()
     # Every trainable parameter that the losses reach gets a gradient; the deformable parts included.
     if deform:
-        offset = next(m for m in model.modules() if isinstance(m, DeformConv2d)).conv_offset.weight
+        offset = next(m for m in model.modules() if isinstance(m, DeformConv2dPack)).conv_offset.weight
         assert offset.grad is not None and torch.isfinite(offset.grad).all()
     if roi_pool == "deform":
         assert pooler.offset_head.fc[-1].weight.grad is not None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dcn.backbones import ResNetBackbone
-from dcn.ops import DeformConv2d
+from dcn.ops import DeformConv2dPack
 from dcn.tasks.segmentation import DeepLab, aspp_rates_for
 
 
@@ -27,7 +27,7 @@ def test_output_shape_is_input_size(arch, output_stride, deform):
     # The deep feature really is at the requested stride, the decoder's at stride 4.
     assert features["layer4"].shape[-2:] == (-(-64 // output_stride), -(-72 // output_stride))  # ceil
     assert net.low_level_feature == "layer1" and features["layer1"].shape[-2:] == (16, 18)
-    assert any(isinstance(m, DeformConv2d) for m in net.modules()) == deform
+    assert any(isinstance(m, DeformConv2dPack) for m in net.modules()) == deform
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])
@@ -63,7 +63,7 @@ def test_head_layout_and_dropout():
 
 def test_deformable_convs_keep_their_dilation_at_output_stride_8():
     net = DeepLab(ResNetBackbone("resnet18", output_stride=8, deform={"enabled": True, "stages": [3, 4]}), 3)
-    deform = {n: m for n, m in net.backbone.named_modules() if isinstance(m, DeformConv2d)}
+    deform = {n: m for n, m in net.backbone.named_modules() if isinstance(m, DeformConv2dPack)}
     # layer3 dilated by 2 (its first conv keeps 1), layer4 by 4 (its first conv keeps 2).
     assert deform["layer3.0.conv1"].dilation == (1, 1) and deform["layer3.1.conv2"].dilation == (2, 2)
     assert deform["layer4.0.conv1"].dilation == (2, 2) and deform["layer4.1.conv2"].dilation == (4, 4)
