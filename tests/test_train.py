@@ -144,7 +144,7 @@ def test_unknown_choice_lists_the_available_options():
 def test_callbacks_and_loggers_compose_as_lists(compose_train):
     cfg = compose_train(["callbacks=[default,early_stopping]", "logger=[csv,tensorboard]"])
     assert set(cfg.callbacks) == {
-        "model_checkpoint", "last_checkpoint", "graceful_shutdown", "rng_state", "early_stopping",
+        "model_checkpoint", "last_checkpoint", "graceful_shutdown", "rng_state", "validation_pictures", "early_stopping",
         "rich_progress_bar", "rich_model_summary",
     }  # fmt: skip
     assert set(cfg.logger) == {"csv", "tensorboard"}

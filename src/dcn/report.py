@@ -330,13 +330,10 @@ def welch_interval(
     diff = mean_a - mean_b
     if len(a) < 2 or len(b) < 2:
         return diff, math.nan, math.nan
-    va, vb = std_a**2 / len(a), std_b**2 / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if std_a == 0 and std_b == 0:  # scipy's interval is NaN here (zero standard error)
         return diff, diff, diff
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, dof) * se
-    return diff, diff - half, diff + half
+    interval = stats.ttest_ind(list(a), list(b), equal_var=False).confidence_interval(confidence)
+    return diff, float(interval.low), float(interval.high)
 
 
 # ----------------------------------------------------------------------------------------------

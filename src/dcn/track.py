@@ -43,7 +43,7 @@ def build_task(checkpoint: Path, config: Optional[Path] = None, device: str = "c
 
 def read_sequence(folder: Path):
     """A VOT or GOT-10k sequence folder (GOT-10k test folders have only the first box) -> (sequence, format)."""
-    from dcn.datamodules.got10k import read_got10k_sequence
+    from dcn.datamodules.tracking.got10k import read_got10k_sequence
 
     sequence = read_got10k_sequence(folder, require_all_boxes=False)
     got10k = (folder / "absence.label").is_file() or folder.name.startswith("GOT-10k")
@@ -78,7 +78,7 @@ def _draw(frame: Tensor, predicted: Tensor, truth: Optional[Tensor]) -> Image.Im
 
 
 def run(args: argparse.Namespace) -> dict:
-    from dcn.datamodules.tracking_boxes import box_overlap, centre_distance, xywh_to_cxcywh
+    from dcn.geometry.boxes import box_overlap, centre_distance, xywh_to_cxcywh
     from dcn.tasks.tracking.metrics import precision_at, success_auc
 
     checkpoint, folder = Path(args.checkpoint), Path(args.sequence)

@@ -1,6 +1,6 @@
 """logger=wandb offline (with TensorBoard alongside): a real training run's local W&B records hold the
 metrics (equal to the CSV logger's), best-value summaries, the resolved config, run naming, offset
-pictures and sample predictions; runs never prompt; each job gets its own W&B run; a resumed run
+pictures and validation pictures; runs never prompt; each job gets its own W&B run; a resumed run
 continues its W&B run."""
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def test_offline_training_run_records(no_credentials, compose_train, tmp_path: P
     from dcn.results import RunRecord
 
     cfg = compose_train([
-        "logger=[csv,wandb,tensorboard]", "callbacks=[default,offset_viz,sample_predictions]",
-        "callbacks.offset_viz.num_images=2", "callbacks.sample_predictions.num_images=4",
+        "logger=[csv,wandb,tensorboard]", "callbacks=[default,offset_viz]",
+        "callbacks.offset_viz.num_images=2", "task.num_val_images=4",
         "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "test=false",
         "data.canvas_size=12", "data.digit_size=10",
         "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
@@ -81,8 +81,8 @@ def test_offline_training_run_records(no_credentials, compose_train, tmp_path: P
     media = list(run_file.parent.glob("files/media/images/**/*.png"))
     assert len(media) == 4  # 2 epochs x (offsets, predictions)
     assert sorted(p.name for p in (run_dir / "offsets").iterdir()) == ["epoch_000.png", "epoch_001.png"]
-    assert len([h for h in records["history"] if "val/predictions/_type" in h]) == 2
-    assert len(list((run_dir / "predictions").glob("epoch_*.png"))) == 2
+    assert len([h for h in records["history"] if "val/examples/_type" in h]) == 2
+    assert len(list((run_dir / "val_images").glob("epoch_*.png"))) == 2
 
     # The same pictures went to TensorBoard, the other active image-capable logger.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -90,6 +90,7 @@ def test_offline_training_run_records(no_credentials, compose_train, tmp_path: P
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert len(events.Images("val/offsets")) == 2
+    assert len(events.Images("val/examples")) == 2
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
 """Lightning callbacks that dcn's configs add (conf/callbacks/): orderly stops on signals,
-reproducible resumes, pictures of the deformable sampling locations and of sample predictions."""
+reproducible resumes, pictures of the task's predictions and of the deformable sampling locations."""
 
 from dcn.callbacks.graceful_shutdown import GracefulShutdown
 from dcn.callbacks.offset_viz import OffsetVisualization
 from dcn.callbacks.rng_state import RNGStateCheckpoint
-from dcn.callbacks.sample_predictions import SamplePredictions
+from dcn.callbacks.validation_pictures import ValidationPictures
 
-__all__ = ["GracefulShutdown", "OffsetVisualization", "RNGStateCheckpoint", "SamplePredictions"]
+__all__ = ["GracefulShutdown", "OffsetVisualization", "RNGStateCheckpoint", "ValidationPictures"]

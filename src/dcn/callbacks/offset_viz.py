@@ -1,7 +1,7 @@
 """Offset pictures during training: every N epochs, the deformable sampling locations for a few fixed
 validation images, written to ``<run dir>/offsets/epoch_<NNN>.png`` and sent to every logger that
 takes images (W&B: ``wandb.Image`` under ``val/offsets``; TensorBoard: ``add_image``).
-The pictures are those of ``python -m dcn.viz`` (see :mod:`dcn.viz`)."""
+The pictures are those of ``python -m dcn.viz`` (see :mod:`dcn.sampling_points`)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from dcn.callbacks.figures import first_validation_items, is_drawing_epoch, publish_figure
+from dcn.callbacks.schedule import first_validation_items, is_drawing_epoch
+from dcn.figures import publish_figure
 from dcn.ops import DeformConv2dPack
-from dcn.viz import render_figure, sampling_points
+from dcn.sampling_points import render_figure, sampling_points
 
 __all__ = ["OffsetVisualization"]
 

@@ -1,22 +1,43 @@
-"""Lightning datamodules, one module per dataset family.
+"""Lightning datamodules, one sub-package per task family.
 
-Every classification datamodule yields ``(images Tensor[B, C, H, W] float32, targets Tensor[B] int64)``
-and exposes ``in_channels``, ``num_classes`` and ``class_names``; ``train.py`` hands the first to the
-backbone and the second to the task, so neither is written twice in the configs.
+``classification/``, ``segmentation/``, ``detection/`` and ``tracking/`` each hold their base next to
+one module per dataset format; ``synthetic/`` the generators of the offline datasets and their cache;
+``voc/`` the Pascal VOC layout helpers shared by segmentation and detection. Every datamodule is
+importable from here (``dcn.datamodules.VOCDetDataModule``), which is how the configs name them.
+
+Every datamodule exposes what the model needs to be built (``in_channels``, ``num_classes``,
+``class_names``); ``train.py`` hands them to the backbone and the task, so neither is written twice in
+the configs.
 """
 
-from dcn.datamodules.classification_datamodule import ClassificationDataModule
-from dcn.datamodules.deformation import GeometricDeformation
-from dcn.datamodules.deformed_dataset import DeformedImageDataset
-from dcn.datamodules.digits import DigitsDataModule
-from dcn.datamodules.image_folder import ImageFolderDataModule
-from dcn.datamodules.mnist import MNISTDataModule
+from dcn.datamodules.classification import (ClassificationDataModule, DeformedImageDataset, DigitsDataModule,
+                                            GeometricDeformation, ImageFolderDataModule, MNISTDataModule)
+from dcn.datamodules.detection import (CocoDetDataModule, DetectionLoaders, SyntheticDetDataModule,
+                                       SyntheticDetGenerator, VOCDetDataModule)
+from dcn.datamodules.segmentation import SyntheticSegDataModule, VOCSegDataModule
+from dcn.datamodules.synthetic import SyntheticShapesGenerator, SyntheticTracksGenerator
+from dcn.datamodules.tracking import (GOT10kDataModule, PairSampling, SyntheticVOTDataModule, TrackingDataModule,
+                                      VOTDataModule)
 
 __all__ = [
     "ClassificationDataModule",
+    "CocoDetDataModule",
     "DeformedImageDataset",
+    "DetectionLoaders",
     "DigitsDataModule",
+    "GOT10kDataModule",
     "GeometricDeformation",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "PairSampling",
+    "SyntheticDetDataModule",
+    "SyntheticDetGenerator",
+    "SyntheticSegDataModule",
+    "SyntheticShapesGenerator",
+    "SyntheticTracksGenerator",
+    "SyntheticVOTDataModule",
+    "TrackingDataModule",
+    "VOCDetDataModule",
+    "VOCSegDataModule",
+    "VOTDataModule",
 ]

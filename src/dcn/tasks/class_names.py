@@ -3,11 +3,11 @@ ones saved in the checkpoint the weights came from, else ``class_<k>``."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import List
 
 import lightning as L
 
-__all__ = ["CHECKPOINT_KEY", "NamedClasses", "resolve_class_names"]
+__all__ = ["CHECKPOINT_KEY", "resolve_class_names"]
 
 CHECKPOINT_KEY = "class_names"
 
@@ -26,22 +26,3 @@ def resolve_class_names(module: L.LightningModule) -> List[str]:
         if names is not None and len(names) == num_classes:
             return list(names)
     return [f"class_{k}" for k in range(num_classes)]
-
-
-class NamedClasses:
-    """For LightningModules with ``hparams.class_names`` / ``hparams.num_classes``: ``class_names()``
-    (see :func:`resolve_class_names`), and checkpoint hooks that store those names in every
-    checkpoint (``"class_names"``), so that a model rebuilt for inference (``python -m dcn.detect``)
-    names what it finds without the dataset at hand."""
-
-    checkpoint_class_names: Optional[List[str]] = None
-
-    def class_names(self) -> List[str]:
-        return resolve_class_names(self)  # type: ignore[arg-type]
-
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.class_names()
-
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        names = checkpoint.get(CHECKPOINT_KEY)
-        self.checkpoint_class_names = [str(n) for n in names] if names is not None else None

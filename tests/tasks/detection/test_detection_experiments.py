@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dcn.datamodules.synthetic_det import SyntheticDetGenerator
+from dcn.datamodules.detection.synthetic import SyntheticDetGenerator
 from dcn.results import RunRecord
 
 TINY_RUN = [
@@ -45,7 +45,7 @@ def test_frcnn_synthetic_fast_dev_run(compose_train, deform, roi_pool):
          "data.generator.image_size=64"]
     )  # fmt: skip
     assert cfg.task._target_ == "dcn.tasks.detection.DetectionTask"
-    assert cfg.data._target_ == "dcn.datamodules.synthetic_det.SyntheticDetDataModule"
+    assert cfg.data._target_ == "dcn.datamodules.SyntheticDetDataModule"
     assert cfg.callbacks.model_checkpoint.monitor == "val/mAP"
     data = _run(cfg)
     assert {"test/mAP", "test/mAP50", "test/mAP70"} <= set(data["metrics"])
@@ -88,7 +88,7 @@ def test_frcnn_voc_fast_dev_run_on_a_voc0712_tree(compose_train, tmp_path):
 
 def _fabricate_coco(root: Path) -> Path:
     """A COCO 2017 tree (train2017/, val2017/, annotations/instances_*.json) converted from synthetic VOC data."""
-    from dcn.datamodules.voc_det import parse_voc_xml
+    from dcn.datamodules.detection.voc import parse_voc_xml
 
     generator = SyntheticDetGenerator(num_train=3, num_val=2, num_test=1, image_size=48, objects=(1, 2))
     voc = generator.write(root / "gen")
@@ -112,7 +112,7 @@ def _fabricate_coco(root: Path) -> Path:
 def test_frcnn_coco_fast_dev_run_reports_coco_and_voc_numbers(compose_train, tmp_path):
     root = _fabricate_coco(tmp_path / "coco")
     cfg = compose_train(["experiment=frcnn_coco", f"data.root={root}", "backbone.pretrained=null", *TINY_RUN])
-    assert cfg.data._target_ == "dcn.datamodules.coco_det.CocoDetDataModule" and list(cfg.task.metrics) == ["coco", "voc"]
+    assert cfg.data._target_ == "dcn.datamodules.CocoDetDataModule" and list(cfg.task.metrics) == ["coco", "voc"]
     data = _run(cfg)
     assert {"test/mAP", "test/coco/mAP", "test/coco/mAP50", "test/mAP50", "test/mAP70"} <= set(data["metrics"])
     assert data["metrics"]["test/mAP"] == data["metrics"]["test/coco/mAP"]

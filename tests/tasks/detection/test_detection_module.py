@@ -10,9 +10,10 @@ import torch
 from functools import partial
 
 from dcn.backbones import ResNetBackbone
-from dcn.datamodules.synthetic_det import SyntheticDetDataModule, SyntheticDetGenerator
+from dcn.datamodules.detection.synthetic import SyntheticDetDataModule, SyntheticDetGenerator
 from dcn.tasks.detection import DetectionTask
 from dcn.tasks.detection.module import LOSS_NAMES
+from dcn.callbacks import ValidationPictures
 
 SMALL_TASK = dict(
     min_size=64, max_size=64, anchor_sizes=[[8], [16], [32], [64], [128]], representation_size=64,
@@ -72,12 +73,13 @@ def test_a_short_synthetic_training_lowers_the_loss_and_logs_every_term(tmp_path
 def test_validation_and_test_report_map_and_draw_pictures(tmp_path, det_cache):
     task = _task(num_val_images=2)
     dm = _datamodule(det_cache)
-    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0)
+    pictures = ValidationPictures(tmp_path / "val_images")
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, callbacks=[pictures])
     trainer.fit(task, datamodule=dm)
     metrics = trainer.callback_metrics
     assert {"val/mAP", "val/mAP50", "val/mAP70"} <= set(metrics)
     assert 0 <= float(metrics["val/mAP"]) <= 1 and float(metrics["val/mAP"]) == float(metrics["val/mAP50"])
-    assert (tmp_path / "val_images" / "epoch_000.png").is_file()
+    assert pictures.written == [tmp_path / "val_images" / "epoch_000.png"] and pictures.written[0].is_file()
     (scores,) = trainer.test(task, datamodule=dm, verbose=False)
     assert {"test/mAP", "test/mAP50", "test/mAP70"} <= set(scores)
     assert task.test_scores is not None

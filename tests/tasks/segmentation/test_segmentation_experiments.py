@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dcn.datamodules.synthetic_shapes import SyntheticShapesGenerator
+from dcn.datamodules.synthetic.shapes import SyntheticShapesGenerator
 from dcn.results import RunRecord
 
 TINY_RUN = [
@@ -50,7 +50,7 @@ def test_seed_exp3_deeplab_voc_fast_dev_run(compose_train, tmp_path):
     SyntheticShapesGenerator(num_train=2, num_val=2, num_test=1, image_size=40).write(tmp_path / "voc")
     cfg = compose_train(["experiment=seed_exp3_deeplab_voc", f"data.root={tmp_path / 'voc'}", "backbone.pretrained=null", *TINY_RUN])
     assert cfg.backbone.arch == "resnet50" and cfg.backbone.deform.enabled and cfg.trainer.max_epochs == 30
-    assert cfg.data._target_ == "dcn.datamodules.voc_seg.VOCSegDataModule" and cfg.task.head_lr_mult == 10.0
+    assert cfg.data._target_ == "dcn.datamodules.VOCSegDataModule" and cfg.task.head_lr_mult == 10.0
     data = _run(cfg)
     assert data["metrics"]["test/mIoU"] >= 0
     assert data["parameters"]["offset_predictor"] > 0

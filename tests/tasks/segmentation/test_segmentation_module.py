@@ -12,11 +12,12 @@ import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from dcn.backbones import ResNetBackbone
-from dcn.datamodules.synthetic_seg import SyntheticSegDataModule
-from dcn.datamodules.synthetic_shapes import SyntheticShapesGenerator
+from dcn.datamodules.segmentation.synthetic import SyntheticSegDataModule
+from dcn.datamodules.synthetic.shapes import SyntheticShapesGenerator
 from dcn.tasks.segmentation import SegmentationTask
 from dcn.tasks.segmentation.module import format_class_table
 from dcn.tasks.segmentation.metrics import scores_from_confusion
+from dcn.callbacks import ValidationPictures
 
 SGD = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
 POLY = functools.partial(torch.optim.lr_scheduler.PolynomialLR, power=0.9)
@@ -143,6 +144,7 @@ def test_short_training_lowers_the_loss_and_logs_everything(tiny_synthetic, tmp_
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0, log_every_n_steps=1,
+        callbacks=[ValidationPictures(tmp_path / "val_images")],
     )  # fmt: skip
     task.train()  # Lightning keeps the modules' mode: fit must start in training mode
     trainer.fit(task, datamodule=dm)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from dcn import track
 from dcn.checkpoints import CheckpointError
-from dcn.datamodules.synthetic_tracks import SyntheticTracksGenerator
+from dcn.datamodules.synthetic.tracks import SyntheticTracksGenerator
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dcn.datamodules.tracking_boxes import box_iou_pairwise
+from dcn.geometry.boxes import box_iou_pairwise
 from dcn.tasks.tracking.anchors import anchor_shapes, make_anchors
 from dcn.tasks.tracking.box_coder import decode_boxes, encode_boxes
 from dcn.tasks.tracking.targets import IGNORE, NEGATIVE, POSITIVE, TargetOptions, anchor_targets

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import open_dict
 
 import train
-from dcn.datamodules.synthetic_tracks import SyntheticTracksGenerator
+from dcn.datamodules.synthetic.tracks import SyntheticTracksGenerator
 from dcn.results import RunRecord
 
 ONE_BATCH = ["trainer=cpu", "+trainer.fast_dev_run=1", "callbacks.rich_progress_bar=null", "logger=[]"]

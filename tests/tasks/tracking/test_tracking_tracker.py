@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dcn.datamodules.tracking_boxes import box_iou_pairwise, box_overlap, xywh_to_cxcywh
-from dcn.datamodules.tracking_crops import CropWindow
+from dcn.geometry.boxes import box_iou_pairwise, box_overlap, xywh_to_cxcywh
+from dcn.geometry.crops import CropWindow
 from dcn.tasks.tracking.anchors import make_anchors
 from dcn.tasks.tracking.box_coder import encode_boxes
 from dcn.tasks.tracking.model import ResponseGeometry

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from dcn.tasks.base import DcnTask
 from dcn.tasks.classification.head import ClassificationHead
-from dcn.tasks.optimization import check_interval, optimizer_config
+from dcn.tasks.classification.visualization import prediction_grid
 
 __all__ = ["ClassificationTask"]
 
 _TOP5_MIN_CLASSES = 10  # top-5 accuracy is only informative with enough classes
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(DcnTask):
     """Train and evaluate an image classifier on ``(images, targets)`` batches.
 
     Batches: ``images`` Tensor[B, C, H, W] float, ``targets`` Tensor[B] int64 in ``[0, num_classes)``.
@@ -27,18 +27,16 @@ class ClassificationTask(L.LightningModule):
     Logged per epoch: ``{train,val,test}/loss`` (cross-entropy with
     label smoothing as configured), ``{train,val,test}/acc`` (top-1, micro-averaged: the fraction of
     correct samples) and, with at least 10 classes, ``{val,test}/acc_top5``; per step:
-    ``train/loss_step``.
+    ``train/loss_step``. Validation pictures: the first ``num_val_images`` validation images with
+    their predicted / true class.
 
     Args:
         backbone: a dcn backbone: ``forward`` returns an ordered dict of features (the last is pooled),
             ``out_channels`` is that feature's channel count.
         num_classes: number of classes (``train.py`` takes it from the datamodule).
-        optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_`` optimizer).
-        scheduler: optional ``optimizer -> LRScheduler`` (a Hydra ``_partial_`` scheduler); stepped
-            every ``scheduler_interval`` ("epoch" or "step").
+        optimizer, scheduler, scheduler_interval, monitor, monitor_mode, class_names,
+            num_val_images: see :class:`~dcn.tasks.base.DcnTask`.
         label_smoothing: cross-entropy label smoothing in [0, 1).
-        monitor: the validation metric that selects the best checkpoint and drives
-            ``ReduceLROnPlateau``-style schedulers; ``monitor_mode`` is "max" or "min".
     """
 
     def __init__(
@@ -49,27 +47,21 @@ class ClassificationTask(L.LightningModule):
         scheduler: Optional[Callable[..., Any]] = None,
         scheduler_interval: str = "epoch",
         label_smoothing: float = 0.0,
+        class_names: Optional[Sequence[str]] = None,
+        num_val_images: int = 16,
         monitor: str = "val/acc",
         monitor_mode: str = "max",
     ) -> None:
-        super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
-        check_interval(scheduler_interval)
-        if monitor_mode not in ("max", "min"):
-            raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         if not hasattr(backbone, "out_channels"):
             raise TypeError(
                 f"backbone must expose out_channels (a dcn backbone), got {type(backbone).__name__}"
             )
-        # Only plain values go into the checkpoint's hparams: the backbone is in the state_dict, and
-        # Hydra's partial factories would make checkpoints unloadable with torch.load(weights_only=True).
-        # The run's full config is in the run directory (.hydra/, results.json).
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode, num_classes,
+                         class_names, num_val_images)
         self.backbone = backbone
         self.head = ClassificationHead(backbone.out_channels, num_classes)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -115,10 +107,13 @@ class ClassificationTask(L.LightningModule):
         self.log("test/loss", loss, on_step=False, on_epoch=True)
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
 
-    def configure_optimizers(self) -> Dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self,
-                                self.hparams.monitor)  # fmt: skip
+    def validation_picture(self, items: Sequence[Tuple[Tensor, Any]]) -> Any:
+        images = torch.stack([image for image, _ in items])
+        targets = torch.as_tensor([int(target) for _, target in items])
+        predicted = self(images.to(self.device)).argmax(1).cpu()
+        fig = prediction_grid(images, predicted, targets, self.class_names())
+        fig.suptitle(f"epoch {self.current_epoch}: predicted / true", fontsize=9)
+        return fig
 
 
 def _accuracy_metrics(num_classes: int, top5: bool, prefix: str) -> MetricCollection:

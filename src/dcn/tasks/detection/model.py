@@ -40,6 +40,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from dcn.backbones.features import Backbone
 from dcn.backbones.frozen_bn import freeze_batch_norm
+from dcn.images import IMAGENET_MEAN, IMAGENET_STD
 from dcn.ops import MultiScaleDeformRoIPool
 
 __all__ = [
@@ -54,8 +55,6 @@ __all__ = [
 
 LAYOUTS = ("fpn", "c4")
 ROI_POOLS = ("align", "deform")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # FasterRCNN keyword arguments settable from ``task.rpn.<key>`` (-> ``rpn_<key>``) and
 # ``task.roi_heads.<key>`` (-> ``box_<key>``).

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from dcn.callbacks.figures import publish_figure
-from dcn.tasks.class_names import NamedClasses
+from dcn.images import IMAGENET_MEAN, IMAGENET_STD
+from dcn.tasks.base import DcnTask
 from dcn.tasks.detection.metrics import DetectionMetrics
-from dcn.tasks.detection.model import IMAGENET_MEAN, IMAGENET_STD, build_faster_rcnn
+from dcn.tasks.detection.model import build_faster_rcnn
 from dcn.tasks.detection.visualization import detection_grid
 from dcn.tasks.detection.voc_ap import format_ap_table
-from dcn.tasks.optimization import check_interval, optimizer_config
 
 __all__ = ["DetectionTask", "LOSS_NAMES"]
 
@@ -23,7 +21,7 @@ Batch = Tuple[List[Tensor], List[Dict[str, Tensor]]]
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
 
-class DetectionTask(NamedClasses, L.LightningModule):
+class DetectionTask(DcnTask):
     """Train and evaluate Faster R-CNN (:func:`~dcn.tasks.detection.model.build_faster_rcnn`) on
     ``(images, targets)`` batches in torchvision's list form.
 
@@ -38,7 +36,8 @@ class DetectionTask(NamedClasses, L.LightningModule):
     chosen metrics' numbers (see :mod:`dcn.tasks.detection.metrics`: ``mAP50``, ``mAP70``,
     ``coco/mAP``, ...), plus ``test/AP50/<class>`` (VOC) and a per-class AP table at test end.
     torchvision's model returns losses only in training mode, so there is no validation loss.
-    Each validation epoch draws ``num_val_images`` images with their true and predicted boxes.
+    Validation pictures: the first ``num_val_images`` validation images with their true and
+    predicted boxes (scores above ``score_threshold_for_images``).
 
     Optimisation: ``optimizer`` / ``scheduler`` factories as in the other tasks; the learning rate
     ramps linearly from ``warmup_factor`` x to 1 x the scheduled rate over the first
@@ -96,26 +95,19 @@ class DetectionTask(NamedClasses, L.LightningModule):
         monitor: str = "val/mAP",
         monitor_mode: str = "max",
     ) -> None:
-        super().__init__()
-        # Hydra hands lists and mappings over as ListConfig / DictConfig: keep plain values in hparams,
-        # so checkpoints load with torch.load(weights_only=True).
-        fpn_features, c4_features, anchor_sizes, aspect_ratios, image_mean, image_std, deform_roi_pool, rpn, \
-            roi_heads, metrics, voc_iou_thresholds, class_names = map(_plain, (
-                fpn_features, c4_features, anchor_sizes, aspect_ratios, image_mean, image_std, deform_roi_pool,
-                rpn, roi_heads, metrics, voc_iou_thresholds, class_names))  # fmt: skip
-        check_interval(scheduler_interval)
-        if monitor_mode not in ("max", "min"):
-            raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         if warmup_iters < 0 or not 0 < warmup_factor <= 1:
             raise ValueError(
                 f"task.warmup_iters must be >= 0 and task.warmup_factor in (0, 1], got {warmup_iters} and {warmup_factor}"
             )
-        if num_val_images < 0:
-            raise ValueError(f"task.num_val_images must be >= 0, got {num_val_images}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"task.class_names lists {len(class_names)} names for num_classes={num_classes}")
-        # Plain values only in hparams (partials would make checkpoints unloadable with weights_only=True).
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
+        super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode, num_classes,
+                         class_names, num_val_images)
+        # The network from the plain hyper-parameters (Hydra hands lists and mappings over as
+        # ListConfig / DictConfig).
+        hp = self.hparams
+        fpn_features, c4_features, anchor_sizes, aspect_ratios = (
+            hp.fpn_features, hp.c4_features, hp.anchor_sizes, hp.aspect_ratios)
+        image_mean, image_std, deform_roi_pool, rpn, roi_heads = (
+            hp.image_mean, hp.image_std, hp.deform_roi_pool, hp.rpn, hp.roi_heads)
         self.net = build_faster_rcnn(
             backbone, num_classes, layout, roi_pool, fpn_features=tuple(fpn_features),
             fpn_channels=fpn_channels, c4_features=tuple(c4_features), anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
@@ -123,14 +115,11 @@ class DetectionTask(NamedClasses, L.LightningModule):
             representation_size=representation_size, deform_roi_pool=deform_roi_pool, rpn=rpn,
             roi_heads=roi_heads, freeze_bn=freeze_bn, frozen_stages=frozen_stages,
         )  # fmt: skip
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        metric_args = dict(kinds=metrics, voc_iou_thresholds=voc_iou_thresholds,
+        metric_args = dict(kinds=hp.metrics, voc_iou_thresholds=hp.voc_iou_thresholds,
                            voc_use_07_metric=voc_use_07_metric, coco_backend=coco_backend)
         self.val_metrics = DetectionMetrics(num_classes, **metric_args)
         self.test_metrics = DetectionMetrics(num_classes, **metric_args)
         self.test_scores: Optional[Dict[str, Tensor]] = None  # the last test run's scores, for callers
-        self._val_examples: Optional[Tuple[list, list, list]] = None
 
     @property
     def backbone(self) -> nn.Module:
@@ -180,30 +169,20 @@ class DetectionTask(NamedClasses, L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets, detections = self._detect(batch)
         self.val_metrics.update(detections, targets)
-        if self.hparams.num_val_images and not self.trainer.sanity_checking:
-            kept = self._val_examples or ([], [], [])
-            room = self.hparams.num_val_images - len(kept[0])
-            if room > 0:
-                cpu = lambda d: {k: v.detach().cpu() for k, v in d.items() if torch.is_tensor(v)}  # noqa: E731
-                kept[0].extend(i.detach().cpu() for i in images[:room])
-                kept[1].extend(cpu(t) for t in targets[:room])
-                kept[2].extend(cpu(d) for d in detections[:room])
-                self._val_examples = kept
 
     def on_validation_epoch_end(self) -> None:
         scores, _ = self.val_metrics.compute()
         self.val_metrics.reset()
         for name, value in scores.items():
             self.log(f"val/{name}", value, prog_bar=name == "mAP")
-        if self._val_examples is not None:
-            if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
-                fig = detection_grid(*self._val_examples, self.class_names(),
-                                     score_threshold=self.hparams.score_threshold_for_images,
-                                     title=f"epoch {self.current_epoch}: truth | predictions")  # fmt: skip
-                path = publish_figure(self.trainer, fig, _val_image_path(self.trainer, self.current_epoch),
-                                      "val/examples", f"epoch {self.current_epoch}")  # fmt: skip
-                rank_zero_info(f"validation pictures: {path}")
-            self._val_examples = None
+
+    def validation_picture(self, items: Sequence[Tuple[Tensor, Dict[str, Tensor]]]) -> Any:
+        images = [image for image, _ in items]
+        detections = self.net([image.to(self.device) for image in images])
+        cpu = lambda d: {k: v.detach().cpu() for k, v in d.items() if torch.is_tensor(v)}  # noqa: E731
+        return detection_grid(images, [cpu(t) for _, t in items], [cpu(d) for d in detections],
+                              self.class_names(), score_threshold=self.hparams.score_threshold_for_images,
+                              title=f"epoch {self.current_epoch}: truth | predictions")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         _, targets, detections = self._detect(batch)
@@ -222,25 +201,6 @@ class DetectionTask(NamedClasses, L.LightningModule):
                 if ap == ap:  # classes without ground truth have no AP (NaN): not logged
                     self.log(f"test/AP{round(100 * thresholds[0])}/{name}", float(ap))
             rank_zero_info(format_ap_table(names, voc, thresholds))
-
-    def configure_optimizers(self) -> Dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
-        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self,
-                                self.hparams.monitor)  # fmt: skip
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with OmegaConf containers turned into lists and dicts."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
-def _val_image_path(trainer: L.Trainer, epoch: int):
-    from pathlib import Path
-
-    return Path(trainer.default_root_dir) / "val_images" / f"epoch_{epoch:03d}.png"
 
 
 def _check_images(images: Any) -> List[Tensor]:

@@ -1,8 +1,8 @@
 """Validation pictures for detection: each image twice, with its true boxes (left) and the
 predicted boxes above a score threshold (right), labelled with class names (and scores).
 
-Written as ``<run dir>/val_images/epoch_<n>.png`` and logged under ``val/examples`` to every logger
-that takes images (:func:`dcn.callbacks.figures.publish_figure`).
+Drawn by :meth:`DetectionTask.validation_picture` for the ValidationPictures callback, and by
+``python -m dcn.detect``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from dcn.datamodules.label_png import IGNORE_INDEX
+from dcn.datamodules.voc.label_png import IGNORE_INDEX
 
 __all__ = ["segmentation_cross_entropy"]
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from dcn.datamodules.label_png import IGNORE_INDEX
+from dcn.datamodules.voc.label_png import IGNORE_INDEX
 
 __all__ = ["SegmentationMetrics", "scores_from_confusion"]
 

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from dcn.backbones.frozen_bn import freeze_batch_norm
-from dcn.tasks.class_names import NamedClasses
-from dcn.tasks.optimization import check_interval, optimizer_config
+from dcn.tasks.base import DcnTask
 from dcn.tasks.segmentation.deeplab import DeepLab
 from dcn.tasks.segmentation.loss import segmentation_cross_entropy
 from dcn.tasks.segmentation.metrics import SegmentationMetrics
-from dcn.tasks.segmentation.visualization import comparison_grid, log_comparison
+from dcn.tasks.segmentation.visualization import comparison_grid
 
 __all__ = ["SegmentationTask", "format_class_table"]
 
 
-class SegmentationTask(NamedClasses, L.LightningModule):
+class SegmentationTask(DcnTask):
     """Train and evaluate a DeepLab segmentation network on ``(images, masks)`` batches.
 
     Batches: ``images`` Tensor[B, C, H, W] float, ``masks`` Tensor[B, H, W] int64 with class indices in
@@ -30,8 +28,8 @@ class SegmentationTask(NamedClasses, L.LightningModule):
     ``val/mean_class_acc`` per epoch; the same under ``test/`` plus ``test/IoU/<class name>`` for each
     class present in the test split's ground truth or predictions, and a per-class IoU table printed at
     test end. mIoU etc. come from one confusion matrix over the whole split (see
-    :mod:`dcn.tasks.segmentation.metrics`). Each validation epoch also saves ``num_val_images`` images
-    with their true and predicted masks (:mod:`dcn.tasks.segmentation.visualization`).
+    :mod:`dcn.tasks.segmentation.metrics`). Validation pictures: the first ``num_val_images``
+    validation images with their true and predicted masks (:mod:`dcn.tasks.segmentation.visualization`).
 
     Optimisation: the head's learning rate is ``head_lr_mult`` times the backbone's (the optimizer's
     ``lr``), as DeepLab fine-tunes a pretrained backbone under a freshly initialised head. A scheduler
@@ -77,32 +75,20 @@ class SegmentationTask(NamedClasses, L.LightningModule):
         monitor: str = "val/mIoU",
         monitor_mode: str = "max",
     ) -> None:
-        super().__init__()
-        check_interval(scheduler_interval)
-        if monitor_mode not in ("max", "min"):
-            raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         if not head_lr_mult > 0:
             raise ValueError(f"task.head_lr_mult must be > 0, got {head_lr_mult}")
-        if num_val_images < 0:
-            raise ValueError(f"task.num_val_images must be >= 0, got {num_val_images}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"task.class_names lists {len(class_names)} names for num_classes={num_classes}")
-        # Plain values only in hparams (the backbone is in the state_dict; partials would make
-        # checkpoints unloadable with weights_only=True). The full config is in the run directory.
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
+        super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode, num_classes,
+                         class_names, num_val_images)
         if freeze_bn:
             backbone = freeze_batch_norm(backbone)
         self.net = DeepLab(
-            backbone, num_classes, head=head, aspp_rates=aspp_rates, aspp_channels=aspp_channels,
+            backbone, num_classes, head=head, aspp_rates=self.hparams.aspp_rates, aspp_channels=aspp_channels,
             aspp_dropout=aspp_dropout, low_level_feature=low_level_feature,
             low_level_channels=low_level_channels, decoder_channels=decoder_channels,
         )  # fmt: skip
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.val_metrics = SegmentationMetrics(num_classes)
         self.test_metrics = SegmentationMetrics(num_classes)
         self.test_scores: Optional[Dict[str, Tensor]] = None  # the last test run's scores, for callers
-        self._val_examples: Optional[Tuple[Tensor, Tensor, Tensor]] = None
 
     @property
     def backbone(self) -> nn.Module:
@@ -131,23 +117,25 @@ class SegmentationTask(NamedClasses, L.LightningModule):
         preds = logits.argmax(dim=1)
         self.val_metrics.update(preds, batch[1])
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0])
-        if batch_idx == 0 and self.hparams.num_val_images and not self.trainer.sanity_checking:
-            k = self.hparams.num_val_images
-            self._val_examples = (batch[0][:k].cpu(), batch[1][:k].cpu(), preds[:k].cpu())
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
         self.val_metrics.reset()
         for name in ("mIoU", "pixel_acc", "mean_class_acc"):
             self.log(f"val/{name}", scores[name].float(), prog_bar=name == "mIoU")
-        if self._val_examples is not None:
-            if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
-                datamodule = getattr(self.trainer, "datamodule", None)
-                grid = comparison_grid(
-                    *self._val_examples, getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-                )
-                log_comparison(self.trainer, grid, self.current_epoch)
-            self._val_examples = None
+
+    def validation_picture(self, items: Sequence[Tuple[Tensor, Tensor]]) -> Any:
+        """Rows of image | true mask | predicted mask (uint8 pixels (H, W, 3)). Items of different
+        sizes (no validation crop) are drawn one by one and stacked, padded to the widest."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        rows = []
+        for image, mask in items:
+            pred = self(image[None].to(self.device)).argmax(1).cpu()
+            rows.append(comparison_grid(image[None], mask[None], pred, mean, std))  # [3, H, 3W]
+        width = max(r.shape[-1] for r in rows)
+        rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
+        return torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
 
     def test_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, logits = self._step(batch)
@@ -166,17 +154,12 @@ class SegmentationTask(NamedClasses, L.LightningModule):
                 self.log(f"test/IoU/{name}", float(iou))
         rank_zero_info(format_class_table(names, scores))
 
-    def configure_optimizers(self) -> Dict[str, Any]:
-        groups = [
+    def param_groups(self) -> List[Dict[str, Any]]:
+        return [
             {"params": [p for p in self.net.backbone_parameters() if p.requires_grad], "name": "backbone"},
-            {"params": [p for p in self.net.head_parameters() if p.requires_grad], "name": "head"},
+            {"params": [p for p in self.net.head_parameters() if p.requires_grad], "name": "head",
+             "lr_mult": self.hparams.head_lr_mult},
         ]
-        optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
-        for group in optimizer.param_groups:
-            if group.get("name") == "head":
-                group["lr"] *= self.hparams.head_lr_mult
-        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self,
-                                self.hparams.monitor)  # fmt: skip
 
 
 def format_class_table(names: Sequence[str], scores: Dict[str, Tensor]) -> str:

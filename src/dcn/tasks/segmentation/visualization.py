@@ -1,22 +1,16 @@
-"""Validation pictures: image | true mask | predicted mask, one row per image, in VOC's colours.
-
-Written as ``<run dir>/val_images/epoch_<n>.png`` and, where a logger takes images (TensorBoard,
-Weights & Biases), logged under ``val/examples``.
-"""
+"""Validation pictures: image | true mask | predicted mask, one row per image, in VOC's colours
+(drawn by :meth:`SegmentationTask.validation_picture` for the ValidationPictures callback)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
-import lightning as L
 import torch
-from PIL import Image
 from torch import Tensor
 
-from dcn.datamodules.label_png import voc_palette
+from dcn.datamodules.voc.label_png import voc_palette
 
-__all__ = ["colorize", "comparison_grid", "log_comparison"]
+__all__ = ["colorize", "comparison_grid"]
 
 
 def colorize(mask: Tensor) -> Tensor:
@@ -54,19 +48,3 @@ def comparison_grid(
     rows = [_to_uint8_image(images, mean, std), colorize(targets), colorize(preds)]
     grid = torch.cat([r.cpu() for r in rows], dim=-1)  # [B, 3, H, 3W]
     return torch.cat(list(grid), dim=-2)  # [3, B*H, 3W]
-
-
-def log_comparison(trainer: L.Trainer, grid: Tensor, epoch: int, tag: str = "val/examples") -> Path:
-    """Save ``grid`` (uint8 Tensor[3, H, W]) as ``<default_root_dir>/val_images/epoch_<epoch>.png``
-    and log it to each logger that accepts images; returns the PNG's path."""
-    folder = Path(trainer.default_root_dir) / "val_images"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"epoch_{epoch:03d}.png"
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter
-            experiment.add_image(tag, grid, global_step=trainer.global_step)
-        elif hasattr(logger, "log_image"):  # WandbLogger
-            logger.log_image(key=tag, images=[grid.permute(1, 2, 0).numpy()], step=trainer.global_step)
-    return path

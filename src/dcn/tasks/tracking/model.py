@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from dcn.datamodules.segmentation_transforms import IMAGENET_MEAN, IMAGENET_STD
+from dcn.images import IMAGENET_MEAN, IMAGENET_STD
 from dcn.tasks.tracking.anchors import make_anchors
 from dcn.tasks.tracking.rpn_head import DepthwiseRPNHead, UpChannelRPNHead
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from dcn.datamodules.tracking_sequence import TrackingSequence
-from dcn.tasks.optimization import check_interval, optimizer_config
+from dcn.datamodules.tracking.sequence import TrackingSequence
+from dcn.tasks.base import DcnTask
 from dcn.tasks.tracking.evaluation import SequenceScores, evaluate_sequence
 from dcn.tasks.tracking.loss import siamrpn_loss
 from dcn.tasks.tracking.model import SiamRPN
@@ -35,12 +34,12 @@ def _options(cls, value: Any, key: str):
         raise TypeError(f"task.{key}: {error}") from None
 
 
-class TrackingTask(L.LightningModule):
+class TrackingTask(DcnTask):
     """Train a :class:`~dcn.tasks.tracking.model.SiamRPN` and evaluate it as a tracker.
 
-    Batches (see :mod:`dcn.datamodules.tracking_datamodule`): train / val ``(template Tensor[B, 3, T, T],
+    Batches (see :mod:`dcn.datamodules.tracking.base`): train / val ``(template Tensor[B, 3, T, T],
     search Tensor[B, 3, N, N], box Tensor[B, 4] cxcywh in search pixels, negative Tensor[B] bool)``; test:
-    one :class:`~dcn.datamodules.tracking_sequence.TrackingSequence` per batch.
+    one :class:`~dcn.datamodules.tracking.sequence.TrackingSequence` per batch.
 
     Logged: ``train/loss`` (and ``train/cls_loss``, ``train/reg_loss``), ``val/loss`` (on fixed pairs,
     with anchor draws seeded by batch index); at test end ``test/accuracy``, ``test/failures``
@@ -85,30 +84,24 @@ class TrackingTask(L.LightningModule):
         monitor: str = "val/loss",
         monitor_mode: str = "min",
     ) -> None:
-        super().__init__()
         if num_classes is not None:
             raise ValueError(
                 f"task=tracking got num_classes={num_classes}: it needs a tracking datamodule "
                 "(data=synthetic_vot, vot or got10k), whose num_classes is None"
             )
-        check_interval(scheduler_interval)
-        if monitor_mode not in ("max", "min"):
-            raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         if not backbone_lr_mult >= 0:
             raise ValueError(f"task.backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
-        self.target_options = _options(TargetOptions, targets, "targets")
-        self.tracker_options = _options(TrackerOptions, tracker, "tracker")
-        # Plain values only in hparams (save_hyperparameters reads these locals): a DictConfig in a
-        # checkpoint makes it unloadable with torch.load(weights_only=True), which Lightning uses.
-        targets, tracker = dataclasses.asdict(self.target_options), dataclasses.asdict(self.tracker_options)
+        target_options = _options(TargetOptions, targets, "targets")
+        tracker_options = _options(TrackerOptions, tracker, "tracker")
+        # The hyper-parameters record these locals: the options as plain dicts, the anchors as floats.
+        targets, tracker = dataclasses.asdict(target_options), dataclasses.asdict(tracker_options)
         ratios, scales = [float(r) for r in ratios], [float(s) for s in scales]
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
+        super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode)
+        self.target_options, self.tracker_options = target_options, tracker_options
         self.net = SiamRPN(
             backbone, feature=feature, template_size=template_size, search_size=search_size, head=head,
             channels=channels, ratios=ratios, scales=scales,
         )  # fmt: skip
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.test_means = nn.ModuleDict({name: MeanMetric(nan_strategy="ignore") for name in TEST_METRICS})
         self.test_scores: List[SequenceScores] = []
 
@@ -180,18 +173,14 @@ class TrackingTask(L.LightningModule):
             metric.reset()
         rank_zero_info(format_sequence_table(self.test_scores))
 
-    def configure_optimizers(self) -> Dict[str, Any]:
+    def param_groups(self) -> List[Dict[str, Any]]:
         backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
         ids = {id(p) for p in backbone}
-        head = [p for p in self.net.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": head, "name": "head"}]
-        if backbone and self.hparams.backbone_lr_mult > 0:
-            groups.append({"params": backbone, "name": "backbone"})
-        optimizer = self.optimizer_factory(params=groups)
-        for group in optimizer.param_groups:
-            if group.get("name") == "backbone":
-                group["lr"] *= self.hparams.backbone_lr_mult
-        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self)
+        groups = [{"params": [p for p in self.net.parameters() if p.requires_grad and id(p) not in ids],
+                   "name": "head"}]
+        if self.hparams.backbone_lr_mult > 0:  # 0: the backbone is not trained at all
+            groups.append({"params": backbone, "name": "backbone", "lr_mult": self.hparams.backbone_lr_mult})
+        return groups
 
 
 def format_sequence_table(scores: Sequence[SequenceScores]) -> str:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from dcn.datamodules.tracking_boxes import box_iou_pairwise
+from dcn.geometry.boxes import box_iou_pairwise
 from dcn.tasks.tracking.box_coder import encode_boxes
 
 __all__ = ["AnchorTargets", "TargetOptions", "anchor_targets"]

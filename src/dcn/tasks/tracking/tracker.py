@@ -1,7 +1,7 @@
 """SiamRPN inference: from a first-frame box to a box in every later frame.
 
 Each step crops a search patch around the last position (at the scale of the last size, see
-:mod:`dcn.datamodules.tracking_crops`), scores every anchor and picks one after SiamRPN's
+:mod:`dcn.geometry.crops`), scores every anchor and picks one after SiamRPN's
 post-processing (:func:`select_box`):
 
 * **scale and aspect-ratio change penalty**: ``penalty = exp(-k (r_c s_c - 1))`` where ``s_c`` and
@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from dcn.datamodules.tracking_boxes import cxcywh_to_xywh, xywh_to_cxcywh
-from dcn.datamodules.tracking_crops import CropWindow, context_side, crop_patch, search_window
+from dcn.geometry.boxes import cxcywh_to_xywh, xywh_to_cxcywh
+from dcn.geometry.crops import CropWindow, context_side, crop_patch, search_window
 from dcn.tasks.tracking.box_coder import decode_boxes
 from dcn.tasks.tracking.loss import flatten_head_outputs
 
