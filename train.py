@@ -18,14 +18,17 @@ from omegaconf import DictConfig
 
 from dcn import resolvers
 from dcn.checkpoints import check_checkpoint
+from dcn.hydra_callbacks import exit_if_refused
 from dcn.instantiate import instantiate_group
 from dcn.results import RunRecord, fit_outcome, parameter_counts, trainer_description
+from dcn.trainer_config import check_trainer_config
 
 resolvers.register()  # before Hydra composes: the run directory pattern uses ${dcn.uid:}
 
 
 def train(cfg: DictConfig, record: RunRecord) -> None:
     """Build everything from ``cfg``, fit and test; fills ``record`` as it goes."""
+    check_trainer_config(cfg.trainer)  # before anything is built: a wrong type is named, not asserted deep down
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     backbone = hydra.utils.instantiate(cfg.backbone, in_channels=datamodule.in_channels)
@@ -58,6 +61,7 @@ def train(cfg: DictConfig, record: RunRecord) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> Optional[float]:
+    exit_if_refused()  # a reused or unwritable run directory (dcn.hydra_callbacks): one line, exit 2
     record = RunRecord(cfg.paths.output_dir, cfg)
     record.write()  # status "running": a run killed mid-way still shows up, as unfinished
     try:

@@ -110,3 +110,10 @@ def compose_train(tmp_path) -> Callable[[List[str]], DictConfig]:
     yield _compose
     GlobalHydra.instance().clear()
     HydraConfig.instance().cfg = None
+
+
+def truncate_file(path: Path) -> Path:
+    """Cut ``path`` to half its bytes (a download or copy that stopped mid-way)."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    return Path(path)

@@ -61,3 +61,27 @@ def test_mismatch_names_file_and_keys(checkpoint: Path) -> None:
     expected = r"shape mismatch: head\.fc\.weight \(checkpoint \(5, 128\), model \(10, 128\)\)"
     with pytest.raises(CheckpointError, match=expected):
         check_checkpoint(checkpoint, _task(deform=True))
+
+
+def test_mismatch_names_what_wrote_the_checkpoint(tmp_path: Path) -> None:
+    """dcn checkpoints record what built them: a checkpoint used with the wrong config is named for
+    what it is (task, backbone, deform setting), not guessed from its keys."""
+    written = _task(deform=True)
+    path = tmp_path / "last.ckpt"
+    checkpoint = {"state_dict": written.state_dict()}
+    written.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as info:
+        check_checkpoint(path, _task(deform=False))
+    message = str(info.value)
+    assert ("written by a ClassificationTask with a SeedNet backbone, deform on (stages [4], v1, offset_groups 1); "
+            "this config builds a ClassificationTask with a SeedNet backbone, deform off (they differ in: deform)") in message
+
+    from dcn.backbones import ResNetBackbone
+    from dcn.tasks.segmentation import SegmentationTask
+
+    other = SegmentationTask(ResNetBackbone("resnet18", output_stride=16), num_classes=3, optimizer=torch.optim.SGD,
+                             aspp_channels=8, decoder_channels=8, low_level_channels=4)
+    with pytest.raises(CheckpointError, match=r"this config builds a SegmentationTask with a ResNetBackbone resnet18 "
+                                              r"backbone, deform on .*\(they differ in: task, backbone, arch\)"):
+        check_checkpoint(path, other)

@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 
 from dcn import detect
+from dcn.images import ImageReadError
 from dcn.trained_task import load_trained_task
 
 SHORT_RUN = [
-    "experiment=frcnn_synthetic", "trainer.accelerator=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1", "test=false", "callbacks.rich_progress_bar=null",
+    "experiment=frcnn_synthetic", "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1", "test=false", "callbacks.rich_progress_bar=null",
     "callbacks.rich_model_summary=null", "data.num_workers=0", "data.batch_size=2", "data.val_batch_size=2",
     "data.generator.num_train=4", "data.generator.num_val=2", "data.generator.num_test=3",
     "data.generator.image_size=64", "task.min_size=64", "task.max_size=64", "task.representation_size=32",
@@ -72,6 +73,27 @@ def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path):
     assert all(r["detections"] == [] for r in summary["images"])
     assert list((tmp_path / "json_only").iterdir()) == [tmp_path / "json_only" / "detections.json"]
 
+    # One unreadable file in the folder: skipped and listed, every other image keeps its result, and
+    # the command's exit status is 1.
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import truncate_file
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in files:
+        shutil.copy(f, mixed / f.name)
+    bad = truncate_file(mixed / files[0].name)
+    summary = detect.main([checkpoint, str(mixed), "--output", str(tmp_path / "mixed_out"), "--no-pictures"])
+    assert [r["file"] for r in summary["images"]] == [str(mixed / files[1].name)]
+    assert [s["file"] for s in summary["skipped"]] == [str(bad)] and "cannot read image" in summary["skipped"][0]["error"]
+    assert json.loads((tmp_path / "mixed_out" / "detections.json").read_text())["skipped"] == summary["skipped"]
+    proc = subprocess.run([sys.executable, "-m", "dcn.detect", checkpoint, str(mixed), "--output",
+                           str(tmp_path / "mixed_cli"), "--no-pictures"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and f"skipped: cannot read image {bad}" in proc.stderr
+
 
 def test_bad_inputs_are_named(tmp_path):
     empty = tmp_path / "empty"
@@ -82,7 +104,7 @@ def test_bad_inputs_are_named(tmp_path):
         detect.list_images([tmp_path / "missing.jpg"])
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="cannot read image .*broken.jpg"):
+    with pytest.raises(ImageReadError, match="cannot read image .*broken.jpg"):
         detect.read_image(broken)
     with pytest.raises(ValueError, match="--score-threshold must be in"):
         detect.main([str(tmp_path / "x.ckpt"), str(broken), "--score-threshold", "2"])

@@ -79,3 +79,60 @@ def test_mismatches_are_named(compose_train, tmp_path):
     (tmp_path / "bad.yaml").write_text("a: 1\n")
     with pytest.raises(ValueError, match="bad.yaml is not a dcn run config"):
         load_trained_task(path, tmp_path / "bad.yaml")
+
+
+# ------------------------------------------------------------------------------------------
+# A run directory is a file someone may hand you: it must not run code
+# ------------------------------------------------------------------------------------------
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("target,message", [
+    ("os.system", "not a class dcn's configs use"),
+    ("builtins.exec", "not a class dcn's configs use"),
+    ("dcn.backbones.pretrained.read_state_dict", "is a function, not a class"),
+])
+def test_crafted_results_json_runs_no_code(compose_train, tmp_path, target, message):
+    """An edited results.json whose backbone _target_ is any importable callable: refused before
+    anything is built, with the key named; no marker file appears."""
+    cfg = compose_train([])
+    run = tmp_path / "run"
+    _, path = _save_run(cfg, run, 1, 10, hydra_layout=False)
+    marker = tmp_path / "pwned"
+    config = json.loads((run / "results.json").read_text())
+    config["config"]["backbone"] = {"_target_": target, "_args_": [f"touch {marker}"], "path": str(marker)}
+    (run / "results.json").write_text(json.dumps(config))
+    from dcn.instantiate import UnsafeTargetError
+
+    with pytest.raises(UnsafeTargetError, match=rf"results.json: 'backbone._target_' .*{message}"):
+        load_trained_task(path)
+    assert not marker.exists()
+
+
+def test_crafted_checkpoint_pickle_runs_no_code(compose_train, tmp_path):
+    cfg = compose_train([])
+    run = tmp_path / "run"
+    task, path = _save_run(cfg, run, 1, 10)
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": task.state_dict(), "payload": _Exploit(marker)}, path)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_trained_task(path)
+    assert not marker.exists()
+
+
+def test_configs_of_older_versions_name_moved_classes(compose_train, tmp_path):
+    """A run config written before the datamodules moved into family packages still loads."""
+    from dcn.instantiate import check_targets
+
+    cfg = OmegaConf.create({"data": {"_target_": "dcn.datamodules.voc_det.VOCDetDataModule"},
+                            "callbacks": {"p": {"_target_": "dcn.callbacks.SamplePredictions"}}})
+    check_targets(cfg, "old results.json")
+    assert cfg.data._target_ == "dcn.datamodules.VOCDetDataModule"
+    assert cfg.callbacks.p._target_ == "dcn.callbacks.ValidationPictures"

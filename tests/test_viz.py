@@ -70,7 +70,7 @@ def test_command_line_writes_png_for_a_seed_net_checkpoint(compose_train, tmp_pa
     from dcn.results import RunRecord
 
     cfg = compose_train([
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
         "test=false", "data.canvas_size=12", "data.digit_size=10",
         "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
     ])  # fmt: skip
@@ -84,3 +84,17 @@ def test_command_line_writes_png_for_a_seed_net_checkpoint(compose_train, tmp_pa
     out = tmp_path / "offsets.png"
     assert main([checkpoint, str(image), "--point", "3,4", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_truncated_image_names_the_file(tmp_path):
+    from PIL import Image
+
+    from conftest import truncate_file
+    from dcn.images import ImageReadError
+    from dcn.viz import load_image
+
+    path = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 128).save(path)
+    truncate_file(path)
+    with pytest.raises(ImageReadError, match=f"cannot read image {path}"):
+        load_image(path, in_channels=1, size=None)

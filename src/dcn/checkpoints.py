@@ -1,4 +1,9 @@
-"""Check a checkpoint before resuming from or testing it, so a bad file fails with its name.
+"""Checkpoints: written atomically, and checked before resuming from or testing them.
+
+:class:`AtomicCheckpointIO` (the trainer's ``plugins`` in ``conf/trainer/default.yaml``) writes each
+checkpoint to a temporary name and renames it into place, so a full disk or a killed run never leaves
+a truncated file under a checkpoint's name (and the temporary file is removed).
+
 
 Handed a truncated or foreign file, Lightning fails deep inside ``torch.load`` (``PytorchStreamReader
 failed reading zip archive``) or ``load_state_dict`` without saying which file is at fault.
@@ -14,9 +19,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-__all__ = ["CheckpointError", "check_checkpoint", "check_state_dict_fits", "load_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "check_checkpoint", "check_state_dict_fits", "load_checkpoint"]
 
 _SHOW = 8  # keys listed per kind of mismatch
 
@@ -90,10 +96,57 @@ def check_state_dict_fits(path: os.PathLike | str, checkpoint: Mapping[str, Any]
             problems.append(f"not in the model: {_listing(unexpected)}")
         if shapes:
             problems.append(f"shape mismatch: {_listing(shapes)}")
-        offset_hint = any("conv_offset" in k for k in missing + unexpected)
         raise CheckpointError(
-            f"checkpoint {path} does not match the model built from this config; "
+            f"checkpoint {path} does not match the model built from this config: "
+            + _what_differs(checkpoint, model, missing + unexpected)
             + "; ".join(problems)
-            + (". 'conv_offset' keys differ: was it trained with another backbone.deform setting?" if offset_hint
-               else ". Was it trained with another backbone, task or data (classes, channels)?")
         )
+
+
+def _describe(model: Dict[str, Any]) -> str:
+    deform = model.get("deform") or {}
+    if not deform:
+        setting = "no deform settings"
+    elif not deform.get("enabled", True):
+        setting = "deform off"
+    else:
+        setting = (f"deform on (stages {deform.get('stages') or 'default'}, "
+                   f"{'v2, modulated' if deform.get('modulated') else 'v1'}, offset_groups {deform.get('offset_groups', 1)})")
+    arch = f" {model['arch']}" if model.get("arch") else ""
+    return f"a {model.get('task', '?').rsplit('.', 1)[-1]} with a {model.get('backbone')}{arch} backbone, {setting}"
+
+
+def _what_differs(checkpoint: Mapping[str, Any], model: nn.Module, keys: List[str]) -> str:
+    """The real mismatch, from what the checkpoint says built it (dcn checkpoints record it), else a
+    guess from the differing keys. Ends with a separator before the key listing."""
+    saved = checkpoint.get("dcn_model")
+    describe = getattr(model, "model_description", None)
+    if isinstance(saved, Mapping) and callable(describe):
+        current = describe()
+        fields = [name for name in ("task", "backbone", "arch", "deform") if saved.get(name) != current.get(name)]
+        if fields:
+            return (f"it was written by {_describe(saved)}; this config builds {_describe(current)} "
+                    f"(they differ in: {', '.join(fields)}). ")
+        return "same task, backbone and deform settings, so the classes or input channels differ. "
+    if any("conv_offset" in k for k in keys):
+        return "'conv_offset' (offset predictor) keys differ: was it trained with another backbone.deform setting? "
+    return "was it trained with another backbone, task or data (classes, channels)? "
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: ``<dir>/.<name>.<pid>.tmp`` then ``os.replace``.
+
+    On any error while writing (``OSError: No space left on device``, an interrupt) the temporary
+    file is deleted and the error propagates; a checkpoint of the same name written earlier stays.
+    """
+
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

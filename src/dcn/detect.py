@@ -9,7 +9,9 @@ Writes to ``--output`` (default ``detections/``):
 
 - ``detections.json``: ``{"checkpoint", "class_names", "score_threshold", "images": [{"file", "width",
   "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class", "score"}, ...]}, ...]}``, the
-  boxes scoring at least ``--score-threshold``, best first;
+  boxes scoring at least ``--score-threshold``, best first; ``"skipped": [{"file", "error"}]`` lists the
+  files that could not be read (truncated, not an image): they are skipped, every other image keeps its
+  result, and the command exits with status 1;
 - ``<image name>.png`` per image with those boxes drawn (unless ``--no-pictures``).
 
 Examples::
@@ -22,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
+
+from dcn.images import ImageReadError, read_image_array
 
 __all__ = ["IMAGE_SUFFIXES", "detect", "list_images", "main", "read_image"]
 
@@ -52,13 +57,12 @@ def list_images(paths: Sequence[Path]) -> List[Path]:
 
 
 def read_image(path: Path) -> Tensor:
-    """An image file as the detector's input: Tensor[3, H, W] float in [0, 1] (RGB)."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float().div_(255)
+    """An image file as the detector's input: Tensor[3, H, W] float in [0, 1] (RGB).
+
+    Raises:
+        dcn.images.ImageReadError: a missing, truncated or unreadable file (the message names it).
+    """
+    return torch.from_numpy(read_image_array(path).copy()).permute(2, 0, 1).float().div_(255)
 
 
 def detect(task, images: Sequence[Tensor]) -> List[Dict[str, Tensor]]:
@@ -103,10 +107,18 @@ def run(args: argparse.Namespace) -> dict:
     names = task.class_names()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, skipped = [], []
     for start in range(0, len(files), args.batch_size):  # read a batch at a time: folders may be large
-        chunk = files[start:start + args.batch_size]
-        images = [read_image(f) for f in chunk]
+        chunk, images = [], []
+        for path in files[start:start + args.batch_size]:
+            try:
+                images.append(read_image(path))
+                chunk.append(path)
+            except ImageReadError as error:  # one bad file must not cost the others their results
+                skipped.append({"file": str(path), "error": str(error)})
+                print(f"skipped: {error}", file=sys.stderr)
+        if not images:
+            continue
         for path, image, prediction in zip(chunk, images, detect(task, images)):
             records.append(_record(path, image, prediction, names, args.score_threshold))
             if args.pictures:
@@ -114,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
                 Image.fromarray(picture).save(output / f"{path.stem}.png")
             print(_one_line(path, records[-1]["detections"]))
     summary = {"checkpoint": str(args.checkpoint), "class_names": names, "score_threshold": args.score_threshold,
-               "images": records}  # fmt: skip
+               "images": records, "skipped": skipped}  # fmt: skip
     (output / "detections.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -137,11 +149,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     summary = run(args)
     total = sum(len(r["detections"]) for r in summary["images"])
     print(f"{total} object(s) in {len(summary['images'])} image(s) -> {args.output / 'detections.json'}")
+    if summary["skipped"]:
+        print(f"{len(summary['skipped'])} file(s) could not be read and were skipped:", file=sys.stderr)
+        for entry in summary["skipped"]:
+            print(f"  {entry['file']}", file=sys.stderr)
     return summary
 
 
 if __name__ == "__main__":
     try:
-        main()
+        result = main()
     except (FileNotFoundError, ValueError, TypeError) as error:  # bad input: the message, not a traceback
         raise SystemExit(f"python -m dcn.detect: error: {error}") from None
+    sys.exit(1 if result["skipped"] else 0)  # every good image has its result; the exit status flags the rest

@@ -271,8 +271,12 @@ class RunRecord:
             os.replace(self.path, self.path.with_name(f"results.{n}.json"))
         self._written = True
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False) + "\n")
+            os.replace(tmp, self.path)
+        except BaseException:  # e.g. a full disk: no half-written file is left behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def summary(self) -> str:
         """A few lines for the console: status, test metrics, run directory, best checkpoint."""

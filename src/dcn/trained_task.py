@@ -110,10 +110,17 @@ def load_trained_task(
     """
     from dcn import resolvers
     from dcn.checkpoints import check_state_dict_fits, load_checkpoint
+    from dcn.instantiate import check_targets
 
     checkpoint = Path(checkpoint)
     resolvers.register()  # a Hydra config.yaml may use dcn's resolvers
     cfg = _as_config(config, checkpoint)
+    if isinstance(config, (str, Path)):
+        source = str(config)
+    else:
+        source = str(find_run_config(checkpoint)) if config is None else "the given run config"
+    # Only the groups rebuilt here, and only allow-listed classes: the file may come from anyone.
+    check_targets(cfg, source, keys=["backbone", "task"])
     target = str(cfg.task.get("_target_", ""))
     if task_type is not None and target.rsplit(".", 1)[-1] != task_type.__name__:
         raise TypeError(f"the run's task is {target or '?'}, not {task_type.__module__}.{task_type.__name__}")

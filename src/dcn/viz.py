@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from dcn.figures import figure_to_array
+from dcn.images import read_image
 from dcn.sampling_points import SamplingPoints, draw_sampling_points, render_figure, sampling_points
 
 __all__ = ["SamplingPoints", "draw_sampling_points", "figure_to_array", "load_image", "load_model", "main",
@@ -45,12 +46,11 @@ def load_image(path: Path | str, in_channels: int, size: Optional[int], invert: 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as img:
-        img = img.convert("L" if in_channels == 1 else "RGB")
-        if size:
-            scale = size / min(img.size)
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+    img = read_image(path, "L" if in_channels == 1 else "RGB")
+    if size:
+        scale = size / min(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
     pixels = pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)
     if in_channels not in (1, 3):
         raise ValueError(f"only 1- or 3-channel networks can read image files, this one has {in_channels}")

@@ -73,9 +73,8 @@ def test_lightning_checkpoint_prefixes_are_stripped(tmp_path):
     head = nn.Linear(128, 10)
     state = {f"backbone.{k}": v for k, v in trained.state_dict().items()}
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
-    # Like a Lightning checkpoint: hyper-parameters as OmegaConf objects (not weights_only-safe).
-    checkpoint = {"state_dict": state, "epoch": 3,
-                  "hyper_parameters": {"cfg": OmegaConf.create({"lr": 0.1})}}
+    # Like a dcn checkpoint: plain hyper-parameters (weights-only loadable).
+    checkpoint = {"state_dict": state, "epoch": 3, "hyper_parameters": {"lr": 0.1, "class_names": ["a", "b"]}}
     torch.save(checkpoint, tmp_path / "last.ckpt")
     loaded = SeedNet(1, pretrained=str(tmp_path / "last.ckpt"))
     assert loaded.pretrained_report.new_keys == []
@@ -190,3 +189,44 @@ def test_adapt_input_conv():
     assert adapt_input_conv(w, 3) is w
     five = adapt_input_conv(w, 5)
     torch.testing.assert_close(five, torch.cat([w, w[:, :2]], dim=1) * 0.6)
+
+
+def test_checkpoint_with_pickled_objects_is_refused_with_the_way_out(tmp_path):
+    """A checkpoint whose hyper-parameters are Python objects (OmegaConf, as some frameworks save
+    them) needs full unpickling: refused, with the file named and the conversion command."""
+    state = {f"backbone.{k}": v for k, v in SeedNet(1).state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"cfg": OmegaConf.create({"lr": 0.1})}},
+               tmp_path / "foreign.ckpt")
+    with pytest.raises(ValueError, match=r"foreign.ckpt' holds Python objects besides tensors.*backbone.pretrained=weights.pt"):
+        SeedNet(1, pretrained=str(tmp_path / "foreign.ckpt"))
+
+
+class _Exploit:
+    """Unpickling this runs os.system: the classic malicious-pickle payload."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_crafted_pickle_runs_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": SeedNet(1).state_dict(), "payload": _Exploit(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt"):
+        SeedNet(1, pretrained=str(tmp_path / "evil.pt"))
+    assert not marker.exists()
+
+
+def test_no_unsafe_torch_load_in_the_package():
+    """No weights_only=False anywhere in src/: every torch.load is weights-only."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    offenders = [f"{p}:{i}" for p in src.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"weights_only\s*=\s*False", line)]
+    assert offenders == []

@@ -95,16 +95,19 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
             f"or the path to a state_dict / Lightning checkpoint)"
         )
     try:
+        # Weights only, always: unpickling anything else can run code hidden in the file.
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints pickle their hyper-parameters (e.g. OmegaConf objects), which the
-        # safe loader refuses. The user named this file as weights to load, so trust it.
-        log.warning("%s holds non-tensor objects; loading it with weights_only=False", path)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"pretrained weights file {path!r} holds Python objects besides tensors (e.g. a checkpoint of "
+            "another framework that pickles its configuration), and loading those could run code from the "
+            "file, so dcn refuses it. If you trust the file, convert it once to plain weights: load it in "
+            "your own Python session with full unpickling (torch.load's weights_only argument set to false), "
+            "torch.save(checkpoint['state_dict'], 'weights.pt'), and use backbone.pretrained=weights.pt. "
+            f"(The safe loader said: {str(err).splitlines()[0]})"
+        ) from err
     except Exception as err:
         raise ValueError(f"could not read pretrained weights file {path!r}: {err}") from err
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
     if isinstance(obj, Mapping):
         for entry in ("state_dict", "model_state_dict", "model"):
             if entry in obj and isinstance(obj[entry], Mapping):

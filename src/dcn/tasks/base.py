@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import lightning as L
@@ -26,7 +27,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from dcn.tasks.class_names import CHECKPOINT_KEY, resolve_class_names
 from dcn.tasks.optimization import check_interval, optimizer_config
 
-__all__ = ["DcnTask", "plain"]
+__all__ = ["DcnTask", "MODEL_KEY", "plain"]
+
+MODEL_KEY = "dcn_model"  # checkpoint entry: what built the model (DcnTask.model_description)
 
 MONITOR_MODES = ("max", "min")
 
@@ -115,7 +118,21 @@ class DcnTask(L.LightningModule):
             return []
         return resolve_class_names(self)
 
+    def model_description(self) -> Dict[str, Any]:
+        """What built this model: task and backbone classes, the backbone's architecture and deform
+        settings. Saved in every checkpoint (``"dcn_model"``), so a checkpoint used with the wrong
+        config is named for what it is (:func:`dcn.checkpoints.check_state_dict_fits`)."""
+        backbone = getattr(self, "backbone", None)
+        options = getattr(backbone, "deform_options", None)
+        return {
+            "task": f"{type(self).__module__.split('.module')[0]}.{type(self).__name__}",
+            "backbone": type(backbone).__name__ if backbone is not None else None,
+            "arch": getattr(backbone, "arch", None),
+            "deform": plain(dataclasses.asdict(options)) if dataclasses.is_dataclass(options) else None,
+        }
+
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint[MODEL_KEY] = self.model_description()
         if self.hparams.get("num_classes") is not None:
             checkpoint[CHECKPOINT_KEY] = self.class_names()
 

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +57,26 @@ def test_splits_with_different_classes_are_an_error(tmp_path, image_folder_root)
 def test_channel_count_of_statistics_is_checked(image_folder_root):
     with pytest.raises(ValueError, match="data.mean needs 1 value"):
         ImageFolderDataModule(image_folder_root, grayscale=True, mean=[0.5, 0.5, 0.5], std=[0.2])
+
+
+def test_empty_class_folder_names_split_and_path(tmp_path, image_folder_root):
+    root = tmp_path / "data"
+    shutil.copytree(image_folder_root, root)
+    for image in (root / "val" / "emu").iterdir():
+        image.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"the val split's class folder {root / 'val' / 'emu'} holds no images"):
+        ImageFolderDataModule(root).setup("fit")
+
+
+def test_truncated_image_names_the_file(tmp_path, image_folder_root):
+    from conftest import truncate_file
+    from dcn.images import ImageReadError
+
+    root = tmp_path / "data"
+    shutil.copytree(image_folder_root, root)
+    bad = truncate_file(root / "train" / "dog" / "1.png")
+    dm = ImageFolderDataModule(root, image_size=8, num_workers=0)
+    dm.setup("fit")
+    index = [i for i, (path, _) in enumerate(dm.train_set.samples) if Path(path) == bad][0]
+    with pytest.raises(ImageReadError, match=rf"cannot read image {bad}"):
+        dm.train_set[index]

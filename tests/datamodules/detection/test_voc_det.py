@@ -384,3 +384,24 @@ def test_hydra_config_instantiates_and_reads_07_plus_12(voc_root):
     dm.setup()
     # Defaults: 2007 trainval (2) + 2012 trainval (3) for training, 2007 test (3) for val and test.
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (5, 3, 3)
+
+
+def test_truncated_image_names_the_file(voc_root):
+    from conftest import truncate_file
+    from dcn.images import ImageReadError
+
+    dm = make_dm(voc_root)
+    dm.setup("fit")
+    bad = truncate_file(dm.train_dataset.image_path(0))
+    with pytest.raises(ImageReadError, match=rf"cannot read image {bad}"):
+        dm.train_dataset[0]
+
+
+def test_grayscale_images_load_as_rgb(voc_root):
+    """Some real datasets (raccoon: 3 of 200) hold grayscale JPEGs among RGB ones."""
+    dm = make_dm(voc_root)
+    dm.setup("fit")
+    path = dm.train_dataset.image_path(0)
+    Image.open(path).convert("L").save(path)
+    image, _ = dm.train_dataset[0]
+    assert image.shape[0] == 3

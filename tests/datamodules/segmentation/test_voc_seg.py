@@ -237,3 +237,14 @@ def test_download_goes_through_torchvision(monkeypatch, tmp_path):
 def test_pad_collate_rejects_mismatched_pairs():
     with pytest.raises(ValueError, match="differ in size"):
         pad_collate([(torch.zeros(3, 4, 4), torch.zeros(4, 5, dtype=torch.long))])
+
+
+def test_truncated_image_names_the_file(voc_root):
+    from conftest import truncate_file
+    from dcn.images import ImageReadError
+
+    dm = make_dm(voc_root)
+    dm.setup("fit")
+    bad = truncate_file(dm.train_set.images[0])
+    with pytest.raises(ImageReadError, match=rf"cannot read image {bad}"):
+        dm.train_set.read(0)

@@ -115,3 +115,27 @@ def test_negative_pairs_and_a_datamodule_batch(tmp_path):
     dm.setup("test")
     sequences = list(dm.test_dataloader())
     assert [s.name for s in sequences] == dm.split_names()["test"]
+
+
+@pytest.mark.parametrize("line", ["nan,10,16,12", "8,10,inf,12", "8,-inf,16,12", "1,2,3,4,5,6,nan,8"])
+def test_non_finite_ground_truth_is_refused_with_sequence_and_line(tmp_path, line):
+    boxes = [(8, 10, 16, 12)] * 4
+    lines = [",".join(map(str, b)) for b in boxes]
+    lines[2] = line
+    write_sequence(tmp_path / "bag", boxes, lines=lines)
+    with pytest.raises(ValueError, match=r"sequence bag: .*groundtruth.txt line 3 holds a non-finite value"):
+        read_vot_sequence(tmp_path / "bag")
+
+
+def test_all_nan_line_marks_the_object_absent(tmp_path):
+    boxes = [(8, 10, 16, 12)] * 4
+    lines = [",".join(map(str, b)) for b in boxes]
+    lines[2] = "nan,nan,nan,nan"
+    write_sequence(tmp_path / "bag", boxes, lines=lines)
+    sequence = read_vot_sequence(tmp_path / "bag")
+    assert sequence.known.tolist() == [True, True, False, True]
+    assert torch.isfinite(sequence.boxes).all() and sequence.boxes[2].tolist() == [0, 0, 0, 0]
+    lines[0] = "nan,nan,nan,nan"
+    write_sequence(tmp_path / "first", boxes, lines=lines)
+    with pytest.raises(ValueError, match="sequence first: the object's box in the first frame is unknown"):
+        read_vot_sequence(tmp_path / "first")

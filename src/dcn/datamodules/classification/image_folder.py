@@ -7,10 +7,11 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from dcn.datamodules.classification.base import ClassificationDataModule
-from dcn.images import IMAGENET_MEAN, IMAGENET_STD
+from dcn.images import IMAGENET_MEAN, IMAGENET_STD, read_image
 
 __all__ = ["ImageFolderDataModule"]
 
@@ -132,5 +133,14 @@ class ImageFolderDataModule(ClassificationDataModule):
                     f"image_folder: {self.root / split} has classes {classes} but train/ has "
                     f"{self.class_names}; every split needs the same class folders"
                 )
-            dataset = ImageFolder(str(self.split_dir(split)), transform=self.transform(split == "train"))
+            for name in classes:
+                folder = self.split_dir(split) / name
+                if not any(p.is_file() and p.suffix.lower() in IMG_EXTENSIONS for p in folder.iterdir()):
+                    raise FileNotFoundError(
+                        f"image_folder: the {split} split's class folder {folder} holds no images "
+                        f"({', '.join(IMG_EXTENSIONS)}); every class needs images in every split"
+                    )
+            # dcn's reader: a truncated or unreadable image fails with its file name.
+            dataset = ImageFolder(str(self.split_dir(split)), transform=self.transform(split == "train"),
+                                  loader=read_image)
             setattr(self, f"{split}_set", dataset)

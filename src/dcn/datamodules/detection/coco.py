@@ -47,6 +47,7 @@ from dcn.datamodules.detection.base import (
     make_target,
     pil_to_float_tensor,
 )
+from dcn.images import read_image
 
 __all__ = ["CocoDetDataModule", "CocoDetDataset", "coco_annotations_to_target"]
 
@@ -111,9 +112,13 @@ class CocoDetDataset(Dataset):
     ) -> None:
         from torchvision.datasets import CocoDetection
 
+        class _CocoDetection(CocoDetection):
+            def _load_image(self, id: int):  # dcn's reader: a bad file fails with its name
+                return read_image(os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"]))
+
         self.annotations = Path(annotations)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its loading progress
-            self.dataset = CocoDetection(str(images), str(annotations))
+            self.dataset = _CocoDetection(str(images), str(annotations))
         self.coco = self.dataset.coco
         categories = sorted(self.coco.cats)
         if categories != sorted(category_to_label):

@@ -58,6 +58,7 @@ from dcn.datamodules.detection.base import (
     pil_to_float_tensor,
 )
 from dcn.datamodules.voc.layout import VOC_OBJECT_CLASSES, resolve_voc_dir
+from dcn.images import read_image
 
 __all__ = [
     "VOC_DET_CLASSES",
@@ -271,14 +272,14 @@ class VOCDetDataset(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[Tensor, Target]:
         path, ann = self.items[index]
-        with Image.open(path) as pil:
-            if pil.size != (ann.width, ann.height):
-                # Checked before decoding; a mismatch means the boxes would be misplaced or clipped wrongly.
-                raise ValueError(
-                    f"{path}: image is {pil.size[0]}x{pil.size[1]} (width x height) but its annotation "
-                    f"{ann.path} says {ann.width}x{ann.height}"
-                )
-            image = pil_to_float_tensor(pil)
+        pil = read_image(path)
+        if pil.size != (ann.width, ann.height):
+            # A mismatch means the boxes would be misplaced or clipped wrongly.
+            raise ValueError(
+                f"{path}: image is {pil.size[0]}x{pil.size[1]} (width x height) but its annotation "
+                f"{ann.path} says {ann.width}x{ann.height}"
+            )
+        image = pil_to_float_tensor(pil)
         keep = np.ones(len(ann.labels), dtype=bool) if self.use_difficult else ~ann.difficult
         target = make_target(ann.boxes[keep], ann.labels[keep], ann.difficult[keep], index)
         if self.transform is not None:

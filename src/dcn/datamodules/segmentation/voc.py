@@ -32,7 +32,7 @@ from torchvision import tv_tensors
 
 from dcn.datamodules.voc.label_png import check_label_values, read_label_png
 from dcn.datamodules.voc.layout import VOC_OBJECT_CLASSES, resolve_voc_dir
-from dcn.images import IMAGENET_MEAN, IMAGENET_STD
+from dcn.images import IMAGENET_MEAN, IMAGENET_STD, read_image_array
 from dcn.datamodules.segmentation.transforms import (
     eval_transform,
     pad_collate,
@@ -104,8 +104,7 @@ class VOCSegDataset(Dataset):
         """The untransformed sample: ``(Image uint8[3, H, W], Mask uint8[H, W])``."""
         image_path, label_path = self.images[index], self.labels[index]
         # PIL, not torchvision.io: torchvision 0.29 deprecates its image decoders.
-        with Image.open(image_path) as pil:
-            image = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1).contiguous()
+        image = torch.from_numpy(read_image_array(image_path).copy()).permute(2, 0, 1).contiguous()
         if label_path.suffix == ".mat":
             label = read_sbd_label(label_path)
             check_label_values(label, self.num_classes, label_path)

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from dcn.geometry.boxes import polygon_to_xywh
+from dcn.images import read_image_array
 
 __all__ = ["IMAGE_EXTENSIONS", "TrackingSequence", "find_frames", "read_groundtruth"]
 
@@ -29,9 +30,10 @@ _SEPARATORS = re.compile(r"[,\s]+")
 class TrackingSequence:
     """Frames ``frames`` (paths, in order) of one object with true boxes ``boxes`` (``Tensor[T, 4]`` xywh).
 
-    ``known`` (``Tensor[T]`` bool) is False for frames whose truth is unknown (GOT-10k's absent object):
-    they are never sampled for training and never scored. ``frame(t)`` reads frame t as ``Tensor[3, H, W]``
-    RGB floats in [0, 1].
+    ``known`` (``Tensor[T]`` bool) is False for frames whose truth is unknown (GOT-10k's absent object,
+    a ground-truth line of NaN): they are never sampled for training and never scored; their boxes are
+    stored as zeros. The first frame must be known (a tracker starts from it). ``frame(t)`` reads frame t
+    as ``Tensor[3, H, W]`` RGB floats in [0, 1].
     """
 
     def __init__(self, name: str, frames: Sequence[Path], boxes: Tensor, known: Optional[Tensor] = None) -> None:
@@ -39,8 +41,12 @@ class TrackingSequence:
             raise ValueError(f"sequence {name}: boxes must be Tensor[{len(frames)}, 4], got {tuple(boxes.shape)}")
         self.name = name
         self.frames = [Path(f) for f in frames]
-        self.boxes = boxes.float()
-        self.known = known.bool() if known is not None else torch.ones(len(frames), dtype=torch.bool)
+        finite = torch.isfinite(boxes).all(dim=1)
+        self.boxes = torch.where(finite[:, None], boxes, torch.zeros_like(boxes)).float()
+        self.known = (known.bool() if known is not None else torch.ones(len(frames), dtype=torch.bool)) & finite
+        if len(frames) and not bool(self.known[0]):
+            raise ValueError(f"sequence {name}: the object's box in the first frame is unknown (absent or NaN); "
+                             "a tracker starts from the first frame's box")
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -49,8 +55,7 @@ class TrackingSequence:
         return f"TrackingSequence({self.name!r}, {len(self)} frames)"
 
     def frame(self, t: int) -> Tensor:
-        with Image.open(self.frames[t]) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32)
+        array = read_image_array(self.frames[t]).astype(np.float32)
         # numpy for the conversion: small element-wise torch ops pay thread start-up on busy machines.
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)) / np.float32(255.0))
 
@@ -72,6 +77,9 @@ def find_frames(folder: Path) -> List[Path]:
 def read_groundtruth(path: os.PathLike | str, sequence: str, known: Optional[Tensor] = None) -> Tensor:
     """Read a ground-truth file -> ``Tensor[T, 4]`` xywh boxes.
 
+    A line of NaN only (``nan,nan,nan,nan``; VOT and LaSOT mark frames without the object so) is an
+    absent object: its row is NaN, and :class:`TrackingSequence` counts the frame as unknown.
+
     Args:
         path: the ``groundtruth.txt``.
         sequence: the sequence's name, for error messages.
@@ -79,7 +87,8 @@ def read_groundtruth(path: os.PathLike | str, sequence: str, known: Optional[Ten
 
     Raises:
         ValueError: naming the sequence and line, for a line with other than 4 or 8 numbers, a number
-            that does not parse, or a box (of a known frame) without positive width and height.
+            that does not parse, an infinite value or a NaN among numbers (a corrupt line, not an absent
+            object), or a box (of a known frame) without positive width and height.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,6 +108,14 @@ def read_groundtruth(path: os.PathLike | str, sequence: str, known: Optional[Ten
             values = torch.tensor([float(f) for f in fields], dtype=torch.float64)
         except ValueError:
             raise ValueError(f"sequence {sequence}: {path} line {number} is not numbers: {line.strip()!r}") from None
+        if torch.isnan(values).all():
+            boxes.append(torch.full((4,), float("nan"), dtype=torch.float64))
+            continue
+        if not torch.isfinite(values).all():
+            raise ValueError(
+                f"sequence {sequence}: {path} line {number} holds a non-finite value ({line.strip()!r}); a box "
+                "needs finite numbers (a line of NaN only marks a frame without the object)"
+            )
         box = values if len(fields) == 4 else polygon_to_xywh(values)
         is_known = known is None or (number - 1 < len(known) and bool(known[number - 1]))
         if is_known and not (box[2] > 0 and box[3] > 0):
