@@ -12,7 +12,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
+	@# The C++ CPU kernel is compiled once per machine: here, so that no run pays for it.
+	$(PY) -c "from dcn.ops import _cpu_kernel; _cpu_kernel.load()"
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "src" / "dcn" / "conf"
 if str(ROOT) not in sys.path:  # train.py lives at the repository root
     sys.path.insert(0, str(ROOT))
 
@@ -112,8 +112,13 @@ def compose_train(tmp_path) -> Callable[[List[str]], DictConfig]:
     HydraConfig.instance().cfg = None
 
 
-def truncate_file(path: Path) -> Path:
-    """Cut ``path`` to half its bytes (a download or copy that stopped mid-way)."""
+def _truncate(path: Path) -> Path:
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: len(data) // 2])
     return Path(path)
+
+
+@pytest.fixture
+def truncate_file() -> Callable[[Path], Path]:
+    """``truncate_file(path)`` cuts the file to half its bytes (a download or copy that stopped mid-way)."""
+    return _truncate

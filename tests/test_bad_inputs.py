@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+        "trainer.limit_test_batches=1", "callbacks.progress_bar=null", "callbacks.model_summary=null",
         "data.canvas_size=12", "data.digit_size=10", "task.num_val_images=0"]
 
 

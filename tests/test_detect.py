@@ -15,8 +15,8 @@ from dcn.trained_task import load_trained_task
 
 SHORT_RUN = [
     "experiment=frcnn_synthetic", "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1", "test=false", "callbacks.rich_progress_bar=null",
-    "callbacks.rich_model_summary=null", "data.num_workers=0", "data.batch_size=2", "data.val_batch_size=2",
+    "trainer.limit_val_batches=1", "test=false", "callbacks.progress_bar=null",
+    "callbacks.model_summary=null", "data.num_workers=0", "data.batch_size=2", "data.val_batch_size=2",
     "data.generator.num_train=4", "data.generator.num_val=2", "data.generator.num_test=3",
     "data.generator.image_size=64", "task.min_size=64", "task.max_size=64", "task.representation_size=32",
     "task.deform_roi_pool.hidden_channels=32", "task.fpn_channels=32",
@@ -38,7 +38,7 @@ def trained(compose_train, tmp_path):
     return checkpoint, images
 
 
-def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path):
+def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path, truncate_file):
     checkpoint, folder = trained
     files = sorted(folder.glob("*.jpg"))[:2]
     out = tmp_path / "out"
@@ -79,7 +79,6 @@ def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path):
     import subprocess
     import sys
 
-    from conftest import truncate_file
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _launcher(*overrides: str):
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(ROOT / "src" / "dcn" / "conf"), version_base="1.3"):
             return compose("train", overrides=list(overrides), return_hydra_config=True).hydra.launcher
     finally:
         GlobalHydra.instance().clear()
@@ -46,9 +46,9 @@ def test_two_job_sweep_through_submitit_local(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
     command = [
         sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
-        "seed=0,1", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1", "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+        "seed=0,1", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "data.canvas_size=12", "data.digit_size=10",
+        "callbacks.progress_bar=null", "callbacks.model_summary=null",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "DCN_ROOT": str(tmp_path)},
                           capture_output=True, text=True, timeout=600)  # fmt: skip

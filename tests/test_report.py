@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 from scipy import stats
 
@@ -77,6 +78,7 @@ def test_groups_by_config_difference_except_seed_and_run_paths(multirun: Path) -
     assert [len(v.runs) for v in result.variants] == [3, 4]  # the failed run belongs to its variant
     assert [len(v.completed) for v in result.variants] == [3, 3]
     assert result.plain_of == {1: 0}
+    assert result.names == ["deform off", "deform on"]
 
 
 def test_difference_and_interval_match_scipy_welch(multirun: Path) -> None:
@@ -106,9 +108,14 @@ def test_markdown_lists_stats_plots_and_problem_runs(multirun: Path) -> None:
     assert "262,876" in text and "110.0" in text  # params, wall time
     assert "CUDA out of memory" in text  # the failed run, with its error
     assert f"`{(multirun / '7').resolve()}` (unfinished): no results.json" in text
-    for name in ("val_acc.png", "val_loss.png", "test_acc.png", "test_loss.png"):
+    for name in ("delta_test_acc.png", "delta_test_loss.png", "val_acc.png", "val_loss.png", "test_acc.png",
+                 "test_loss.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG"), name
         assert f"]({name})" in text
+    for name in ("delta_test_acc.pdf", "delta_test_loss.pdf"):  # the answer of the sweep, also for papers
+        assert (out / name).read_bytes().startswith(b"%PDF"), name
+        assert f"]({name})" in text
+    assert "| deform on | backbone.deform.enabled=true | on |" in text  # readable name, then the config
 
 
 def test_each_deformable_variant_is_compared_with_its_own_plain_twin(tmp_path: Path) -> None:
@@ -121,6 +128,12 @@ def test_each_deformable_variant_is_compared_with_its_own_plain_twin(tmp_path: P
     for i, j in result.plain_of.items():
         assert dict(result.variants[i].key)["task.optimizer.lr"] == dict(result.variants[j].key)["task.optimizer.lr"]
         assert result.variants[j].deform_enabled is False
+    assert result.names == ["lr=0.001, deform off", "lr=0.001, deform on", "lr=0.01, deform off", "lr=0.01, deform on"]
+    # Two plain variants: each row of the difference plot says which one it is compared with.
+    fig = report.difference_figure(result, "test/acc")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["lr=0.001, deform on\nvs lr=0.001, deform off", "lr=0.01, deform on\nvs lr=0.01, deform off"]
+    plt.close(fig)
 
 
 def test_detection_ablation_compares_every_deformable_variant_with_the_plain_model(tmp_path: Path) -> None:
@@ -141,6 +154,91 @@ def test_detection_ablation_compares_every_deformable_variant_with_the_plain_mod
     assert result.variants[plain[0]].deform_enabled is False
     assert sorted(result.plain_of) == sorted(set(range(4)) - set(plain))
     assert set(result.plain_of.values()) == set(plain)
+    names = {(k["backbone.deform.enabled"], k["task.roi_pool"]): n for k, n in zip(keys, result.names)}
+    assert names == {("false", "align"): "deform off", ("true", "align"): "deform conv",
+                     ("false", "deform"): "deform RoI pooling", ("true", "deform"): "deform conv + RoI pooling"}
+
+
+def _texts(fig) -> list:
+    fig.canvas.draw()
+    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+
+
+def test_plots_name_variants_for_people_and_count_epochs_in_whole_numbers(multirun: Path) -> None:
+    result = report.build_report(report.find_runs([multirun]))
+    curves = {id(run): report.validation_curves(run) for v in result.variants for run in v.completed}
+    val = report.validation_figure(result, "val/acc", curves)
+    seeds = report.per_seed_figure(result, "test/acc")
+    delta = report.difference_figure(result, "test/acc")
+    try:
+        assert [t.get_text() for t in val.axes[0].get_legend().get_texts()] == ["deform off (n=3)", "deform on (n=3)"]
+        ax = val.axes[0]
+        low, high = ax.get_xlim()
+        assert [t for t in ax.get_xticks() if low <= t <= high] == [0, 1, 2]  # epochs: no 0.25 or 1.5
+        labels = [t.get_text().replace("\N{MINUS SIGN}", "-") for t in ax.get_xticklabels()]
+        assert all(label.lstrip("-").isdigit() for label in labels), labels
+        assert [t.get_text() for t in seeds.axes[0].get_xticklabels()] == ["deform off", "deform on"]
+        assert [t.get_text() for t in delta.axes[0].get_yticklabels()] == ["deform on"]
+        for fig in (val, seeds, delta):
+            assert not [t for t in _texts(fig) if "backbone." in t or "=true" in t or "=false" in t]
+    finally:
+        for fig in (val, seeds, delta):
+            plt.close(fig)
+
+
+def test_difference_plot_shows_the_reports_interval(multirun: Path) -> None:
+    result = report.build_report(report.find_runs([multirun]))
+    for metric in ("test/acc", "test/loss"):
+        comparison = result.comparisons[(1, metric)]
+        fig = report.difference_figure(result, metric)
+        (container,) = fig.axes[0].containers  # one deformable variant: one point with its error bar
+        point, _, (bar,) = container
+        assert list(point.get_xdata()) == pytest.approx([comparison.difference])
+        (segment,) = bar.get_segments()
+        assert [segment[0][0], segment[1][0]] == pytest.approx([comparison.low, comparison.high])
+        assert any(f"[{comparison.low:+.4f}, {comparison.high:+.4f}]" in t for t in _texts(fig))
+        plt.close(fig)
+
+
+def test_difference_plot_without_an_interval_and_without_a_plain_twin(tmp_path: Path) -> None:
+    for i, (deform, seed) in enumerate([(False, 0), (False, 1), (True, 0)]):  # one deformable seed: n < 2
+        write_run(tmp_path / "a" / str(i), deform, seed)
+    result = report.build_report(report.find_runs([tmp_path / "a"]))
+    fig = report.difference_figure(result, "test/acc")
+    assert not fig.axes[0].containers  # no error bar to draw
+    assert list(fig.axes[0].lines[0].get_xdata()) == pytest.approx([ACC[(True, 0)] - (ACC[(False, 0)] + ACC[(False, 1)]) / 2])
+    assert any("n < 2" in t for t in _texts(fig))
+    plt.close(fig)
+    for i, seed in enumerate((0, 1)):  # deform on only: nothing to compare
+        write_run(tmp_path / "b" / str(i), True, seed)
+    only_on = report.build_report(report.find_runs([tmp_path / "b"]))
+    assert report.difference_figure(only_on, "test/acc") is None
+    assert only_on.names == ["all runs"]
+    written = report.write_plots(only_on, tmp_path)
+    assert not [p for p in written if p.name.startswith("delta_")]
+
+
+def test_readable_names_of_other_differences() -> None:
+    def variant(deform: str, **others: str) -> report.Variant:
+        return report.Variant(tuple(sorted({"backbone.deform.enabled": deform, **others}.items())))
+
+    keys = ["backbone._target_", "backbone.deform.enabled", "backbone.deform.modulated", "backbone.deform.stages",
+            "data.seed", "task.seed"]
+    variants = [variant(d, **{"backbone._target_": "dcn.backbones.ResNetBackbone", "backbone.deform.modulated": m,
+                              "backbone.deform.stages": "[3, 4]", "data.seed": "1", "task.seed": "2"})
+                for d, m in (("false", "false"), ("false", "true"), ("true", "true"))]
+    for v in variants:
+        v.runs.append(report.Run(Path("r"), {"deform": {"enabled": dict(v.key)["backbone.deform.enabled"] == "true"}}))
+    assert report.variant_names(variants, keys) == [
+        # The plain variants need their (ignored) deform settings to stay apart.
+        "ResNetBackbone, data.seed=1, task.seed=2, deform off, modulated off, stages=[3, 4]",
+        "ResNetBackbone, data.seed=1, task.seed=2, deform off, modulated on, stages=[3, 4]",
+        "ResNetBackbone, data.seed=1, task.seed=2, deform on, modulated on, stages=[3, 4]",
+    ]
+    assert report.variant_names(variants[1:], keys) == [
+        "ResNetBackbone, data.seed=1, task.seed=2, deform off",
+        "ResNetBackbone, data.seed=1, task.seed=2, deform on, modulated on, stages=[3, 4]",
+    ]
 
 
 def test_bad_inputs_name_the_path(tmp_path: Path, capsys) -> None:
@@ -163,9 +261,9 @@ def test_real_sweep_of_train_py(tmp_path: Path) -> None:
     command = [
         sys.executable, str(ROOT / "train.py"), "-m", f"hydra.sweep.dir={sweep}",
         "backbone.deform.enabled=false,true", "seed=0,1",
-        "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1", "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+        "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "data.canvas_size=12", "data.digit_size=10",
+        "callbacks.progress_bar=null", "callbacks.model_summary=null",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "DCN_ROOT": str(tmp_path)})
@@ -177,6 +275,7 @@ def test_real_sweep_of_train_py(tmp_path: Path) -> None:
     assert (1, "test/acc") in result.comparisons
     text = (sweep / "report" / "report.md").read_text()
     assert "val_acc.png" in text and (sweep / "report" / "val_acc.png").is_file()
+    assert "delta_test_acc.pdf" in text and (sweep / "report" / "delta_test_acc.pdf").is_file()
 
 
 def test_numbered_job_directories_are_listed_in_numeric_order(tmp_path: Path) -> None:

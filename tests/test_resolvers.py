@@ -22,7 +22,7 @@ def test_sweep_dir_resolves_before_hydra_runtime_exists(tmp_path, monkeypatch):
     resolvers.register()
     monkeypatch.delenv("DCN_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    conf_dir = Path(__file__).resolve().parents[1] / "conf"
+    conf_dir = Path(__file__).resolve().parents[1] / "src" / "dcn" / "conf"
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True)
     sweep_dir = cfg.hydra.sweep.dir  # resolves paths.root_dir; subdir (job.num) stays unresolved

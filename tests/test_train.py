@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,10 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
 import train
-ROOT = Path(__file__).resolve().parents[1]  # not imported from conftest: several conftest modules exist
-CONF_DIR = ROOT / "conf"
 from dcn.results import RESULTS_FILE, RunRecord
+
+ROOT = Path(__file__).resolve().parents[1]  # not imported from conftest: several conftest modules exist
+CONF_DIR = ROOT / "src" / "dcn" / "conf"
 
 BACKBONES = sorted(p.stem for p in (CONF_DIR / "backbone").glob("*.yaml"))
 DATASETS = ["digits", "mnist", "image_folder"]  # the classification data (other tasks test theirs)
@@ -28,7 +30,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 CLASSIFICATION = "dcn.tasks.classification.ClassificationTask"
 HEAVY_BACKBONES = {"resnet50", "resnet101", "vgg16"}
 
-ONE_BATCH = ["trainer=cpu", "+trainer.fast_dev_run=1", "callbacks.rich_progress_bar=null"]
+ONE_BATCH = ["trainer=cpu", "trainer.fast_dev_run=1", "callbacks.progress_bar=null"]
 
 
 def _point_data_at_fakes(cfg, mnist_root, image_folder_root):
@@ -86,8 +88,8 @@ def test_every_experiment_trains_and_tests_a_batch(compose_train, tmp_path, mnis
     assert "test/acc" in record.data["metrics"]
 
 
-def test_seed_exp1_is_the_seeds_network_on_mnist(compose_train):
-    cfg = compose_train(["experiment=seed_exp1"])
+def test_mnist_seednet_is_the_seeds_network_on_mnist(compose_train):
+    cfg = compose_train(["experiment=mnist_seednet"])
     assert cfg.data._target_.endswith("MNISTDataModule")
     assert cfg.backbone._target_.endswith("SeedNet") and cfg.backbone.deform.enabled
 
@@ -95,8 +97,8 @@ def test_seed_exp1_is_the_seeds_network_on_mnist(compose_train):
 SHORT_FIT = [
     "trainer=cpu",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
     "data.canvas_size=12",
     "data.digit_size=10",
     "data.batch_size=16",
@@ -145,7 +147,7 @@ def test_callbacks_and_loggers_compose_as_lists(compose_train):
     cfg = compose_train(["callbacks=[default,early_stopping]", "logger=[csv,tensorboard]"])
     assert set(cfg.callbacks) == {
         "model_checkpoint", "last_checkpoint", "graceful_shutdown", "rng_state", "validation_pictures", "early_stopping",
-        "rich_progress_bar", "rich_model_summary",
+        "epoch_log", "progress_bar", "model_summary",
     }  # fmt: skip
     assert set(cfg.logger) == {"csv", "tensorboard"}
     assert cfg.callbacks.model_checkpoint.monitor == cfg.task.monitor == "val/acc"
@@ -172,13 +174,13 @@ def test_run_directories_differ_even_within_one_second(tmp_path):
 TINY_RUN = [
     "trainer=cpu",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=2",
-    "+trainer.limit_test_batches=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
     "data.canvas_size=12",
     "data.digit_size=10",
     "data.batch_size=16",
-    "callbacks.rich_progress_bar=null",
+    "callbacks.progress_bar=null",
 ]
 
 
@@ -201,7 +203,8 @@ def _snapshot(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """Two `python train.py` runs started together, into one log directory."""
+    """Two `python train.py` runs started together, into one log directory. Shared by the tests of
+    this module, so no test may write into it (a test that adds runs works on a copy)."""
     log_dir = tmp_path_factory.mktemp("train_cli") / "logs"
     log_dir.mkdir()
     processes = [_start(log_dir, "seed=0"), _start(log_dir, "seed=1")]
@@ -239,8 +242,9 @@ def test_cli_runs_write_complete_results_into_their_own_directories(two_runs):
 
 
 @pytest.mark.slow
-def test_failed_run_records_the_error_and_keeps_earlier_runs(two_runs):
-    log_dir, _ = two_runs
+def test_failed_run_records_the_error_and_keeps_earlier_runs(two_runs, tmp_path):
+    log_dir = tmp_path / "logs"  # a copy: the shared runs stay as they were for the other tests
+    shutil.copytree(two_runs[0], log_dir)
     before = _snapshot(log_dir)
     code, output = _finish(_start(log_dir, "data.val_fraction=0.9"))
     assert code != 0

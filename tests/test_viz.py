@@ -1,5 +1,5 @@
-"""dcn.viz: sampling-point geometry checked against hand-derived values, and the command line on a
-real seed_net checkpoint."""
+"""dcn.viz: sampling-point geometry checked against hand-derived values, the grid's colour, and the command line
+on a real seed_net checkpoint (an image file) and on a run's own validation set (--sample)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_command_line_writes_png_for_a_seed_net_checkpoint(compose_train, tmp_pa
     cfg = compose_train([
         "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
         "test=false", "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+        "callbacks.progress_bar=null", "callbacks.model_summary=null",
     ])  # fmt: skip
     record = RunRecord(cfg.paths.output_dir, cfg)
     train.train(cfg, record)
@@ -86,10 +86,9 @@ def test_command_line_writes_png_for_a_seed_net_checkpoint(compose_train, tmp_pa
     assert out.read_bytes().startswith(b"\x89PNG")
 
 
-def test_truncated_image_names_the_file(tmp_path):
+def test_truncated_image_names_the_file(tmp_path, truncate_file):
     from PIL import Image
 
-    from conftest import truncate_file
     from dcn.images import ImageReadError
     from dcn.viz import load_image
 
@@ -98,3 +97,93 @@ def test_truncated_image_names_the_file(tmp_path):
     truncate_file(path)
     with pytest.raises(ImageReadError, match=f"cannot read image {path}"):
         load_image(path, in_channels=1, size=None)
+
+
+def _contrast(rgba, background: float) -> float:
+    """WCAG contrast ratio of colour ``rgba`` (alpha-composited over a grey ``background`` in [0, 1])."""
+
+    def luminance(rgb) -> float:
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    rgb = [rgba[3] * c + (1 - rgba[3]) * background for c in rgba[:3]]
+    low, high = sorted((luminance(rgb), luminance([background] * 3)))
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize("background", [0.0, 1.0])
+def test_regular_grid_is_visible_on_dark_and_light_images(background) -> None:
+    import matplotlib.pyplot as plt
+
+    from dcn.sampling_points import draw_sampling_points
+
+    net = _seed_net([4])
+    image = torch.full((1, 12, 12), background)
+    image[0, 0, 0] = 1 - background  # draw_sampling_points stretches the image to its range: keep it
+    result = sampling_points(net, image)
+    fig, ax = plt.subplots()
+    draw_sampling_points(ax, image, result)
+    (grid,) = [c for c in ax.collections if c.get_label() == "regular grid"]
+    np.testing.assert_allclose(grid.get_offsets(), result.grid.numpy()[:, ::-1])  # (x, y) of each grid point
+    face = grid.get_facecolor()[0]
+    # The marker itself stands out (WCAG's 3:1 for graphics), whatever the rim does.
+    assert _contrast(face, background) >= 3, (face, background)
+    plt.close(fig)
+
+
+@pytest.fixture
+def digits_run(compose_train, tmp_path: Path) -> Path:
+    """A fake finished run of the default experiment (seed_net, deform on, digits): its Hydra config and a
+    checkpoint of random weights."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    cfg = compose_train(["backbone.deform.enabled=true", "data.canvas_size=12", "data.digit_size=10"])
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    backbone = hydra.utils.instantiate(cfg.backbone, in_channels=1)
+    task = hydra.utils.instantiate(cfg.task, backbone=backbone, num_classes=10)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"num_classes": 10}}, run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def test_sample_draws_the_kth_item_of_the_runs_validation_set(digits_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import hydra
+    from omegaconf import OmegaConf
+
+    from dcn import viz
+
+    drawn = []
+    real = viz.sampling_points
+    monkeypatch.setattr(viz, "sampling_points", lambda backbone, image, point=None: drawn.append(image) or real(backbone, image, point))
+    out = tmp_path / "val3.png"
+    assert main([str(digits_run / "checkpoints" / "last.ckpt"), "--sample", "3", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+    datamodule = hydra.utils.instantiate(OmegaConf.load(digits_run / ".hydra" / "config.yaml").data)
+    datamodule.setup("validate")
+    expected = datamodule.val_set[3][0]
+    assert not torch.equal(expected, datamodule.val_set[2][0])  # the index decides which image
+    (image,) = drawn
+    torch.testing.assert_close(image, expected, rtol=0, atol=0)
+
+
+def test_sample_refuses_bad_indices_and_unsafe_data_configs(digits_run: Path, tmp_path: Path, capsys) -> None:
+    checkpoint = str(digits_run / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit):
+        main([checkpoint, "--sample", "100000"])
+    assert "--sample 100000: the run's validation set has 270 items" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([checkpoint])  # neither an image nor --sample
+    assert "give an image file or --sample K" in capsys.readouterr().err
+
+    # A config file handed over by someone else: its data group must not run arbitrary code.
+    config = digits_run / ".hydra" / "config.yaml"
+    text = config.read_text()
+    assert "_target_: dcn.datamodules.DigitsDataModule" in text
+    config.write_text(text.replace("_target_: dcn.datamodules.DigitsDataModule", "_target_: pathlib.Path.touch"))
+    with pytest.raises(SystemExit):
+        main([checkpoint, "--sample", "0"])
+    assert "'data._target_' is 'pathlib.Path.touch'" in capsys.readouterr().err

@@ -38,37 +38,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from dcn.extras import require
+from dcn.trained_task import checkpoint_of, load_datamodule
+
 __all__ = ["FORMATS", "checkpoint_of", "export_model", "main", "validation_images"]
 
 FORMATS = ("onnx", "exported-program")
 _SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2"}
 _ORT_DTYPES = {"float": "float32", "double": "float64", "float16": "float16"}  # ONNX Runtime's names -> torch's
-
-
-def checkpoint_of(path: Path) -> Path:
-    """The checkpoint meant by ``path``: itself if it is a file; for a run directory its best checkpoint
-    (``results.json``), else ``checkpoints/last.ckpt``, else its newest ``checkpoints/*.ckpt``."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise FileNotFoundError(f"no such run directory or checkpoint: {path}")
-    results = path / "results.json"
-    if results.is_file():
-        try:
-            recorded = json.loads(results.read_text())
-        except ValueError:
-            recorded = {}
-        for candidate in ((recorded.get("best") or {}).get("checkpoint"), recorded.get("last_checkpoint")):
-            if candidate and Path(candidate).is_file():
-                return Path(candidate)
-    folder = path / "checkpoints"
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    if not found:
-        raise FileNotFoundError(f"{path} holds no checkpoint (looked in results.json and {folder}/*.ckpt)")
-    return found[-1]
 
 
 def _inference_network(task: nn.Module) -> Tuple[nn.Module, str]:
@@ -93,19 +70,10 @@ def _inference_network(task: nn.Module) -> Tuple[nn.Module, str]:
     )
 
 
-def validation_images(cfg, count: int) -> Tensor:
+def validation_images(cfg, count: int, source: str = "the run config") -> Tensor:
     """The first ``count`` images of the run's first validation batch (its datamodule rebuilt from ``cfg``),
     as Tensor[count, C, H, W] float32."""
-    import hydra
-    from omegaconf import open_dict
-
-    data = cfg.data.copy()
-    with open_dict(data):
-        if "num_workers" in data:
-            data.num_workers = 0  # one batch: worker processes would only cost start-up time
-    datamodule = hydra.utils.instantiate(data)
-    if hasattr(datamodule, "prepare_data"):
-        datamodule.prepare_data()
+    datamodule = load_datamodule(cfg, source, num_workers=0)  # one batch: workers would only cost start-up
     datamodule.setup("validate")
     images = next(iter(datamodule.val_dataloader()))
     images = images[0] if isinstance(images, (list, tuple)) else images
@@ -188,18 +156,8 @@ def _versions(fmt: str) -> Dict[str, str]:
 
 
 def _check_export_extra(fmt: str) -> None:
-    if fmt != "onnx":
-        return
-    missing = []
-    for module in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise RuntimeError(
-            f"ONNX export needs {', '.join(missing)}: pip install -e '.[export]' (onnx, onnxscript, onnxruntime)"
-        )
+    if fmt == "onnx":
+        require("export", "ONNX export (--format onnx)")
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:

@@ -1,6 +1,9 @@
 """Hydra callbacks of dcn's entry points (``conf/hydra/default.yaml``): checks that must run before
 Hydra writes anything into a run directory.
 
+:class:`SweepSummary` — a multirun ends by printing its sweep directory and the command that turns it
+into a report.
+
 :class:`RunDirectoryGuard` — a run never writes into another run's directory: a run directory that
 already holds files (``hydra.run.dir=X`` used twice) is refused unless the run resumes from a
 checkpoint inside it, and an output root that cannot be written is named in one line, before Hydra
@@ -24,7 +27,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = ["RunDirectoryError", "RunDirectoryGuard", "check_run_directory", "exit_if_refused"]
+__all__ = ["RunDirectoryError", "RunDirectoryGuard", "SweepSummary", "check_run_directory", "exit_if_refused"]
 
 _refused: Optional["RunDirectoryError"] = None  # set by the guard, reported by exit_if_refused
 _scratch: Optional[str] = None
@@ -100,3 +103,13 @@ class RunDirectoryGuard(Callback):
             _refused, _scratch = error, tempfile.mkdtemp(prefix="dcn-refused-run-")
             with open_dict(config):
                 OmegaConf.update(config, key, _scratch)
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: where its runs are and how to compare them."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if _is_other_rank() or _refused is not None:
+            return
+        sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).absolute()
+        print(f"sweep finished: {sweep_dir}\n  compare its runs: python -m dcn.report {sweep_dir}")

@@ -103,7 +103,7 @@ def instantiate_group(node: Optional[DictConfig], group: str) -> List[Any]:
     """One object per entry of ``node`` (e.g. ``callbacks: {model_checkpoint: {_target_: ...}, ...}``).
 
     Entries set to null are skipped, so a single member can be switched off from the command line
-    (``callbacks.rich_progress_bar=null``). ``group`` names the config key in error messages.
+    (``callbacks.progress_bar=null``). ``group`` names the config key in error messages.
     """
     if node is None:
         return []

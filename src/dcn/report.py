@@ -3,14 +3,20 @@
 Answers "does deformable convolution help here, and by how much?" from finished runs. It reads each
 run's ``results.json`` (see :mod:`dcn.results`) and its CSV-logged metrics, groups the runs into
 *variants* by every config difference except the seed (and except keys that name the run itself:
-paths, run directories, logger run names), and writes ``report.md`` plus PNG plots:
+paths, run directories, logger run names), and writes ``report.md`` plus plots:
 
 - a table with, per variant, mean ± standard deviation and n of every test metric, the difference
   to the plain (deform off) variant with a 95% confidence interval (Welch's t, unequal variances),
   the mean wall time and the parameter count;
+- ``delta_<metric>.png`` and ``.pdf``: that difference with its interval, one row per deformable
+  variant: the answer of the sweep in one picture;
 - ``val_<metric>.png``: validation curves per variant, the mean over seeds with a ±1 std band;
 - ``test_<metric>.png``: the final test metric per variant, one point per seed, with the mean;
 - failed, interrupted and unfinished runs, listed with their error (never silently dropped).
+
+Tables keep each variant's config overrides (``backbone.deform.enabled=true``, what to type to rerun
+it); plots and tables name variants for people (``deform on``, ``lr=0.01, deform off``, see
+:func:`variant_names`).
 
 "Plain variant" of a deformable variant: the variant with every deformable switch off
 (``backbone.deform.enabled = false`` and, for detection, ``task.roi_pool = align``) that agrees with
@@ -49,9 +55,14 @@ __all__ = [
     "Run",
     "Variant",
     "build_report",
+    "difference_figure",
     "find_runs",
     "main",
+    "per_seed_figure",
+    "validation_figure",
+    "variant_names",
     "welch_interval",
+    "write_plots",
 ]
 
 # Config keys (fnmatch globs over dotted keys) that differ between runs of one variant by design:
@@ -74,6 +85,8 @@ DEFAULT_IGNORE: Tuple[str, ...] = (
 # pooler (task.roi_pool=deform). A variant is "plain" when every switch is off; its deformable
 # variants are compared with the plain variant that agrees with them on every other key.
 _DEFORM_PREFIXES = ("backbone.deform.", "task.roi_pool", "task.deform_roi_pool.")
+_DEFORM_SWITCH = "backbone.deform.enabled"
+_ROI_POOL = "task.roi_pool"
 _COMPLETED = "completed"
 _CONFIDENCE = 0.95
 
@@ -169,6 +182,7 @@ class Report:
     comparisons: Dict[Tuple[int, str], Comparison]  # (variant index, metric) -> comparison
     plain_of: Dict[int, int]  # variant index -> index of its plain twin
     differing_keys: List[str]
+    names: List[str] = field(default_factory=list)  # a readable name per variant (see variant_names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,6 +317,74 @@ def _pair_with_plain(variants: Sequence[Variant]) -> Dict[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Names for people
+
+
+def _short_keys(keys: Sequence[str]) -> Dict[str, str]:
+    """Each dotted key by its last part (``task.optimizer.lr`` -> ``lr``), or by as many trailing
+    parts as keep it apart from the other keys."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            short = ".".join(parts[-n:])
+            if not any(other != key and (other == short or other.endswith("." + short)) for other in keys):
+                break
+        out[key] = short
+    return out
+
+
+def _setting(key: str, short: str, value: str) -> str:
+    """One config difference as text: ``lr=0.01``, ``modulated on``, ``ResNetBackbone``."""
+    if short.endswith("_target_"):
+        return value.rsplit(".", 1)[-1]  # a class: its name says enough
+    if value in ("true", "false"):
+        return f"{short} {'on' if value == 'true' else 'off'}"
+    return f"{short}={value}"
+
+
+def _deform_name(variant: Variant, keys: Mapping[str, str]) -> str:
+    """``deform on`` / ``deform off``; with deformable RoI pooling in the sweep (the detection
+    ablation), which of the two deformable parts is on."""
+    if _ROI_POOL not in keys:
+        return {True: "deform on", False: "deform off", None: "deform mixed"}[variant.deform_enabled]
+    conv = keys.get(_DEFORM_SWITCH)
+    if conv is None:  # the same for every variant of the sweep: read it from a run
+        conv = "true" if ((variant.runs[0].record or {}).get("deform") or {}).get("enabled") else "false"
+    parts = (["conv"] if conv == "true" else []) + (["RoI pooling"] if keys[_ROI_POOL] == "deform" else [])
+    name = "deform " + " + ".join(parts) if parts else "deform off"
+    if keys[_ROI_POOL] not in ("align", "deform"):
+        name += f", roi_pool={keys[_ROI_POOL]}"
+    return name
+
+
+def variant_names(variants: Sequence[Variant], differing_keys: Sequence[str]) -> List[str]:
+    """A readable name per variant, for plots and tables: its differences from the other variants
+    outside the deform settings (``lr=0.01``, the class name of a ``_target_``), then ``deform on`` /
+    ``deform off`` when the sweep switches deformable parts, then the deform settings that differ
+    (``stages=[3, 4]``, ``modulated on``), which a plain variant shows only when it needs them to keep
+    its name apart. ``all runs`` when nothing differs."""
+    short = _short_keys(differing_keys)
+    switches = any(k == _DEFORM_SWITCH or k == _ROI_POOL for k in differing_keys)
+
+    def name(variant: Variant, full: bool) -> str:
+        keys = dict(variant.key)
+        parts = [_setting(k, short[k], v) for k, v in variant.context]
+        if switches:
+            parts.append(_deform_name(variant, keys))
+        if full or variant.deform_enabled is not False:
+            parts += [_setting(k, short[k], v) for k, v in variant.key
+                      if k.startswith(_DEFORM_PREFIXES) and k not in (_DEFORM_SWITCH, _ROI_POOL)]
+        return ", ".join(parts) or "all runs"
+
+    names = [name(v, full=False) for v in variants]
+    clashing = {n for n in names if names.count(n) > 1}
+    names = [name(v, full=True) if n in clashing else n for v, n in zip(variants, names)]
+    # Still equal (a difference only in keys of one name): number them rather than show two as one.
+    return [f"{n} #{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+# ----------------------------------------------------------------------------------------------
 # Statistics
 
 
@@ -359,7 +441,8 @@ def build_report(
             diff, low, high = welch_interval(variants[i].values(metric), variants[j].values(metric))
             if not math.isnan(diff):
                 comparisons[(i, metric)] = Comparison(metric, diff, low, high, variants[j].label)
-    return Report(list(runs), variants, list(metrics), comparisons, plain_of, differing)
+    return Report(list(runs), variants, list(metrics), comparisons, plain_of, differing,
+                  variant_names(variants, differing))
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -388,15 +471,15 @@ def _deform_label(variant: Variant) -> str:
 
 
 def summary_table(report: Report) -> str:
-    """The main table as GitHub markdown: one row per variant."""
-    header = ["variant", "deform", "n"]
+    """The main table as GitHub markdown: one row per variant, named for people and by its config."""
+    header = ["variant", "config", "deform", "n"]
     for metric in report.metrics:
         header += [f"{metric} (mean ± std)", f"Δ {metric} vs plain [95% CI]"]
     header += ["wall s", "params"]
     rows = []
     for i, variant in enumerate(report.variants):
         n = len(variant.completed)
-        row = [variant.label, _deform_label(variant), f"{n}/{len(variant.runs)}"]
+        row = [report.names[i], variant.label, _deform_label(variant), f"{n}/{len(variant.runs)}"]
         for metric in report.metrics:
             mean, std = mean_std(variant.values(metric))
             row.append(f"{_fmt(mean)} ± {_fmt(std)}" if not math.isnan(std) else _fmt(mean))
@@ -451,25 +534,30 @@ def _metrics_csv(run: Run) -> Optional[Path]:
 
 def validation_curves(run: Run) -> Dict[str, Dict[int, float]]:
     """``{"val/acc": {epoch: value}, ...}`` from the run's CSV logger file ({} when there is none)."""
-    import pandas as pd
+    import csv
 
     path = _metrics_csv(run)
     if path is None:
         return {}
     try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
         return {}
-    if "epoch" not in frame.columns:
+    if not rows or "epoch" not in rows[0]:
         return {}
-    curves = {}
-    for column in frame.columns:
-        if not column.startswith("val/"):
+    curves: Dict[str, Dict[int, float]] = {}
+    for row in rows:  # one value per epoch; if a resumed run logged an epoch twice, the later row wins
+        try:
+            epoch = int(float(row["epoch"]))
+        except (TypeError, ValueError):
             continue
-        rows = frame[["epoch", column]].dropna()
-        if len(rows):
-            # One value per epoch; if a resumed run logged an epoch twice, the later row wins.
-            curves[column] = {int(e): float(v) for e, v in zip(rows["epoch"], rows[column])}
+        for column, text in row.items():
+            if column and column.startswith("val/") and text not in (None, ""):
+                try:
+                    curves.setdefault(column, {})[epoch] = float(text)
+                except ValueError:
+                    continue
     return curves
 
 
@@ -477,71 +565,142 @@ def _safe_name(metric: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in metric).strip("_")
 
 
-def write_plots(report: Report, out_dir: Path) -> List[Path]:
-    """Write ``val_<metric>.png`` (mean ± std over seeds per variant and epoch) and
-    ``test_<metric>.png`` (seeds as points, mean as a bar) into ``out_dir``; returns the files."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed (clusters, CI)
+def _colour(i: int) -> str:
+    """The colour of variant ``i``, the same in every plot of a report."""
     import matplotlib.pyplot as plt
+
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return colours[i % len(colours)]
+
+
+def _sort_metrics(metrics: Iterable[str]) -> List[str]:
+    return sorted(metrics, key=lambda m: (not m.endswith("/acc"), m))
+
+
+def difference_figure(report: Report, metric: str):
+    """Each deformable variant minus its plain twin on test ``metric``, with the Welch 95% interval
+    (:func:`welch_interval`): one row per compared variant, a dashed line at 0; an interval clear of
+    the line is a difference these seeds tell apart from seed noise. A matplotlib figure (the
+    caller saves and closes it), or None when no variant has a plain twin with this metric."""
+    from dcn.figures import new_figure
+
+    rows = [(i, report.comparisons[(i, metric)]) for i in sorted(report.plain_of) if (i, metric) in report.comparisons]
+    if not rows:
+        return None
+    several_plains = len({report.plain_of[i] for i, _ in rows}) > 1
+    fig, ax = new_figure(figsize=(7.5, 1.4 + 0.55 * len(rows)))
+    labels = []
+    for row, (i, comparison) in enumerate(rows):
+        colour, diff = _colour(i), comparison.difference
+        labels.append(report.names[i] + (f"\nvs {report.names[report.plain_of[i]]}" if several_plains else ""))
+        if math.isnan(comparison.low):  # fewer than 2 seeds on a side: a point without an interval
+            ax.plot([diff], [row], marker="o", markerfacecolor="white", markeredgecolor=colour, linestyle="none")
+            text = f"{_fmt_signed(diff)} (n < 2: no interval)"
+        else:
+            ax.errorbar([diff], [row], xerr=[[diff - comparison.low], [comparison.high - diff]], fmt="o",
+                        color=colour, capsize=4, linewidth=2)
+            text = f"{_fmt_signed(diff)} [{_fmt_signed(comparison.low)}, {_fmt_signed(comparison.high)}]"
+        ax.annotate(text, xy=(1.02, row), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.axvline(0.0, color="black", linewidth=1, linestyle="--", zorder=0)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first variant on top
+    ax.set_xlabel(f"Δ {metric}: deformable − plain (mean over seeds)")
+    ax.set_title(f"{metric}: difference to the plain twin, 95% CI (Welch)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def validation_figure(report: Report, metric: str, curves: Mapping[int, Mapping[str, Mapping[int, float]]]):
+    """Validation ``metric`` per epoch, mean over seeds per variant with a ±1 std band; ``curves``
+    maps ``id(run)`` to :func:`validation_curves` of that run. A figure, or None when no run logged
+    the metric."""
     from matplotlib.ticker import MaxNLocator
 
-    written = []
-    curves = {id(run): validation_curves(run) for v in report.variants for run in v.completed}
-    val_metrics = sorted({m for c in curves.values() for m in c}, key=lambda m: (not m.endswith("/acc"), m))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for metric in val_metrics:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        plotted = False
-        for i, variant in enumerate(report.variants):
-            per_run = [curves[id(r)][metric] for r in variant.completed if metric in curves[id(r)]]
-            if not per_run:
-                continue
-            epochs = sorted(set().union(*per_run))
-            stats = [mean_std([c[e] for c in per_run if e in c]) for e in epochs]
-            mean = [s[0] for s in stats]
-            std = [0.0 if math.isnan(s[1]) else s[1] for s in stats]
-            color = colors[i % len(colors)]
-            ax.plot(epochs, mean, marker="o", color=color, label=f"{variant.label} (n={len(per_run)})")
-            ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=color, alpha=0.2, linewidth=0)
-            plotted = True
-        if plotted:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("epoch (Lightning's count, from 0)")
-            ax.set_ylabel(metric)
-            ax.set_title(f"{metric}: mean over seeds, band = ±1 std")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            path = out_dir / f"{_safe_name(metric)}.png"
-            fig.savefig(path, dpi=110)
-            written.append(path)
+    from dcn.figures import new_figure
+
+    fig, ax = new_figure(figsize=(7, 4.2))
+    plotted = False
+    for i, variant in enumerate(report.variants):
+        per_run = [curves[id(r)][metric] for r in variant.completed if metric in curves.get(id(r), {})]
+        if not per_run:
+            continue
+        epochs = sorted(set().union(*per_run))
+        stats = [mean_std([c[e] for c in per_run if e in c]) for e in epochs]
+        mean = [s[0] for s in stats]
+        std = [0.0 if math.isnan(s[1]) else s[1] for s in stats]
+        colour = _colour(i)
+        ax.plot(epochs, mean, marker="o", color=colour, label=f"{report.names[i]} (n={len(per_run)})")
+        ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=colour, alpha=0.2, linewidth=0)
+        plotted = True
+    if not plotted:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return None
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_xlabel("epoch (counted from 0, as in checkpoint names)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean over seeds, band = ±1 std", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def per_seed_figure(report: Report, metric: str):
+    """Test ``metric`` per variant: one point per seed, a bar at the mean. A figure."""
+    from dcn.figures import new_figure
+
+    fig, ax = new_figure(figsize=(max(4.5, 1.6 * len(report.variants) + 2), 4.2))
+    for i, variant in enumerate(report.variants):
+        values = variant.values(metric)
+        if not values:
+            continue
+        # Spread the seeds sideways a little so equal values stay visible.
+        offsets = [(k - (len(values) - 1) / 2) * 0.06 for k in range(len(values))]
+        ax.scatter([i + o for o in offsets], values, color=_colour(i), zorder=3)
+        ax.hlines(mean_std(values)[0], i - 0.25, i + 0.25, color="black", linewidth=2, zorder=2)
+    ax.set_xticks(range(len(report.variants)))
+    ax.set_xticklabels([name.replace(", ", "\n") for name in report.names], fontsize=8)
+    ax.set_xlim(-0.5, len(report.variants) - 0.5)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: one point per seed, bar = mean", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(report: Report, out_dir: Path) -> List[Path]:
+    """Write into ``out_dir``: ``delta_<metric>.png`` and ``.pdf`` (:func:`difference_figure`),
+    ``val_<metric>.png`` (:func:`validation_figure`) and ``test_<metric>.png`` (:func:`per_seed_figure`).
+    Returns the files written."""
+    written: List[Path] = []
+
+    def save(fig: Any, name: str, pdf: bool = False) -> None:
+        import matplotlib.pyplot as plt  # after new_figure has chosen the Agg backend
+
+        path = out_dir / f"{_safe_name(name)}.png"
+        fig.savefig(path, dpi=110)
+        written.append(path)
+        if pdf:  # vector copy for papers and slides
+            fig.savefig(path.with_suffix(".pdf"))
+            written.append(path.with_suffix(".pdf"))
         plt.close(fig)
 
     for metric in report.metrics:
-        fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(report.variants) + 2), 4.2))
-        labels = []
-        for i, variant in enumerate(report.variants):
-            values = variant.values(metric)
-            labels.append(variant.label.replace(", ", "\n"))
-            if not values:
-                continue
-            # Spread the seeds sideways a little so equal values stay visible.
-            offsets = [(k - (len(values) - 1) / 2) * 0.06 for k in range(len(values))]
-            ax.scatter([i + o for o in offsets], values, color=colors[i % len(colors)], zorder=3)
-            mean = mean_std(values)[0]
-            ax.hlines(mean, i - 0.25, i + 0.25, color="black", linewidth=2, zorder=2)
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=8)
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric}: one point per seed, bar = mean")
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"{_safe_name(metric)}.png"
-        fig.savefig(path, dpi=110)
-        written.append(path)
-        plt.close(fig)
+        fig = difference_figure(report, metric)
+        if fig is not None:
+            save(fig, f"delta_{metric}", pdf=True)
+    curves = {id(run): validation_curves(run) for v in report.variants for run in v.completed}
+    for metric in _sort_metrics({m for c in curves.values() for m in c}):
+        fig = validation_figure(report, metric, curves)
+        if fig is not None:
+            save(fig, metric)
+    for metric in report.metrics:
+        save(per_seed_figure(report, metric), metric)
     return written
 
 
@@ -570,15 +729,29 @@ def render_markdown(report: Report, plots: Sequence[Path], sources: Sequence[str
         summary_table(report),
         "",
     ]
-    val_plots = [p for p in plots if p.name.startswith("val_")]
-    test_plots = [p for p in plots if not p.name.startswith("val_")]
+    pngs = [p for p in plots if p.suffix == ".png"]
+    delta_plots = [p for p in pngs if p.name.startswith("delta_")]
+    val_plots = [p for p in pngs if p.name.startswith("val_")]
+    test_plots = [p for p in pngs if p not in delta_plots and p not in val_plots]
+    if delta_plots:
+        lines += [
+            "## Deformable minus plain",
+            "",
+            "Δ of each deformable variant to its plain twin with the 95% interval of the table above; an interval",
+            "clear of the dashed line at 0 is a difference these seeds distinguish from seed noise.",
+            "",
+        ]
+        for p in delta_plots:
+            pdf = p.with_suffix(".pdf")
+            lines.append(f"![{p.stem}]({p.name})" + (f" ([PDF]({pdf.name}))" if pdf in plots else ""))
+        lines.append("")
     if val_plots:
         lines += ["## Validation curves", ""] + [f"![{p.stem}]({p.name})" for p in val_plots] + [""]
     if test_plots:
         lines += ["## Final test metrics per seed", ""] + [f"![{p.stem}]({p.name})" for p in test_plots] + [""]
     lines += ["## Runs", ""]
     rows = []
-    index = {id(r): v.label for v in report.variants for r in v.runs}
+    index = {id(r): report.names[i] for i, v in enumerate(report.variants) for r in v.runs}
     root = Path(os.path.commonpath([str(r.path) for r in report.runs]))
     if len(report.runs) == 1:
         root = root.parent
@@ -616,7 +789,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dcn.report",
         description="Summarise runs of dcn's train.py: test metrics per variant, the difference to deform off "
-        "with a 95% CI, validation curves, failed runs. Writes report.md and PNG plots.",
+        "with a 95% CI, validation curves, failed runs. Writes report.md and PNG plots (the differences also as PDF).",
     )
     parser.add_argument("paths", nargs="+", help="multirun directories, run directories or results.json files")
     parser.add_argument("--out", type=Path,
@@ -625,7 +798,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="test metric to report (repeatable; default: all)")
     parser.add_argument("--ignore", action="append", default=[],
                         help="extra config keys (dotted, glob) that do not define a variant, e.g. 'trainer.max_epochs'")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     args = parser.parse_args(argv)
 
     try:
@@ -641,7 +814,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(summary_table(report))
     for run, reason in problem_runs(report):
         print(f"not completed: {run.path} ({run.status}): {reason}")
-    print(f"report: {out_dir / 'report.md'} ({len(plots)} plots)")
+    print(f"report: {out_dir / 'report.md'} ({sum(p.suffix == '.png' for p in plots)} plots)")
     return 0
 
 

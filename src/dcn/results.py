@@ -19,12 +19,14 @@ The file is written three times (each write atomic, by rank 0 only): when the ru
     trainer                         {accelerator, devices, num_nodes, precision}
     timing                          {started_at, finished_at (ISO 8601), wall_s, fit_s, test_s}
     versions                        python, torch, torchvision, lightning, hydra-core, ... , cuda
+    code                            {git_commit, git_dirty} when run from a dcn checkout, else null
     config                          the full resolved config
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -32,7 +34,7 @@ import traceback
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import lightning as L
 import torch
@@ -99,6 +101,24 @@ def library_versions() -> Dict[str, Optional[str]]:
                 versions[name] = None
     versions["cuda"] = torch.version.cuda
     return versions
+
+
+def code_version() -> Optional[Dict[str, Any]]:
+    """``{"git_commit", "git_dirty"}`` of the dcn checkout this code runs from (``git_dirty``: tracked
+    files differ from the commit), or None for an installed package or when git is unavailable."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"git_commit": commit, "git_dirty": bool(status.strip())}
 
 
 def trainer_description(trainer: L.Trainer) -> Dict[str, Any]:
@@ -232,6 +252,7 @@ class RunRecord:
             "trainer": None,
             "timing": {"started_at": _now(), "finished_at": None, "wall_s": None, "fit_s": None, "test_s": None},
             "versions": library_versions(),
+            "code": code_version(),
             "config": config,
         }
 
@@ -278,19 +299,58 @@ class RunRecord:
             tmp.unlink(missing_ok=True)
             raise
 
+    def header(self) -> str:
+        """The run's configuration in a few lines, for the start of the console and train.log."""
+        d = self.data
+        deform = d.get("deform") or {}
+        if not deform:
+            setting = "no deform block"
+        elif not deform.get("enabled", True):
+            setting = "deform off"
+        else:
+            setting = (f"deform on: stages {deform.get('stages') or 'default'}, "
+                       f"{'v2 (modulated)' if deform.get('modulated') else 'v1'}, offset_groups {deform.get('offset_groups', 1)}")
+        lines = [f"dcn run {d['experiment_name']}: task {d['task']}, backbone {d['backbone']} ({setting}), "
+                 f"data {d['data']}, seed {d['seed']}",
+                 f"  run dir   {d['run_dir']}"]
+        if d["overrides"]:
+            lines.append(f"  overrides {' '.join(d['overrides'])}")
+        return "\n".join(lines)
+
     def summary(self) -> str:
         """A few lines for the console: status, test metrics, run directory, best checkpoint."""
         d = self.data
-        lines = [f"dcn run {d['status']} in {d['timing']['wall_s']:.1f} s"]
+        title = f"dcn run {d['status']} in {d['timing']['wall_s']:.1f} s"
+        extra = []
         if d["error"]:
-            lines.append(f"  error        {d['error']['type']}: {d['error']['message']}")
-        width = max([len(k) for k in d["metrics"]] + [12])
-        for key, value in sorted(d["metrics"].items()):
-            lines.append(f"  {key:<{width}} {value:.4f}" if isinstance(value, float) else f"  {key:<{width}} {value}")
-        lines.append(f"  {'run dir':<{width}} {d['run_dir']}")
+            extra.append(("error", f"{d['error']['type']}: {d['error']['message']}"))
+        extra.append(("run dir", d["run_dir"]))
         best = d["best"] or {}
         if best.get("checkpoint"):
             score = f" ({best['monitor']}={best['value']:.4f})" if isinstance(best.get("value"), float) else ""
-            lines.append(f"  {'best ckpt':<{width}} {best['checkpoint']}{score}")
-        lines.append(f"  {'results':<{width}} {self.path}")
-        return "\n".join(lines)
+            extra.append(("best ckpt", f"{best['checkpoint']}{score}"))
+        extra.append(("results", str(self.path)))
+        return format_summary(title, d["metrics"], extra, error_first=True)
+
+
+def format_summary(title: str, metrics: Dict[str, Any], extra: List[Tuple[str, str]], error_first: bool = False) -> str:
+    """The summary block train.py and dcn.eval print: a title, the metrics (fractions, 4 decimals; NaN
+    shown as n/a with the reason once), then ``extra`` (label, text) lines."""
+    lines = [title]
+    width = max([len(k) for k in metrics] + [len(k) for k, _ in extra] + [12])
+    head = [(k, v) for k, v in extra if k == "error"] if error_first else []
+    for key, text in head:
+        lines.append(f"  {key:<{width}} {text}")
+    undefined = []
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, float) and math.isnan(value):
+            undefined.append(key)
+            lines.append(f"  {key:<{width}} n/a")
+        else:
+            lines.append(f"  {key:<{width}} {value:.4f}" if isinstance(value, float) else f"  {key:<{width}} {value}")
+    if undefined:
+        lines.append(f"  (n/a: not defined on this test set, e.g. no frame or class was scored: {', '.join(undefined)})")
+    for key, text in extra:
+        if (key, text) not in head:
+            lines.append(f"  {key:<{width}} {text}")
+    return "\n".join(lines)

@@ -6,7 +6,8 @@ locations is itself a unit of the previous deformable layer, which reads 9 moved
 for L stacked 3x3 deformable layers, up to 9^L points in the image — the picture of the DCN paper
 (Dai et al. 2017, Fig. 5). The points are drawn over the image in red (with DCN v2, their opacity is
 the product of the modulation masks along the path), the regular grid the same layers would use
-without offsets in blue, the chosen unit in green.
+without offsets in opaque blue with a white rim (visible on dark and on light images alike), the
+chosen unit in green.
 
 Geometry (exact for stride-1 nets like seed_net, approximate across resolution changes): a unit at
 (i, j) of a layer with stride s, padding p and dilation d samples its input at
@@ -31,7 +32,13 @@ from torch import Tensor, nn
 
 from dcn.ops import DeformConv2dPack
 
-__all__ = ["SamplingPoints", "draw_sampling_points", "render_figure", "sampling_points"]
+__all__ = ["GRID_COLOUR", "GRID_EDGE_COLOUR", "SamplingPoints", "draw_sampling_points", "render_figure",
+           "sampling_points"]
+
+# Dodger blue: contrast ratio 6.4 against black and 3.3 against white (WCAG's 3 for graphics), and
+# the white rim sets it off from mid-grey images too.
+GRID_COLOUR = "#1e90ff"
+GRID_EDGE_COLOUR = "white"
 
 
 @dataclass
@@ -176,7 +183,9 @@ def draw_sampling_points(ax: Any, image: Tensor, result: SamplingPoints, title: 
         ax.imshow(pixels[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
     grid, points = result.grid.numpy(), result.points.numpy()
     size = max(2.0, 30.0 / max(1.0, len(points) ** 0.5))
-    ax.scatter(grid[:, 1], grid[:, 0], s=size, c="tab:blue", alpha=0.35, linewidths=0, label="regular grid")
+    # The grid repeats positions (9^L paths onto (2L+1)^2 places for 3x3 layers): larger markers, drawn under the points.
+    ax.scatter(grid[:, 1], grid[:, 0], s=2 * size, c=GRID_COLOUR, edgecolors=GRID_EDGE_COLOUR, linewidths=0.4,
+               label="regular grid")
     colors = np.zeros((len(points), 4))
     colors[:, 0] = 1.0
     colors[:, 3] = 0.15 + 0.85 * result.weights.numpy()  # opacity: DCN v2 mask along the path

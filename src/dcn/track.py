@@ -9,7 +9,8 @@ Writes the predicted boxes in the dataset's result format, one ``x,y,w,h`` line 
 separated, frame 0 = the initial box): VOT ``<output>/<name>.txt``; GOT-10k ``<output>/<name>/<name>_001.txt``
 plus ``<name>_time.txt`` (seconds per frame). With ground truth for every frame it prints the success
 AUC and precision at 20 px; ``--frames DIR`` saves each frame with the predicted (red) and true (green)
-boxes and ``--gif FILE`` an animation of them.
+boxes and ``--gif FILE`` an animation of them, each frame captioned with its number and the IoU of the
+predicted with the true box (white on black, top left).
 
 Examples::
 
@@ -25,10 +26,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-__all__ = ["build_task", "main", "run", "write_boxes"]
+__all__ = ["build_task", "frame_caption", "main", "run", "write_boxes"]
 
 FORMATS = ("vot", "got10k")
 
@@ -67,13 +68,24 @@ def write_boxes(boxes: Tensor, output: Path, name: str, fmt: str, seconds: Seque
     return path
 
 
-def _draw(frame: Tensor, predicted: Tensor, truth: Optional[Tensor]) -> Image.Image:
+def frame_caption(index: int, count: int, iou: Optional[float]) -> str:
+    """The caption of frame ``index`` (from 0) of ``count``: ``frame 3/120  IoU 0.71``, numbered from 1
+    as the frame files are; ``IoU n/a`` where the frame has no ground truth."""
+    return f"frame {index + 1}/{count}  IoU {'n/a' if iou is None else f'{iou:.2f}'}"
+
+
+def _draw(frame: Tensor, predicted: Tensor, truth: Optional[Tensor], caption: str) -> Image.Image:
     image = Image.fromarray((frame.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy())
     draw = ImageDraw.Draw(image)
     for box, colour in ((truth, (0, 255, 0)), (predicted, (255, 0, 0))):
         if box is not None:
             x, y, w, h = box.tolist()
             draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
+    # White on a black box: readable on any frame, and drawn last so no box hides it.
+    font = ImageFont.load_default()
+    _, _, right, bottom = draw.textbbox((3, 2), caption, font=font)
+    draw.rectangle((0, 0, right + 3, bottom + 2), fill=(0, 0, 0))
+    draw.text((3, 2), caption, fill=(255, 255, 255), font=font)
     return image
 
 
@@ -95,23 +107,32 @@ def run(args: argparse.Namespace) -> dict:
 
     boxes: List[Tensor] = [init.float()]
     seconds: List[float] = []
+    first = sequence.frame(0)
     start = time.perf_counter()
-    tracker.init(sequence.frame(0), init)
+    tracker.init(first, init)
     seconds.append(time.perf_counter() - start)
     images: List[Image.Image] = []
+    ious: List[Optional[float]] = []
     want_pictures = bool(args.frames or args.gif)
-    if want_pictures:
-        images.append(_draw(sequence.frame(0), init, sequence.boxes[0] if sequence.known[0] else None))
+
+    def record(t: int, frame: Tensor) -> None:
+        truth = sequence.boxes[t].float() if sequence.known[t] else None
+        iou = None if truth is None else float(box_overlap(xywh_to_cxcywh(boxes[t]), xywh_to_cxcywh(truth)))
+        ious.append(iou)
+        if want_pictures:
+            images.append(_draw(frame, boxes[t], truth, frame_caption(t, count, iou)))
+
+    record(0, first)
     for t in range(1, count):
         frame = sequence.frame(t)
         start = time.perf_counter()
         boxes.append(tracker.update(frame).float())
         seconds.append(time.perf_counter() - start)
-        if want_pictures:
-            images.append(_draw(frame, boxes[-1], sequence.boxes[t] if sequence.known[t] else None))
+        record(t, frame)
     predictions = torch.stack(boxes)
     path = write_boxes(predictions, Path(args.output), sequence.name, fmt, seconds)
-    summary = {"sequence": sequence.name, "frames": count, "boxes": str(path), "fps": count / max(sum(seconds), 1e-9)}
+    summary = {"sequence": sequence.name, "frames": count, "boxes": str(path), "fps": count / max(sum(seconds), 1e-9),
+               "iou": ious}
 
     known = sequence.known[:count].clone()
     known[0] = False

@@ -18,9 +18,55 @@ from typing import Any, Mapping, Optional, Tuple, Type, Union
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-__all__ = ["find_run_config", "load_trained_task", "read_run_config"]
+__all__ = ["checkpoint_of", "find_run_config", "load_datamodule", "load_trained_task", "read_run_config"]
 
 ConfigSource = Union[None, str, Path, Mapping[str, Any], DictConfig]
+
+
+def checkpoint_of(path: Union[str, Path]) -> Path:
+    """The checkpoint meant by ``path``: itself if it is a file; for a run directory its best checkpoint
+    (``results.json``), else ``checkpoints/last.ckpt``, else its newest ``checkpoints/*.ckpt``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such run directory or checkpoint: {path}")
+    results = path / "results.json"
+    if results.is_file():
+        try:
+            recorded = json.loads(results.read_text())
+        except ValueError:
+            recorded = {}
+        for candidate in ((recorded.get("best") or {}).get("checkpoint"), recorded.get("last_checkpoint")):
+            if candidate and Path(candidate).is_file():
+                return Path(candidate)
+    folder = path / "checkpoints"
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"{path} holds no checkpoint (looked in results.json and {folder}/*.ckpt)")
+    return found[-1]
+
+
+def load_datamodule(cfg: DictConfig, source: str, num_workers: Optional[int] = None) -> Any:
+    """The run's datamodule rebuilt from its config's ``data`` group (allow-listed ``_target_``s only:
+    the config may come from anyone), prepared (downloads / generation) and ready for ``setup``.
+    ``num_workers`` overrides the loader workers when the config has that key."""
+    import hydra
+    from omegaconf import open_dict
+
+    from dcn.instantiate import check_targets
+
+    check_targets(cfg, source, keys=["data"])
+    data = cfg.data.copy()
+    if num_workers is not None and "num_workers" in data:
+        with open_dict(data):
+            data.num_workers = num_workers
+    datamodule = hydra.utils.instantiate(data)
+    if hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()
+    return datamodule
 
 
 def find_run_config(checkpoint: Path) -> Path:

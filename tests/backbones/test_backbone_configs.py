@@ -13,7 +13,7 @@ from torch import nn
 from dcn.backbones import Backbone, DeformOptions
 from dcn.ops import DeformConv2dPack
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "backbone"
+CONF_DIR = Path(__file__).resolve().parents[2] / "src" / "dcn" / "conf" / "backbone"
 EXPECTED = {"seed_net", "resnet18", "resnet34", "resnet50", "resnet101", "vgg11", "vgg16"}
 
 

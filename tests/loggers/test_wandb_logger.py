@@ -39,6 +39,66 @@ def test_bad_options_are_rejected(no_credentials, tmp_path: Path) -> None:
         WandbLogger(save_dir=tmp_path, summary=[{"metric": "val/acc", "mode": "best"}])
 
 
+def _write_credentials(tmp_path: Path) -> None:
+    (tmp_path / "no-netrc").write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+
+
+# The resolved mode is what the logger hands to wandb.init (checked without starting a run: no network).
+@pytest.mark.parametrize(
+    "mode, wandb_mode, credentials, expected",
+    [
+        ("auto", None, False, "offline"),
+        ("auto", None, True, "online"),
+        ("auto", "offline", True, "offline"),  # WANDB_MODE beats the credentials...
+        ("auto", "online", False, "online"),  # ... and their absence
+        ("auto", "disabled", True, "disabled"),
+        ("auto", "dryrun", True, "offline"),  # wandb's old name for offline
+        ("auto", "", True, "online"),  # set but empty: as unset
+        ("online", None, False, "online"),  # explicit modes as given, whatever the credentials
+        ("offline", None, True, "offline"),
+        ("disabled", None, True, "disabled"),
+    ],
+)
+def test_resolved_mode(no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode, credentials, expected) -> None:
+    if credentials:
+        _write_credentials(tmp_path)
+    if wandb_mode is not None:
+        monkeypatch.setenv("WANDB_MODE", wandb_mode)
+    logger = WandbLogger(save_dir=tmp_path / "run", mode=mode)
+    assert logger.mode == expected
+    assert logger._wandb_init["mode"] == expected
+
+
+@pytest.mark.parametrize("mode, wandb_mode", [("online", "offline"), ("offline", "disabled"), ("disabled", "online")])
+def test_explicit_mode_beats_wandb_mode_with_a_warning(no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode):
+    # As wandb.init(mode=...) itself does: its argument wins over the environment variable.
+    monkeypatch.setenv("WANDB_MODE", wandb_mode)
+    with pytest.warns(UserWarning, match=f"W&B runs {mode} .*not {wandb_mode} as WANDB_MODE"):
+        logger = WandbLogger(save_dir=tmp_path / "run", mode=mode)
+    assert logger.mode == mode and logger._wandb_init["mode"] == mode
+
+
+def test_unknown_wandb_mode_in_the_environment_is_named(no_credentials, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    with pytest.raises(ValueError, match="WANDB_MODE='ofline' in the environment"):
+        WandbLogger(save_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize("mode, wandb_mode", [("disabled", None), ("auto", "disabled")])
+def test_disabled_run_logs_nothing_anywhere(no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode) -> None:
+    import wandb
+
+    _write_credentials(tmp_path)  # would be online if "disabled" were lost
+    if wandb_mode is not None:
+        monkeypatch.setenv("WANDB_MODE", wandb_mode)
+    logger = WandbLogger(save_dir=tmp_path / "run", mode=mode)
+    assert logger.mode == "disabled"  # before anything could try the network
+    logger.log_metrics({"val/acc": 0.5}, step=0)
+    assert logger.experiment.disabled
+    wandb.finish()
+    assert not list((tmp_path / "run").rglob("*run-*"))
+
+
 @pytest.mark.slow
 def test_offline_training_run_records(no_credentials, compose_train, tmp_path: Path) -> None:
     import wandb
@@ -49,9 +109,9 @@ def test_offline_training_run_records(no_credentials, compose_train, tmp_path: P
     cfg = compose_train([
         "logger=[csv,wandb,tensorboard]", "callbacks=[default,offset_viz]",
         "callbacks.offset_viz.num_images=2", "task.num_val_images=4",
-        "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "test=false",
+        "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false",
         "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+        "callbacks.progress_bar=null", "callbacks.model_summary=null",
     ])  # fmt: skip
     record = RunRecord(cfg.paths.output_dir, cfg)
     train.train(cfg, record)

@@ -22,6 +22,8 @@ __all__ = ["WandbLogger", "wandb_credentials_available", "wandb_run_id_of"]
 
 _MODES = ("auto", "online", "offline", "disabled")
 _SUMMARY_MODES = ("max", "min", "mean", "last")
+# WANDB_MODE values wandb accepts for a run of its own, with dcn's name for each ("dryrun" and "run" are old aliases).
+_ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "dryrun": "offline", "run": "online"}
 # wandb names its run directories <save_dir>/wandb/[offline-]run-<YYYYmmdd_HHMMSS>-<run id>.
 _RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-([a-z0-9]+)$")
 
@@ -58,9 +60,10 @@ class WandbLogger(_LightningWandbLogger):
     Args:
         save_dir: where wandb writes its files (the run directory: ``<run dir>/wandb/``).
         project, group, job_type, name, tags: as in ``wandb.init``.
-        mode: "auto" (online when credentials are available, else offline, see
-            :func:`wandb_credentials_available`; ``WANDB_MODE`` in the environment wins), "online",
-            "offline" or "disabled".
+        mode: "auto" (``WANDB_MODE`` from the environment when set; else online when credentials
+            are available, offline without, see :func:`wandb_credentials_available`), "online",
+            "offline" or "disabled" (these win over ``WANDB_MODE``, as ``wandb.init(mode=...)`` does,
+            with a warning). The resolved mode is :attr:`mode`.
         summary: best-value summaries (``wandb.define_metric``): a list of ``{metric, mode}`` with
             mode "max" | "min" | "mean" | "last", e.g. ``[{metric: val/acc, mode: max}]``.
         resume_from: a checkpoint being resumed (``ckpt_path``); if its run logged to W&B, this
@@ -136,11 +139,19 @@ class WandbLogger(_LightningWandbLogger):
 
 
 def _resolve_mode(mode: str) -> str:
-    env = os.environ.get("WANDB_MODE")
-    if mode == "auto" and env:
-        return "offline" if env == "dryrun" else env
+    """The mode wandb will run in: an explicit ``mode`` as given (``wandb.init``'s argument beats
+    ``WANDB_MODE``, so it does here too); ``"auto"``: ``WANDB_MODE`` when set, else online with
+    credentials and offline without."""
+    env = os.environ.get("WANDB_MODE") or None  # set but empty: as unset
+    if env is not None and env not in _ENV_MODES:
+        raise ValueError(f"WANDB_MODE={env!r} in the environment: expected one of {sorted(_ENV_MODES)}")
+    env = _ENV_MODES[env] if env else None
     if mode == "auto":
+        if env:
+            return env
         return "online" if wandb_credentials_available() else "offline"
+    if env and env != mode:
+        rank_zero_warn(f"W&B runs {mode} (logger.wandb.mode={mode}), not {env} as WANDB_MODE in the environment asks")
     return mode
 
 

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
+from torch.utils.flop_counter import register_flop_formula
 
 from dcn.ops import _composite_deform_conv
 from dcn.ops._dispatch import BACKENDS, cupy_unavailable_reason, implementation, resolve_backend
@@ -151,6 +152,30 @@ def _backward(ctx, grad_out):
 
 
 _deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------
+# FLOP counting (torch.utils.flop_counter, which Lightning's model summary uses)
+# --------------------------------------------------------------------------------------
+def _deform_conv2d_flops(input_shape, offset_shape, mask_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """Forward FLOPs: the GEMM of a convolution of the same shape (2 per multiply-add) plus the
+    bilinear sampling (4 corner weights, 4 multiply-adds and the mask: about 12 per sample and channel)."""
+    n, c_in = input_shape[0], input_shape[1]
+    c_out, c_in_g, kh, kw = weight_shape
+    samples = n * c_in * kh * kw * offset_shape[-2] * offset_shape[-1]
+    return 2 * n * c_out * offset_shape[-2] * offset_shape[-1] * c_in_g * kh * kw + 12 * samples
+
+
+def _deform_conv2d_backward_flops(grad_shape, input_shape, offset_shape, mask_shape, weight_shape, *args,
+                                  out_shape=None, **kwargs) -> int:
+    """Backward FLOPs: two GEMMs (column and weight gradients), the recomputed sampling and its
+    backward (scatter and position derivatives, about twice the forward sampling)."""
+    return 2 * _deform_conv2d_flops(input_shape, offset_shape, mask_shape, weight_shape) + 24 * (
+        input_shape[0] * input_shape[1] * weight_shape[2] * weight_shape[3] * offset_shape[-2] * offset_shape[-1])
+
+
+register_flop_formula(torch.ops.dcn.deform_conv2d)(_deform_conv2d_flops)
+register_flop_formula(torch.ops.dcn.deform_conv2d_backward)(_deform_conv2d_backward_flops)
 
 
 # --------------------------------------------------------------------------------------

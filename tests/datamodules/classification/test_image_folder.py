@@ -68,8 +68,7 @@ def test_empty_class_folder_names_split_and_path(tmp_path, image_folder_root):
         ImageFolderDataModule(root).setup("fit")
 
 
-def test_truncated_image_names_the_file(tmp_path, image_folder_root):
-    from conftest import truncate_file
+def test_truncated_image_names_the_file(tmp_path, image_folder_root, truncate_file):
     from dcn.images import ImageReadError
 
     root = tmp_path / "data"

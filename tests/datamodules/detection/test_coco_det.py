@@ -16,7 +16,7 @@ from PIL import Image
 from dcn.datamodules.detection.coco import CocoDetDataModule
 from dcn.datamodules.detection.base import check_target
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "data"
+CONF = Path(__file__).resolve().parents[3] / "src" / "dcn" / "conf" / "data"
 
 # Two categories with non-contiguous ids: sorted by id, 3 ("disc") becomes label 1, 7 ("ring") label 2.
 CATEGORIES = [{"id": 7, "name": "ring", "supercategory": "shape"}, {"id": 3, "name": "disc", "supercategory": "shape"}]

@@ -22,7 +22,7 @@ from dcn.datamodules.detection.base import (
 )
 from dcn.datamodules.detection.voc import VOC_DET_CLASSES, VOCDetDataModule, VOCDetDataset, parse_voc_xml
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "data"
+CONF = Path(__file__).resolve().parents[3] / "src" / "dcn" / "conf" / "data"
 
 # An object: (name, (xmin, ymin, xmax, ymax) VOC 1-based inclusive, difficult, truncated); None flags
 # are left out of the XML.
@@ -386,8 +386,7 @@ def test_hydra_config_instantiates_and_reads_07_plus_12(voc_root):
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (5, 3, 3)
 
 
-def test_truncated_image_names_the_file(voc_root):
-    from conftest import truncate_file
+def test_truncated_image_names_the_file(voc_root, truncate_file):
     from dcn.images import ImageReadError
 
     dm = make_dm(voc_root)

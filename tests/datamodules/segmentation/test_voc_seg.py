@@ -145,14 +145,53 @@ def test_first_missing_listed_image_is_named(voc_root):
         make_dm(voc_root).setup()
 
 
-def test_rgb_label_png_is_refused(voc_root):
+def test_rgb_label_png_is_refused_as_index_format(voc_root):
     voc = voc_root / "VOCdevkit" / "VOC2012"
     rgb = voc_palette()[fake_label(22, 22, 3)]
     Image.fromarray(rgb).save(voc / "SegmentationClass" / "c.png")  # a colour rendering, mode RGB
-    dm = make_dm(voc_root)
+    dm = make_dm(voc_root, label_format="index")
     dm.setup()
     with pytest.raises(LabelError, match="class-index images"):
         dm.val_set[0]
+
+
+@pytest.mark.parametrize("label_format", ["auto", "rgb_palette"])
+def test_rgb_label_png_is_decoded_through_the_colour_map(voc_root, label_format):
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    label = fake_label(22, 22, 3)  # classes 0 and 3, and the 255 border (cream)
+    Image.fromarray(voc_palette()[label]).save(voc / "SegmentationClass" / "c.png")
+    dm = make_dm(voc_root, label_format=label_format, val_crop_size=None)
+    dm.setup()
+    assert np.array_equal(dm.val_set.read(0)[1].numpy(), label)
+
+
+def test_palette_label_read_as_rgb_palette_gives_the_same_indices(voc_root):
+    dm_index, dm_rgb = make_dm(voc_root, label_format="index"), make_dm(voc_root, label_format="rgb_palette")
+    dm_index.setup()
+    dm_rgb.setup()
+    assert np.array_equal(dm_index.val_set.read(0)[1].numpy(), dm_rgb.val_set.read(0)[1].numpy())
+
+
+def test_colour_outside_the_class_list_names_file_colour_and_pixel(voc_root):
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    rgb = voc_palette()[fake_label(22, 22, 3)]
+    rgb[7, 9] = (1, 2, 3)  # a colour of no class: a JPEG artefact, say
+    Image.fromarray(rgb).save(voc / "SegmentationClass" / "c.png")
+    dm = make_dm(voc_root)
+    dm.setup()
+    with pytest.raises(LabelError, match=r"c\.png: colour RGB\(1, 2, 3\) at pixel \(row 7, column 9\)"):
+        dm.val_set.read(0)
+    # Class 3's colour is outside the map of a 3-class list (classes 0..2).
+    Image.fromarray(voc_palette()[fake_label(22, 22, 3)]).save(voc / "SegmentationClass" / "c.png")
+    dm = make_dm(voc_root, class_names=["background", "a", "b"])
+    dm.setup()
+    with pytest.raises(LabelError, match=r"colour RGB\(128, 128, 0\) at pixel \(row 5, column 6\)"):
+        dm.val_set.read(0)
+
+
+def test_unknown_label_format_is_refused(voc_root):
+    with pytest.raises(ValueError, match="label_format must be one of"):
+        make_dm(voc_root, label_format="colours")
 
 
 def test_label_above_num_classes_names_file_and_value(voc_root):
@@ -239,8 +278,7 @@ def test_pad_collate_rejects_mismatched_pairs():
         pad_collate([(torch.zeros(3, 4, 4), torch.zeros(4, 5, dtype=torch.long))])
 
 
-def test_truncated_image_names_the_file(voc_root):
-    from conftest import truncate_file
+def test_truncated_image_names_the_file(voc_root, truncate_file):
     from dcn.images import ImageReadError
 
     dm = make_dm(voc_root)

@@ -20,7 +20,7 @@ def _task(num_classes=10, deform=True, **kwargs):
 
 @pytest.mark.parametrize("deform", [True, False])
 def test_seed_net_with_the_head_has_the_seeds_parameter_count(deform):
-    # The seed's Experiment-1 network: 262,876 parameters with deform on. With it off, only the
+    # The original study's Experiment-1 network: 262,876 parameters with deform on. With it off, only the
     # offset predictor (3x3 conv 128 -> 18 with bias) is gone.
     offset_predictor = 128 * 18 * 9 + 18
     expected = 262_876 if deform else 262_876 - offset_predictor

@@ -121,6 +121,35 @@ def test_class_with_only_difficult_or_no_gt_is_nan_and_class_without_detections_
     assert result.num_positives.tolist() == [0, 1, 1, 0, 0]
 
 
+TOP, BOTTOM = [0.0, 0.0, 10.0, 5.0], [0.0, 5.0, 10.0, 10.0]  # halves of A: IoU(A, each) = 50/100
+
+
+@pytest.mark.parametrize(
+    "gt_boxes, gt_labels, difficult, expected",
+    [
+        # The detection A ties (IoU 0.5 exactly) with a difficult and a normal GT: the devkit's
+        # strict `ov > ovmax` (and voc_eval's np.argmax) keeps the first one listed.
+        ([TOP, BOTTOM], [1, 1], [True, False], 0.0),  # first = difficult: ignored, the normal GT is missed
+        ([BOTTOM, TOP], [1, 1], [False, True], 1.0),  # first = normal: a true positive
+        # "First" among the GTs of the detection's class: a GT of another class listed before does not count.
+        ([A, TOP, BOTTOM], [2, 1, 1], [False, True, False], 0.0),
+        ([A, BOTTOM, TOP], [2, 1, 1], [False, False, True], 1.0),
+    ],
+)
+def test_equal_iou_goes_to_the_first_listed_gt(gt_boxes, gt_labels, difficult, expected):
+    ap = ap_of([det([A], [0.9], [1])], [gt(gt_boxes, gt_labels, difficult)], num_classes=3, thresholds=(0.5,))
+    assert ap[0, 1] == expected
+
+
+def test_equal_iou_with_two_free_gts_takes_the_first_then_counts_a_duplicate():
+    # Two detections on A, both tying with TOP and BOTTOM (IoU 0.5). The first takes TOP (listed
+    # first); the second's best GT is again TOP (first among equals), already matched: a duplicate
+    # (FP), although BOTTOM is free. recall [1/2, 1/2], precision [1, 1/2]: AP 1/2. Giving each
+    # detection the first *free* GT instead would make both true positives: AP 1.
+    ap = ap_of([det([A, A], [0.9, 0.8], [1, 1])], [gt([TOP, BOTTOM], [1, 1])], thresholds=(0.5,))
+    assert ap[0, 1] == pytest.approx(0.5)
+
+
 def test_iou_threshold_separates_an_iou_06_box():
     # [0, 0, 10, 6] inside A: intersection 60, union 100 -> IoU 0.6: TP at 0.5, FP at 0.7 (AP 0:
     # the only detection is false, recall stays 0).

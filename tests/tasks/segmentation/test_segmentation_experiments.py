@@ -8,10 +8,10 @@ from dcn.datamodules.synthetic.shapes import SyntheticShapesGenerator
 from dcn.results import RunRecord
 
 TINY_RUN = [
-    "+trainer.fast_dev_run=true",
+    "trainer.fast_dev_run=true",
     "trainer.accelerator=cpu",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.rich_model_summary=null",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
     "data.crop_size=32",
     "data.batch_size=2",
     "data.val_batch_size=2",
@@ -45,10 +45,10 @@ def test_deeplab_synthetic_fast_dev_run(compose_train, deform):
     assert (data["parameters"]["offset_predictor"] > 0) == (deform == "true")
 
 
-def test_seed_exp3_deeplab_voc_fast_dev_run(compose_train, tmp_path):
+def test_deeplab_voc_fast_dev_run(compose_train, tmp_path):
     # A VOC 2012 tree in the real layout (written by the synthetic generator: classes 0..5 of VOC's 21).
     SyntheticShapesGenerator(num_train=2, num_val=2, num_test=1, image_size=40).write(tmp_path / "voc")
-    cfg = compose_train(["experiment=seed_exp3_deeplab_voc", f"data.root={tmp_path / 'voc'}", "backbone.pretrained=null", *TINY_RUN])
+    cfg = compose_train(["experiment=deeplab_voc", f"data.root={tmp_path / 'voc'}", "backbone.pretrained=null", *TINY_RUN])
     assert cfg.backbone.arch == "resnet50" and cfg.backbone.deform.enabled and cfg.trainer.max_epochs == 30
     assert cfg.data._target_ == "dcn.datamodules.VOCSegDataModule" and cfg.task.head_lr_mult == 10.0
     data = _run(cfg)

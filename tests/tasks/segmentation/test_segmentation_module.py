@@ -117,10 +117,11 @@ def test_class_table_marks_undefined_classes():
     scores = scores_from_confusion(torch.tensor([[3, 1, 0], [0, 4, 0], [0, 0, 0]]))
     table = format_class_table(["bg", "cat", "dog"], scores)
     lines = table.splitlines()
-    assert lines[1].split() == ["bg", "75.00", "75.00"]
-    assert lines[2].split() == ["cat", "80.00", "100.00"]
+    assert lines[1].split() == ["bg", "0.7500", "0.7500"]
+    assert lines[2].split() == ["cat", "0.8000", "1.0000"]
     assert lines[3].split() == ["dog", "-", "-"]
-    assert lines[4].split()[0] == "mean" and float(lines[4].split()[1]) == pytest.approx(77.5)
+    assert lines[4].split()[0] == "mean" and float(lines[4].split()[1]) == pytest.approx(0.775)
+    assert lines[5] == "pixel accuracy 0.8750"  # fractions, as every metric dcn prints
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
-"""``python -m dcn.track``: rebuild a run's tracker from its config and checkpoint, track a VOT-layout sequence."""
+"""``python -m dcn.track``: rebuild a run's tracker from its config and checkpoint, track a VOT-layout sequence,
+draw frames captioned with their number and IoU."""
 
 from __future__ import annotations
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
@@ -58,3 +60,39 @@ def test_got10k_format_and_bad_checkpoints(run_dir, tmp_path):
         track.build_task(broken)
     with pytest.raises(FileNotFoundError, match="--config"):
         track.build_task(tmp_path / "elsewhere.ckpt")
+
+
+def test_frames_carry_their_number_and_iou(run_dir, tmp_path, monkeypatch):
+    from dcn.geometry.boxes import box_overlap, xywh_to_cxcywh
+
+    SyntheticTracksGenerator(num_train=1, num_val=1, num_test=1, num_frames=5, image_size=[160, 120]).write(tmp_path / "data")
+    sequence = tmp_path / "data" / "test" / "seq_0000"
+    captions, caption = [], track.frame_caption
+
+    def spy(index, count, iou):  # the captions run() draws
+        captions.append(caption(index, count, iou))
+        return captions[-1]
+
+    monkeypatch.setattr(track, "frame_caption", spy)
+    summary = track.main([str(run_dir / "checkpoints" / "last.ckpt"), str(sequence), "--output", str(tmp_path / "out"),
+                          "--frames", str(tmp_path / "frames")])
+
+    def boxes(path):
+        return torch.tensor([[float(v) for v in line.split(",")] for line in path.read_text().splitlines()])
+
+    expected = box_overlap(xywh_to_cxcywh(boxes(tmp_path / "out" / "seq_0000.txt")),
+                           xywh_to_cxcywh(boxes(sequence / "groundtruth.txt"))).tolist()
+    assert summary["iou"] == pytest.approx(expected, abs=1e-3) and summary["iou"][0] == pytest.approx(1.0)
+    assert captions == [f"frame {t + 1}/5  IoU {iou:.2f}" for t, iou in enumerate(summary["iou"])]
+    frames = sorted((tmp_path / "frames").glob("*.png"))
+    assert [f.name for f in frames] == [f"{t:08d}.png" for t in range(1, 6)]
+    for frame in frames:
+        corner = np.asarray(Image.open(frame).convert("RGB"))[:12, :90].astype(int)
+        grey = (corner.max(-1) - corner.min(-1)) <= 8  # the coloured frame is covered by black and white
+        assert grey.all()
+        assert (corner.max(-1) < 30).mean() > 0.5 and (corner.min(-1) > 200).any()  # white text on black
+
+
+def test_frame_caption_without_ground_truth():
+    assert track.frame_caption(0, 120, 0.7149) == "frame 1/120  IoU 0.71"
+    assert track.frame_caption(9, 120, None) == "frame 10/120  IoU n/a"

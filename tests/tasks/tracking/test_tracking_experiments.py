@@ -11,12 +11,12 @@ import train
 from dcn.datamodules.synthetic.tracks import SyntheticTracksGenerator
 from dcn.results import RunRecord
 
-ONE_BATCH = ["trainer=cpu", "+trainer.fast_dev_run=1", "callbacks.rich_progress_bar=null", "logger=[]"]
+ONE_BATCH = ["trainer=cpu", "trainer.fast_dev_run=1", "callbacks.progress_bar=null", "logger=[]"]
 # One real (tiny) epoch instead of fast_dev_run: the best checkpoint is written and train.py tests it, so
 # checkpoints must load with torch.load(weights_only=True) (plain hyper-parameters).
 ONE_STEP_EPOCH = [
-    "trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
-    "callbacks.rich_progress_bar=null", "logger=[]",
+    "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+    "callbacks.progress_bar=null", "logger=[]",
 ]  # fmt: skip
 TINY_GENERATOR = dict(num_train=4, num_val=1, num_test=1, num_frames=14, image_size=[96, 72], distractors=[1, 1])
 TEST_METRICS = {"test/accuracy", "test/failures", "test/success_auc", "test/precision20"}
@@ -45,12 +45,12 @@ def test_siamrpn_synthetic_trains_checkpoints_and_tests_the_best_checkpoint(comp
 
 
 @pytest.mark.slow
-def test_seed_exp4_fast_dev_run_on_a_vot_layout_root(compose_train, tmp_path):
+def test_siamrpn_vot_fast_dev_run_on_a_vot_layout_root(compose_train, tmp_path):
     # A VOT-layout root with 4 sequences (the generator's train split), at the experiment's 127/255 crops.
     SyntheticTracksGenerator(**{**TINY_GENERATOR, "image_size": [128, 96]}).write(tmp_path / "data")
-    cfg = compose_train(ONE_BATCH + ["experiment=seed_exp4_siamrpn_vot", "backbone.pretrained=null"])
+    cfg = compose_train(ONE_BATCH + ["experiment=siamrpn_vot", "backbone.pretrained=null"])
     with open_dict(cfg):
         cfg.data.update(root=str(tmp_path / "data" / "train"), batch_size=2, num_workers=0, max_test_frames=4)
     record = _run(cfg, tmp_path)
     assert TEST_METRICS <= set(record["metrics"])
-    assert record["experiment_name"] == "seed_exp4_siamrpn_vot"
+    assert record["experiment_name"] == "siamrpn_vot"

@@ -8,7 +8,7 @@ import torch
 from dcn.backbones import ResNetBackbone
 from dcn.tasks.tracking.loss import siamrpn_loss
 from dcn.tasks.tracking.model import ResponseGeometry, SiamRPN
-from dcn.tasks.tracking.rpn_head import xcorr_depthwise, xcorr_full
+from dcn.tasks.tracking.rpn_head import UpChannelRPNHead, xcorr_depthwise, xcorr_full
 from dcn.tasks.tracking.targets import AnchorTargets, anchor_targets
 
 
@@ -72,14 +72,70 @@ def test_model_rejects_wrong_stride_and_wrong_patch_sizes():
         small_model()(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 127, 127))
 
 
-def test_correlations_match_a_loop():
-    search, kernel = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 3, 3)
-    out = xcorr_depthwise(search, kernel)
-    assert out.shape == (2, 3, 4, 4)
-    expected = (search[1, 2, 1:4, 2:5] * kernel[1, 2]).sum()
-    torch.testing.assert_close(out[1, 2, 1, 2], expected)
-    full = xcorr_full(search, torch.randn(2, 4 * 3, 3, 3))
-    assert full.shape == (2, 4, 4, 4)
+def _xcorr_depthwise_loop(search, kernel):
+    """out[b, c, i, j] = sum_{u, v} search[b, c, i + u, j + v] * kernel[b, c, u, v], element by element."""
+    (b_, c_, h, w), (kh, kw) = search.shape, kernel.shape[2:]
+    out = torch.empty(b_, c_, h - kh + 1, w - kw + 1, dtype=search.dtype)
+    for b in range(b_):
+        for c in range(c_):
+            for i in range(h - kh + 1):
+                for j in range(w - kw + 1):
+                    out[b, c, i, j] = (search[b, c, i : i + kh, j : j + kw] * kernel[b, c]).sum()
+    return out
+
+
+def _xcorr_full_loop(search, kernel):
+    """out[b, o, i, j] = sum_{c, u, v} search[b, c, i + u, j + v] * kernel[b, o * C + c, u, v]: output o
+    of sample b correlates all C search channels with that sample's kernel channels o*C .. o*C + C - 1
+    (SiamRPN's layout: the template conv's channels grouped by output), element by element."""
+    (b_, c_, h, w), (kh, kw) = search.shape, kernel.shape[2:]
+    o_ = kernel.shape[1] // c_
+    out = torch.empty(b_, o_, h - kh + 1, w - kw + 1, dtype=search.dtype)
+    for b in range(b_):
+        for o in range(o_):
+            for i in range(h - kh + 1):
+                for j in range(w - kw + 1):
+                    out[b, o, i, j] = (search[b, :, i : i + kh, j : j + kw] * kernel[b, o * c_ : (o + 1) * c_]).sum()
+    return out
+
+
+def test_correlations_match_a_loop_on_every_element():
+    # float64, a non-square search and kernel (a transposed or flipped kernel differs), and samples
+    # with their own kernels (mixing samples differs).
+    g = torch.Generator().manual_seed(0)
+    search = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+    kernel = torch.randn(2, 3, 2, 3, generator=g, dtype=torch.float64)
+    depthwise = xcorr_depthwise(search, kernel)
+    assert depthwise.shape == (2, 3, 5, 5)
+    torch.testing.assert_close(depthwise, _xcorr_depthwise_loop(search, kernel), rtol=1e-12, atol=1e-12)
+
+    kernels = torch.randn(2, 4 * 3, 2, 3, generator=g, dtype=torch.float64)  # O = 4 outputs
+    full = xcorr_full(search, kernels)
+    assert full.shape == (2, 4, 5, 5)
+    torch.testing.assert_close(full, _xcorr_full_loop(search, kernels), rtol=1e-12, atol=1e-12)
+
+
+def test_correlations_refuse_mismatched_inputs():
+    with pytest.raises(ValueError, match="differ in batch or channels"):
+        xcorr_depthwise(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="O \\* 3"):
+        xcorr_full(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3))
+
+
+def test_upchannel_head_is_the_full_correlation_of_its_convolutions():
+    # The head wires the template convs' O*C channels into xcorr_full: its outputs, built here from
+    # its own convolutions and the loop, pin which channels correlate with what.
+    head = UpChannelRPNHead(num_anchors=2, in_channels=3).double().eval()
+    g = torch.Generator().manual_seed(1)
+    template = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64)
+    search = torch.randn(2, 3, 9, 9, generator=g, dtype=torch.float64)
+    cls, loc = head(template, search)
+    with torch.no_grad():
+        expected_cls = _xcorr_full_loop(head.search_cls(search), head.template_cls(template))
+        expected_loc = head.loc_adjust(_xcorr_full_loop(head.search_loc(search), head.template_loc(template)))
+    assert cls.shape == (2, 2, 5, 5) and loc.shape == (2, 8, 5, 5)
+    torch.testing.assert_close(cls, expected_cls, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loc, expected_loc, rtol=1e-12, atol=1e-12)
 
 
 def test_loss_is_finite_for_any_box_and_decreases_on_a_tiny_batch():

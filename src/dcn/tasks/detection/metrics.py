@@ -1,14 +1,15 @@
 """The detection metrics a run reports, behind one ``update`` / ``compute``.
 
 - ``"voc"``: PASCAL VOC AP per class at each IoU threshold (:class:`~dcn.tasks.detection.voc_ap.VOCMeanAP`;
-  difficult objects ignored; all-point interpolation, or VOC2007's 11-point), logged as ``mAP50``,
-  ``mAP70``, ... (mean over classes with ground truth).
+  difficult objects ignored; all-point interpolation, or VOC2007's 11-point), logged as ``mAP<t>`` per
+  IoU threshold t (``mAP50``, ``mAP70``, ...; mean over classes with ground truth).
 - ``"coco"``: COCO AP through torchmetrics' ``MeanAveragePrecision`` (pycocotools or
   faster-coco-eval), logged as ``coco/mAP`` (IoU 0.5:0.95), ``coco/mAP50``, ``coco/mAP75``,
   ``coco/mAP_small|medium|large`` and ``coco/mAR100``. Crowd boxes (``iscrowd``; for VOC-style
   targets the ``difficult`` ones) are ignored as COCO does.
 
-``mAP`` is the first kind's headline number: VOC mAP at the first threshold, or COCO mAP@[.5:.95].
+``mAP`` is the first kind's headline number: VOC mAP at the first threshold, or COCO mAP@[.5:.95];
+the key it stands for is not logged twice (with the defaults: ``mAP`` and ``mAP70``, no ``mAP50``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ class DetectionMetrics(nn.Module):
         if self.coco is not None:
             result = self.coco.compute()
             scalars.update({name: result[key].float() for key, name in _COCO_KEYS.items()})
-        headline = voc_result["mAP"] if self.kinds[0] == "voc" else scalars["coco/mAP"]
+        if self.kinds[0] == "voc":
+            headline_key = f"mAP{round(100 * float(self.voc.iou_thresholds[0]))}"
+        else:
+            headline_key = "coco/mAP"
+        headline = scalars.pop(headline_key)  # logged once, as mAP
         return {"mAP": headline.float(), **{k: v.float() for k, v in scalars.items()}}, voc_result
 
     def reset(self) -> None:

@@ -1,5 +1,7 @@
 """Validation pictures for detection: each image twice, with its true boxes (left) and the
-predicted boxes above a score threshold (right), labelled with class names (and scores).
+predicted boxes above a score threshold (right), labelled with class names (and scores). Labels are
+dark text on a box filled with the box's colour, inside the box's top-left corner, so they read on
+any image (torchvision >= 0.23: ``draw_bounding_boxes(fill_labels=True)``).
 
 Drawn by :meth:`DetectionTask.validation_picture` for the ValidationPictures callback, and by
 ``python -m dcn.detect``.
@@ -19,6 +21,7 @@ __all__ = ["class_name", "detection_grid", "draw_predictions"]
 _TRUE_COLOUR = (40, 200, 60)
 _PRED_COLOUR = (230, 40, 40)
 _DIFFICULT_COLOUR = (240, 200, 40)
+_LABEL_TEXT_COLOUR = (0, 0, 0)  # on the three box colours above, black reads best (contrast >= 4.5)
 
 
 def _uint8(image: Tensor) -> Tensor:
@@ -27,7 +30,8 @@ def _uint8(image: Tensor) -> Tensor:
 
 def _draw(image: Tensor, boxes: Tensor, labels: List[str], colours: List[tuple]) -> np.ndarray:
     if len(boxes):
-        image = draw_bounding_boxes(image, boxes.detach().float().cpu(), labels=labels, colors=colours, width=2)
+        image = draw_bounding_boxes(image, boxes.detach().float().cpu(), labels=labels, colors=colours, width=2,
+                                    fill_labels=True, label_colors=_LABEL_TEXT_COLOUR)
     return image.permute(1, 2, 0).numpy()
 
 
@@ -40,7 +44,7 @@ def draw_predictions(
     image: Tensor, prediction: Dict[str, Tensor], class_names: Sequence[str], score_threshold: float = 0.5
 ) -> np.ndarray:
     """``image`` (Tensor[3, H, W] in [0, 1]) with the predicted boxes scoring at least
-    ``score_threshold`` drawn in red, labelled "<class> <score>": uint8 array[H, W, 3]."""
+    ``score_threshold`` drawn in red, labelled "<class> <score>" in black on red: uint8 array[H, W, 3]."""
     keep = prediction["scores"] >= score_threshold
     labels = prediction["labels"][keep].tolist()
     scores = prediction["scores"][keep].tolist()

@@ -9,7 +9,9 @@ Computed as the VOC devkit (``VOCevaldet.m``) and py-faster-rcnn's ``voc_eval.py
    the order within an image). The devkit's MATLAB ``sort`` is stable too; py-faster-rcnn's
    ``np.argsort`` is not, so it may break ties differently.
 3. Each detection, in that order, is compared with the GT boxes of class ``c`` *in its own image* and
-   takes the one of highest IoU (the first one listed among equals). If that IoU is ``>= t`` (the
+   takes the one of highest IoU; among equal IoUs the first one listed wins (the devkit keeps a GT
+   only on a strict ``ov > ovmax``, ``voc_eval.py``'s ``np.argmax`` returns the first maximum), which
+   matters when a tie pairs a difficult with a normal GT. If that IoU is ``>= t`` (the
    official devkit's ``ovmax >= minoverlap``; py-faster-rcnn uses ``>``):
 
    - the GT is difficult: the detection is ignored (neither a true nor a false positive);

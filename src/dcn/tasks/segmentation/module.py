@@ -29,7 +29,8 @@ class SegmentationTask(DcnTask):
     class present in the test split's ground truth or predictions, and a per-class IoU table printed at
     test end. mIoU etc. come from one confusion matrix over the whole split (see
     :mod:`dcn.tasks.segmentation.metrics`). Validation pictures: the first ``num_val_images``
-    validation images with their true and predicted masks (:mod:`dcn.tasks.segmentation.visualization`).
+    validation images with their true and predicted masks and a legend of the class colours
+    (:mod:`dcn.tasks.segmentation.visualization`).
 
     Optimisation: the head's learning rate is ``head_lr_mult`` times the backbone's (the optimizer's
     ``lr``), as DeepLab fine-tunes a pretrained backbone under a freshly initialised head. A scheduler
@@ -125,17 +126,14 @@ class SegmentationTask(DcnTask):
             self.log(f"val/{name}", scores[name].float(), prog_bar=name == "mIoU")
 
     def validation_picture(self, items: Sequence[Tuple[Tensor, Tensor]]) -> Any:
-        """Rows of image | true mask | predicted mask (uint8 pixels (H, W, 3)). Items of different
-        sizes (no validation crop) are drawn one by one and stacked, padded to the widest."""
+        """A figure with a row per item: image | true mask | predicted mask, under column headers and
+        above a legend naming the class colours (:func:`comparison_grid`). Items may differ in size
+        (no validation crop): each is predicted on its own."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-        rows = []
-        for image, mask in items:
-            pred = self(image[None].to(self.device)).argmax(1).cpu()
-            rows.append(comparison_grid(image[None], mask[None], pred, mean, std))  # [3, H, 3W]
-        width = max(r.shape[-1] for r in rows)
-        rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
-        return torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
+        images = [image for image, _ in items]
+        preds = [self(image[None].to(self.device)).argmax(1)[0].cpu() for image in images]
+        return comparison_grid(images, [mask for _, mask in items], preds, mean, std, class_names=self.class_names())
 
     def test_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, logits = self._step(batch)
@@ -163,15 +161,16 @@ class SegmentationTask(DcnTask):
 
 
 def format_class_table(names: Sequence[str], scores: Dict[str, Tensor]) -> str:
-    """A plain-text table: class, IoU and accuracy (``-`` where undefined), then the means."""
+    """A plain-text table: class, IoU and accuracy as fractions, like every metric dcn prints (``-``
+    where undefined: a class absent from truth and predictions), then the means."""
     width = max([len(n) for n in names] + [len("mean")])
-    lines = [f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}"]
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}"]
 
     def fmt(value: float) -> str:
-        return f"{100 * value:7.2f}" if value == value else f"{'-':>7}"
+        return f"{value:6.4f}" if value == value else f"{'-':>6}"
 
     for name, iou, acc in zip(names, scores["iou"].tolist(), scores["class_acc"].tolist()):
         lines.append(f"{name:<{width}}  {fmt(iou)}  {fmt(acc)}")
     lines.append(f"{'mean':<{width}}  {fmt(float(scores['mIoU']))}  {fmt(float(scores['mean_class_acc']))}")
-    lines.append(f"pixel accuracy {fmt(float(scores['pixel_acc'])).strip()} %")
+    lines.append(f"pixel accuracy {fmt(float(scores['pixel_acc'])).strip()}")
     return "\n".join(lines)
