@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops.poolers import _filter_input, _setup_scales
 
+from dcn.ops import _composite_deform_roi_pool
 from dcn.ops._dispatch import BACKENDS, implementation, resolve_backend
 
 __all__ = ["deform_roi_pool", "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
@@ -104,9 +105,26 @@ def _setup_context(ctx, inputs, output):
     ctx.conf = (output_size, spatial_scale, sampling_ratio, gamma, aligned, backend)
 
 
+def _differentiable_backward(grad_out, input, rois, offset, needs, conf):
+    """Gradients that autograd can differentiate again: the op recomposed from differentiable
+    PyTorch operations (:mod:`dcn.ops._composite_deform_roi_pool`) and differentiated by autograd."""
+    with torch.enable_grad():
+        out = _composite_deform_roi_pool.deform_roi_pool(input, rois, offset, *conf[:-1])
+        wanted = [t for t, need in zip((input, offset), needs) if need]
+        found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    grads = []
+    for t, need in zip((input, offset), needs):
+        g = next(found) if need else None
+        grads.append(torch.zeros_like(t) if need and g is None else g)
+    return grads
+
+
 def _backward(ctx, grad_out):
     input, rois, offset = ctx.saved_tensors
     needs = [ctx.needs_input_grad[0], offset is not None and ctx.needs_input_grad[2]]
+    if torch.is_grad_enabled():  # create_graph=True: the gradients must themselves be differentiable
+        g_in, g_off = _differentiable_backward(grad_out, input, rois, offset, needs, ctx.conf)
+        return g_in, None, g_off, None, None, None, None, None, None
     grads = _deform_roi_pool_backward_op(grad_out, input, rois, offset, *ctx.conf, needs)
     g_in, g_off = (g if need else None for g, need in zip(grads, needs))
     # Like roi_align, the boxes get no gradient.
