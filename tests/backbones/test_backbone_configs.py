@@ -14,7 +14,7 @@ from dcn.backbones import Backbone, DeformOptions
 from dcn.ops import DeformConv2dPack
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "src" / "dcn" / "conf" / "backbone"
-EXPECTED = {"seed_net", "resnet18", "resnet34", "resnet50", "resnet101", "vgg11", "vgg16"}
+EXPECTED = {"seed_net", "five_conv_net", "resnet18", "resnet34", "resnet50", "resnet101", "vgg11", "vgg16"}
 
 
 def test_all_backbone_configs_present():

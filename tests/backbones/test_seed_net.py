@@ -1,4 +1,4 @@
-"""The seed's Experiment-1 network: exact size, deform switch, features."""
+"""The original study's Experiment-1 network: exact size, deform switch, features."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backbones: torchvision's generators (and the seed's small net) with a deformable switch.
+"""Backbones: torchvision's generators (and the original study's small net) with a deformable switch.
 
 Every backbone maps ``Tensor[N, C_in, H, W]`` to an ordered dict of feature maps described by
 ``feature_info`` (name, channels, stride), shallow to deep; ``out_channels`` is the deepest
@@ -8,6 +8,7 @@ become :class:`dcn.ops.DeformConv2dPack`.
 
 from dcn.backbones.deformable import DeformOptions, make_deformable
 from dcn.backbones.features import Backbone, FeatureInfo
+from dcn.backbones.five_conv_net import FiveConvNet
 from dcn.backbones.frozen_bn import freeze_batch_norm
 from dcn.backbones.pretrained import LoadReport, load_pretrained
 from dcn.backbones.resnet import ResNetBackbone
@@ -18,6 +19,7 @@ __all__ = [
     "Backbone",
     "DeformOptions",
     "FeatureInfo",
+    "FiveConvNet",
     "LoadReport",
     "ResNetBackbone",
     "SeedNet",

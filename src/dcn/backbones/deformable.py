@@ -13,7 +13,7 @@ Config (``backbone.deform`` in Hydra; also accepted as a plain dict)::
       stages: [4]          # which stages' 3x3 convs become deformable (null: the last stage, as the paper)
       modulated: false     # DCN v2: also predict a sigmoid mask per sampling point
       offset_groups: 1     # input channels split into groups that share one offset field
-      extra_layers: 0      # the seed's variant: N 3x3 conv+BN+ReLU layers after the last stage
+      extra_layers: 0      # the original study's variant: N 3x3 conv+BN+ReLU layers after the last stage
 """
 
 from __future__ import annotations
@@ -176,5 +176,5 @@ def conv_bn_relu(in_channels: int, out_channels: int, *, bias: bool = False) -> 
 
 
 def extra_layers(channels: int, n: int) -> nn.Sequential:
-    """``n`` stride-1 :func:`conv_bn_relu` layers keeping ``channels`` (the seed's appended layers)."""
+    """``n`` stride-1 :func:`conv_bn_relu` layers keeping ``channels`` (the original study's appended layers)."""
     return nn.Sequential(*[conv_bn_relu(channels, channels) for _ in range(n)])

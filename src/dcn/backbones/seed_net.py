@@ -1,4 +1,4 @@
-"""The seed's Experiment-1 network (feature part): four 3x3 conv + BN + ReLU layers, the last deformable.
+"""The original study's Experiment-1 network (feature part): four 3x3 conv + BN + ReLU layers, the last deformable.
 
 ::
 
@@ -12,7 +12,7 @@ The classifier (global average pooling + Linear(128, classes)) belongs to the cl
 with 1 input channel and 10 classes the whole model has exactly 262,876 parameters.
 
 The deform switch works as for the torchvision backbones: ``deform.stages`` picks which of the
-four layers are deformable (default ``[4]``, the seed's choice), ``deform.enabled=false`` leaves
+four layers are deformable (default ``[4]``, the original study's choice), ``deform.enabled=false`` leaves
 ``layer4`` a plain ``nn.Conv2d(128, 128, 3, padding=1, bias=False)`` with the same weight shape.
 """
 
@@ -32,7 +32,7 @@ _WIDTHS = (32, 64, 128, 128)
 
 
 class SeedNet(Backbone):
-    """The seed's small deformable classifier body (see the module docstring).
+    """The original study's small deformable classifier body (see the module docstring).
 
     Args:
         in_channels: channels of the input images (1 for MNIST/digits).
@@ -62,7 +62,7 @@ class SeedNet(Backbone):
 
         widths = (in_channels,) + _WIDTHS
         for i in self.STAGES:
-            # The seed's first three convs carry a bias; the deformable one does not (BN follows).
+            # The original study's first three convs carry a bias; the deformable one does not (BN follows).
             setattr(self, f"layer{i}", conv_bn_relu(widths[i - 1], widths[i], bias=i < 4))
         self.feature_info = [FeatureInfo(f"layer{i}", widths[i], 1) for i in self.STAGES]
         if options.extra_layers:

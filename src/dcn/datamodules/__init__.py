@@ -11,25 +11,28 @@ the configs.
 """
 
 from dcn.datamodules.classification import (ClassificationDataModule, DeformedImageDataset, DigitsDataModule,
-                                            GeometricDeformation, ImageFolderDataModule, MNISTDataModule)
+                                            GeometricDeformation, ImageFolderDataModule, MNISTDataModule,
+                                            ScaledMNISTDataModule)
 from dcn.datamodules.detection import (CocoDetDataModule, DetectionLoaders, SyntheticDetDataModule,
                                        SyntheticDetGenerator, VOCDetDataModule)
 from dcn.datamodules.segmentation import SyntheticSegDataModule, VOCSegDataModule
 from dcn.datamodules.synthetic import SyntheticShapesGenerator, SyntheticTracksGenerator
-from dcn.datamodules.tracking import (GOT10kDataModule, PairSampling, SyntheticVOTDataModule, TrackingDataModule,
-                                      VOTDataModule)
+from dcn.datamodules.tracking import (DetectionPairsDataModule, GOT10kDataModule, PairSampling,
+                                      SyntheticVOTDataModule, TrackingDataModule, VOTDataModule)
 
 __all__ = [
     "ClassificationDataModule",
     "CocoDetDataModule",
     "DeformedImageDataset",
     "DetectionLoaders",
+    "DetectionPairsDataModule",
     "DigitsDataModule",
     "GOT10kDataModule",
     "GeometricDeformation",
     "ImageFolderDataModule",
     "MNISTDataModule",
     "PairSampling",
+    "ScaledMNISTDataModule",
     "SyntheticDetDataModule",
     "SyntheticDetGenerator",
     "SyntheticSegDataModule",

@@ -3,8 +3,15 @@
 Layout read (``root`` holds ``VOCdevkit/VOC<year>/``, or is itself that folder)::
 
     JPEGImages/<id>.jpg                      RGB images
-    SegmentationClass/<id>.png               class-index palette PNGs, 255 = ignore (object borders)
+    SegmentationClass/<id>.png               class-index palette PNGs, 255 = ignore (object borders),
+                                             or RGB pictures in the VOC colour map (``label_format``)
     ImageSets/Segmentation/<split>.txt       one <id> per line (train.txt, val.txt, ...)
+
+Label files (``label_format``, :func:`dcn.datamodules.voc.label_png.read_label_image`): ``index`` reads
+class-index images (palette 'P' or greyscale 'L' PNGs, as VOC ships them); ``rgb_palette`` decodes RGB
+pictures through the VOC colour map of the class list (class k = ``voc_palette()[k]``, cream = 255 =
+ignore), as many derived datasets save them; ``auto`` (default) chooses by each file's image mode. A
+colour outside the map is an error naming the file, the colour and a pixel where it occurs.
 
 With ``use_sbd`` the training set becomes VOC's "train_aug" (10,582 images for VOC 2012): VOC
 ``train`` plus every image of the Semantic Boundaries Dataset (Hariharan et al., 2011; layout
@@ -30,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from dcn.datamodules.voc.label_png import check_label_values, read_label_png
+from dcn.datamodules.voc.label_png import LABEL_FORMATS, check_label_values, read_label_image
 from dcn.datamodules.voc.layout import VOC_OBJECT_CLASSES, resolve_voc_dir
 from dcn.images import IMAGENET_MEAN, IMAGENET_STD, read_image_array
 from dcn.datamodules.segmentation.transforms import (
@@ -81,6 +88,7 @@ class VOCSegDataset(Dataset):
         transform: joint ``(Image, Mask) -> (image, mask)`` transform (see
             :mod:`dcn.datamodules.segmentation.transforms`); None returns ``uint8[3, H, W]`` and
             ``uint8[H, W]``.
+        label_format: how PNG labels are read: ``auto`` | ``index`` | ``rgb_palette`` (module docstring).
     """
 
     def __init__(
@@ -89,9 +97,13 @@ class VOCSegDataset(Dataset):
         labels: Sequence[Path],
         num_classes: int,
         transform: Optional[Callable] = None,
+        label_format: str = "auto",
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if label_format not in LABEL_FORMATS:
+            raise ValueError(f"data.label_format must be one of {list(LABEL_FORMATS)}, got {label_format!r}")
+        self.label_format = label_format
         self.images = [Path(p) for p in images]
         self.labels = [Path(p) for p in labels]
         self.num_classes = num_classes
@@ -109,7 +121,7 @@ class VOCSegDataset(Dataset):
             label = read_sbd_label(label_path)
             check_label_values(label, self.num_classes, label_path)
         else:
-            label = read_label_png(label_path, self.num_classes)
+            label = read_label_image(label_path, self.num_classes, self.label_format)
         if tuple(image.shape[-2:]) != label.shape:
             raise ValueError(
                 f"{label_path}: label size {label.shape} differs from its image {image_path} "
@@ -136,6 +148,7 @@ class VOCSegDataModule(L.LightningDataModule):
         sbd_root: SBD folder (``img/``, ``cls/``, ``train.txt``, ``val.txt``); None = ``<root>/SBD``.
         num_classes, class_names: the classes (index 0 first). Both None: VOC's 21. Only
             ``num_classes``: names ``class_0``..; only ``class_names``: their count. Both: must agree.
+        label_format: ``auto`` | ``index`` | ``rgb_palette``: how label PNGs are read (module docstring).
         train_split, val_split, test_split: split file names under ``ImageSets/Segmentation``. VOC
             2012's test labels are not public, so testing uses ``val`` by default.
         crop_size: training crop (int or [h, w]); images smaller after scaling are padded (mean / 255).
@@ -158,6 +171,7 @@ class VOCSegDataModule(L.LightningDataModule):
         sbd_root: Optional[os.PathLike | str] = None,
         num_classes: Optional[int] = None,
         class_names: Optional[Sequence[str]] = None,
+        label_format: str = "auto",
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "val",
@@ -185,6 +199,9 @@ class VOCSegDataModule(L.LightningDataModule):
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"data.mean and data.std need 3 values (RGB), got {list(mean)} and {list(std)}")
         self._class_names = _class_list(num_classes, class_names)
+        if label_format not in LABEL_FORMATS:
+            raise ValueError(f"data.label_format must be one of {list(LABEL_FORMATS)}, got {label_format!r}")
+        self.label_format = label_format
         self.root = Path(root)
         self.year = str(year)
         self.download = download
@@ -292,7 +309,7 @@ class VOCSegDataModule(L.LightningDataModule):
                     raise FileNotFoundError(
                         f"{path} is listed in the {stage} split ({self.splits[stage]!r}) but does not exist"
                     )
-        return VOCSegDataset(images, labels, self.num_classes, transform)
+        return VOCSegDataset(images, labels, self.num_classes, transform, self.label_format)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", self.batch_size, shuffle=True, drop_last=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from dcn.tasks.base import DcnTask
@@ -29,6 +29,11 @@ class ClassificationTask(DcnTask):
     correct samples) and, with at least 10 classes, ``{val,test}/acc_top5``; per step:
     ``train/loss_step``. Validation pictures: the first ``num_val_images`` validation images with
     their predicted / true class.
+
+    Several test sets (a datamodule whose ``test_dataloader`` returns a list, e.g. one per digit scale
+    in ``mnist_scaled``): each set ``k`` logs ``test/acc_<name_k>`` (top-1), with names from the
+    datamodule's ``test_set_names`` (else ``set0``, ``set1``, ...); ``test/loss``, ``test/acc`` and
+    ``test/acc_top5`` pool every sample of every set (for sets of equal size: the mean over sets).
 
     Args:
         backbone: a dcn backbone: ``forward`` returns an ordered dict of features (the last is pooled),
@@ -70,6 +75,10 @@ class ClassificationTask(DcnTask):
         top5 = num_classes >= _TOP5_MIN_CLASSES
         self.val_metrics = _accuracy_metrics(num_classes, top5=top5, prefix="val/")
         self.test_metrics = _accuracy_metrics(num_classes, top5=top5, prefix="test/")
+        # Several test sets: built per test run, when their number and names are known (on_test_epoch_start).
+        self._set_names: List[str] = []
+        self._set_metrics: Dict[str, MulticlassAccuracy] = {}
+        self._pooled_test_loss: Optional[MeanMetric] = None
 
     def forward(self, images: Tensor) -> Tensor:
         features = self.backbone(images)
@@ -101,11 +110,46 @@ class ClassificationTask(DcnTask):
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
 
-    def test_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def on_test_epoch_start(self) -> None:
+        loaders = self.trainer.test_dataloaders
+        count = len(loaders) if isinstance(loaders, (list, tuple)) else 1
+        self._set_names, self._set_metrics, self._pooled_test_loss = [], {}, None
+        if count < 2:
+            return
+        names = getattr(self.trainer.datamodule, "test_set_names", None)
+        if names is None or len(names) != count:
+            names = [f"set{k}" for k in range(count)]
+        self._set_names = [str(n) for n in names]
+        classes = self.head.fc.out_features
+        self._set_metrics = {
+            name: MulticlassAccuracy(classes, top_k=1, average="micro").to(self.device)
+            for name in self._set_names
+        }
+        self._pooled_test_loss = MeanMetric().to(self.device)
+
+    def test_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         loss, logits, targets = self._step(batch)
         self.test_metrics.update(logits, targets)
-        self.log("test/loss", loss, on_step=False, on_epoch=True)
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+        if not self._set_names:
+            self.log("test/loss", loss, on_step=False, on_epoch=True)
+            self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+            return
+        # Several sets: a key logged from several dataloaders would be suffixed per loader by Lightning,
+        # so the metrics are only updated here and logged once, in on_test_epoch_end.
+        self._set_metrics[self._set_names[dataloader_idx]].update(logits, targets)
+        self._pooled_test_loss.update(loss, weight=targets.shape[0])
+
+    def on_test_epoch_end(self) -> None:
+        if not self._set_names:
+            return
+        # Logged from the epoch-end hook, these values reach every test loader's result dict (train.py
+        # records the first) and the loggers once; torchmetrics' compute() already syncs across processes.
+        self.log("test/loss", self._pooled_test_loss.compute())
+        for key, value in self.test_metrics.compute().items():
+            self.log(key, value)
+        self.test_metrics.reset()
+        for name in self._set_names:
+            self.log(f"test/acc_{name}", self._set_metrics[name].compute())
 
     def validation_picture(self, items: Sequence[Tuple[Tensor, Any]]) -> Any:
         images = torch.stack([image for image, _ in items])
