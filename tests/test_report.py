@@ -283,3 +283,36 @@ def test_numbered_job_directories_are_listed_in_numeric_order(tmp_path: Path) ->
         write_run(tmp_path / str(i), deform, seed)
     names = [run.path.name for run in report.find_runs([tmp_path])]
     assert names == [str(i) for i in range(12)]
+
+
+def test_metric_families_are_drawn_as_curves(tmp_path):
+    """test/acc_scale0.5 ... test/acc_scale1.5 (mnist_scaled) become one curve per variant against
+    the scale, with the mean over seeds and its 95% interval."""
+    from dcn import report as R
+
+    families = R.metric_families(["test/acc", "test/acc_scale0.5", "test/acc_scale1.0", "test/acc_scale1.5",
+                                  "test/loss", "test/x_scale1"])
+    assert families == {("test/acc", "scale"): [(0.5, "test/acc_scale0.5"), (1.0, "test/acc_scale1.0"),
+                                                (1.5, "test/acc_scale1.5")]}
+
+    class FakeVariant:
+        def __init__(self, values):
+            self._values, self.completed = values, [object()] * 3
+
+        def values(self, metric):
+            return self._values[metric]
+
+    class FakeReport:
+        names = ["deform off", "deform on"]
+        variants = [FakeVariant({m: [0.5, 0.6, 0.7] for _, m in families[("test/acc", "scale")]}),
+                    FakeVariant({m: [0.8, 0.8, 0.8] for _, m in families[("test/acc", "scale")]})]
+
+    fig = R.family_figure(FakeReport(), "test/acc", "scale", families[("test/acc", "scale")])
+    lines = fig.axes[0].get_lines()
+    assert [list(line.get_xdata()) for line in lines] == [[0.5, 1.0, 1.5]] * 2
+    assert list(lines[0].get_ydata()) == pytest.approx([0.6] * 3) and list(lines[1].get_ydata()) == pytest.approx([0.8] * 3)
+    band = fig.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(0.6 - 4.302653 * 0.1 / 3 ** 0.5, abs=1e-4)  # t(0.975, 2) * std / sqrt(n)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

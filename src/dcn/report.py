@@ -673,6 +673,53 @@ def per_seed_figure(report: Report, metric: str):
     return fig
 
 
+_FAMILY = re.compile(r"^(?P<base>.+)_(?P<axis>[a-z]+)(?P<value>-?\d+(?:\.\d+)?)$")
+
+
+def metric_families(metrics: Iterable[str]) -> Dict[Tuple[str, str], List[Tuple[float, str]]]:
+    """Metrics that are one quantity along an axis, e.g. ``test/acc_scale0.5`` ... ``test/acc_scale1.5``:
+    ``{("test/acc", "scale"): [(0.5, "test/acc_scale0.5"), ...]}`` (families of at least 3 points)."""
+    families: Dict[Tuple[str, str], List[Tuple[float, str]]] = {}
+    for metric in metrics:
+        match = _FAMILY.match(metric)
+        if match:
+            families.setdefault((match["base"], match["axis"]), []).append((float(match["value"]), metric))
+    return {key: sorted(points) for key, points in families.items() if len(points) >= 3}
+
+
+def family_figure(report: Report, base: str, axis: str, points: Sequence[Tuple[float, str]]):
+    """``base`` against ``axis`` (e.g. test accuracy against test scale): per variant the mean over
+    seeds with a 95% t-interval of that mean at every point. A figure."""
+    from scipy import stats
+
+    from dcn.figures import new_figure
+
+    fig, ax = new_figure(figsize=(7, 4.2))
+    xs = [x for x, _ in points]
+    for i, variant in enumerate(report.variants):
+        means, lows, highs = [], [], []
+        for _, metric in points:
+            values = variant.values(metric)
+            mean, std = mean_std(values)
+            half = (stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
+                    if len(values) > 1 and not math.isnan(std) else 0.0)
+            means.append(mean)
+            lows.append(mean - half)
+            highs.append(mean + half)
+        if all(math.isnan(m) for m in means):
+            continue
+        n = len(variant.completed)
+        ax.plot(xs, means, marker="o", color=_colour(i), label=f"{report.names[i]} (n={n})")
+        ax.fill_between(xs, lows, highs, color=_colour(i), alpha=0.2, linewidth=0)
+    ax.set_xlabel(axis)
+    ax.set_ylabel(base)
+    ax.set_title(f"{base} against {axis}: mean over seeds, band = 95% CI of the mean", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(report: Report, out_dir: Path) -> List[Path]:
     """Write into ``out_dir``: ``delta_<metric>.png`` and ``.pdf`` (:func:`difference_figure`),
     ``val_<metric>.png`` (:func:`validation_figure`) and ``test_<metric>.png`` (:func:`per_seed_figure`).
@@ -701,6 +748,8 @@ def write_plots(report: Report, out_dir: Path) -> List[Path]:
             save(fig, metric)
     for metric in report.metrics:
         save(per_seed_figure(report, metric), metric)
+    for (base, axis), points in metric_families(report.metrics).items():
+        save(family_figure(report, base, axis, points), f"curve_{base}_{axis}", pdf=True)
     return written
 
 
@@ -731,8 +780,9 @@ def render_markdown(report: Report, plots: Sequence[Path], sources: Sequence[str
     ]
     pngs = [p for p in plots if p.suffix == ".png"]
     delta_plots = [p for p in pngs if p.name.startswith("delta_")]
+    curve_plots = [p for p in pngs if p.name.startswith("curve_")]
     val_plots = [p for p in pngs if p.name.startswith("val_")]
-    test_plots = [p for p in pngs if p not in delta_plots and p not in val_plots]
+    test_plots = [p for p in pngs if p not in delta_plots and p not in val_plots and p not in curve_plots]
     if delta_plots:
         lines += [
             "## Deformable minus plain",
@@ -742,6 +792,12 @@ def render_markdown(report: Report, plots: Sequence[Path], sources: Sequence[str
             "",
         ]
         for p in delta_plots:
+            pdf = p.with_suffix(".pdf")
+            lines.append(f"![{p.stem}]({p.name})" + (f" ([PDF]({pdf.name}))" if pdf in plots else ""))
+        lines.append("")
+    if curve_plots:
+        lines += ["## Metrics along an axis", ""]
+        for p in curve_plots:
             pdf = p.with_suffix(".pdf")
             lines.append(f"![{p.stem}]({p.name})" + (f" ([PDF]({pdf.name}))" if pdf in plots else ""))
         lines.append("")
