@@ -33,28 +33,22 @@ def _check(boxes: Tensor, name: str = "boxes") -> None:
         raise ValueError(f"{name} must be a Tensor[..., 4], got {shape}")
 
 
-def xywh_to_cxcywh(boxes: Tensor) -> Tensor:
-    """``Tensor[..., 4]`` (x, y, w, h) -> (cx, cy, w, h)."""
-    _check(boxes)
-    return box_convert(boxes, "xywh", "cxcywh")
+def _converter(source: str, target: str):
+    """``Tensor[..., 4]`` boxes in format ``source`` -> format ``target`` (torchvision's box_convert)."""
+
+    def convert(boxes: Tensor) -> Tensor:
+        _check(boxes)
+        return box_convert(boxes, source, target)
+
+    convert.__name__ = convert.__qualname__ = f"{source}_to_{target}"
+    convert.__doc__ = f"``Tensor[..., 4]`` boxes {source} -> {target}."
+    return convert
 
 
-def cxcywh_to_xywh(boxes: Tensor) -> Tensor:
-    """``Tensor[..., 4]`` (cx, cy, w, h) -> (x, y, w, h)."""
-    _check(boxes)
-    return box_convert(boxes, "cxcywh", "xywh")
-
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """``Tensor[..., 4]`` (cx, cy, w, h) -> (x1, y1, x2, y2)."""
-    _check(boxes)
-    return box_convert(boxes, "cxcywh", "xyxy")
-
-
-def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """``Tensor[..., 4]`` (x1, y1, x2, y2) -> (cx, cy, w, h)."""
-    _check(boxes)
-    return box_convert(boxes, "xyxy", "cxcywh")
+xywh_to_cxcywh = _converter("xywh", "cxcywh")
+cxcywh_to_xywh = _converter("cxcywh", "xywh")
+cxcywh_to_xyxy = _converter("cxcywh", "xyxy")
+xyxy_to_cxcywh = _converter("xyxy", "cxcywh")
 
 
 def polygon_to_xywh(polygon: Tensor) -> Tensor:

@@ -7,10 +7,12 @@ from typing import List, Optional
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from dcn.datamodules.loaders import LoaderOptions
+
 __all__ = ["ClassificationDataModule"]
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(LoaderOptions, L.LightningDataModule):
     """Base for datamodules whose batches are ``(images, targets)``.
 
     ``images`` is Tensor[B, C, H, W] float32 with ``C == in_channels``; ``targets`` is Tensor[B] int64
@@ -25,13 +27,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.set_loader_options(batch_size, num_workers=num_workers, pin_memory=pin_memory)
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
@@ -61,14 +57,5 @@ class ClassificationDataModule(L.LightningDataModule):
         return self._loader(self.test_set, "test", shuffle=False)
 
     def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: the {split} split is not set up; call setup() first")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.split_loader(dataset, split, self.batch_size, shuffle)
 

@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from dcn.datamodules.loaders import LoaderOptions
+
 __all__ = [
     "DetectionLoaders",
     "RandomHorizontalFlip",
@@ -156,7 +158,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-class DetectionLoaders(L.LightningDataModule):
+class DetectionLoaders(LoaderOptions, L.LightningDataModule):
     """The train / val / test dataloaders every detection datamodule shares: ``train_dataset`` shuffled,
     the others in order, nothing dropped, batches collated by :func:`detection_collate`. Subclasses call
     :meth:`set_loader_options` in ``__init__`` and set ``train_dataset``, ``val_dataset`` and
@@ -165,16 +167,6 @@ class DetectionLoaders(L.LightningDataModule):
     train_dataset: Optional[Dataset] = None
     val_dataset: Optional[Dataset] = None
     test_dataset: Optional[Dataset] = None
-
-    def set_loader_options(self, batch_size: int, val_batch_size: int, num_workers: int, pin_memory: bool) -> None:
-        """Check and keep the DataLoader options (errors name the ``data.*`` key)."""
-        for key, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if value < 1:
-                raise ValueError(f"data.{key} must be >= 1, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", self.batch_size, shuffle=True)
@@ -186,15 +178,4 @@ class DetectionLoaders(L.LightningDataModule):
         return self._loader(self.test_dataset, "test", self.val_batch_size, shuffle=False)
 
     def _loader(self, dataset: Optional[Dataset], stage: str, batch_size: int, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: the {stage} split is not set up; call setup() first")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=detection_collate,
-        )
+        return self.split_loader(dataset, stage, batch_size, shuffle, collate_fn=detection_collate)

@@ -21,7 +21,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 from PIL import Image
 
@@ -182,39 +182,21 @@ class SyntheticDetDataModule(GeneratedDataset, VOCDetDataModule):
     Args:
         cache_dir: where generated datasets are kept (one sub-folder per parameter set).
         generator: a :class:`SyntheticDetGenerator` (None: its defaults).
-        use_difficult_in_training, flip, batch_size, val_batch_size, num_workers, pin_memory: as for
-            :class:`VOCDetDataModule`.
+        **options: the arguments of :class:`VOCDetDataModule` other than the layout
+            (``use_difficult_in_training``, ``flip``, ``batch_size``, ``val_batch_size``, ``num_workers``,
+            ``pin_memory``); the defaults are :attr:`DEFAULTS`.
     """
 
     CACHE_PREFIX = "det"
     GENERATOR_VERSION = 1
     GENERATOR_TYPE = SyntheticDetGenerator
     DESCRIPTION = "synthetic_det: {total} images"
+    DEFAULTS = dict(batch_size=4, val_batch_size=4, num_workers=0)
 
-    def __init__(
-        self,
-        cache_dir: os.PathLike | str,
-        generator: Optional[SyntheticDetGenerator] = None,
-        use_difficult_in_training: bool = False,
-        flip: bool = True,
-        batch_size: int = 4,
-        val_batch_size: int = 4,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-    ) -> None:
+    def __init__(self, cache_dir: os.PathLike | str, generator: Optional[SyntheticDetGenerator] = None,
+                 **options: Any) -> None:
         root = self._init_generated(cache_dir, generator)
-        super().__init__(
-            root=root,
-            download=False,
-            train_sets=("2012/train",),
-            val_sets=("2012/val",),
-            test_sets=("2012/test",),
-            class_names=self.generator.shapes,
-            use_difficult_in_training=use_difficult_in_training,
-            flip=flip,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
+        sets = dict(train_sets=("2012/train",), val_sets=("2012/val",), test_sets=("2012/test",))
+        super().__init__(root=root, download=False, class_names=self.generator.shapes, **sets,
+                         **{**self.DEFAULTS, **options})
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 from dcn.datamodules.synthetic.cache import GeneratedDataset
-from dcn.images import IMAGENET_MEAN, IMAGENET_STD
 from dcn.datamodules.synthetic.shapes import SyntheticShapesGenerator
 from dcn.datamodules.segmentation.voc import VOCSegDataModule
 
@@ -31,47 +30,22 @@ class SyntheticSegDataModule(GeneratedDataset, VOCSegDataModule):
     Args:
         cache_dir: where generated datasets are kept (one sub-folder per parameter set).
         generator: a :class:`SyntheticShapesGenerator` (or None for its defaults).
-        crop_size, scale_range, flip, val_crop_size, mean, std, batch_size, val_batch_size,
-            num_workers, pin_memory: as for :class:`VOCSegDataModule`.
+        **options: the loader and augmentation arguments of :class:`VOCSegDataModule` (``crop_size``,
+            ``scale_range``, ``flip``, ``val_crop_size``, ``mean``, ``std``, ``batch_size``, ...); the
+            defaults are :attr:`DEFAULTS` (small crops and batches for the small generated images).
     """
 
     CACHE_PREFIX = "shapes"
     GENERATOR_VERSION = 1
     GENERATOR_TYPE = SyntheticShapesGenerator
     DESCRIPTION = "synthetic_seg: {total} images"
+    DEFAULTS = dict(crop_size=96, scale_range=(0.75, 1.5), val_crop_size=None, batch_size=16, val_batch_size=16,
+                    num_workers=0)
 
-    def __init__(
-        self,
-        cache_dir: os.PathLike | str,
-        generator: Optional[SyntheticShapesGenerator] = None,
-        crop_size: int | Sequence[int] = 96,
-        scale_range: Optional[Sequence[float]] = (0.75, 1.5),
-        flip: bool = True,
-        val_crop_size: Optional[int | Sequence[int]] = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        batch_size: int = 16,
-        val_batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-    ) -> None:
+    def __init__(self, cache_dir: os.PathLike | str, generator: Optional[SyntheticShapesGenerator] = None,
+                 **options: Any) -> None:
         root = self._init_generated(cache_dir, generator)
-        super().__init__(
-            root=root,
-            download=False,
-            class_names=self.generator.class_names,
-            train_split="train",
-            val_split="val",
-            test_split="test",
-            crop_size=crop_size,
-            scale_range=scale_range,
-            flip=flip,
-            val_crop_size=val_crop_size,
-            mean=mean,
-            std=std,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
+        splits = dict(train_split="train", val_split="val", test_split="test")
+        super().__init__(root=root, download=False, class_names=self.generator.class_names, **splits,
+                         **{**self.DEFAULTS, **options})
 

@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
+from dcn.datamodules.loaders import LoaderOptions
 from dcn.datamodules.voc.label_png import LABEL_FORMATS, check_label_values, read_label_image
 from dcn.datamodules.voc.layout import VOC_OBJECT_CLASSES, resolve_voc_dir
 from dcn.images import IMAGENET_MEAN, IMAGENET_STD, read_image_array
@@ -136,7 +137,7 @@ class VOCSegDataset(Dataset):
         return image.as_subclass(Tensor), mask.as_subclass(Tensor)
 
 
-class VOCSegDataModule(L.LightningDataModule):
+class VOCSegDataModule(LoaderOptions, L.LightningDataModule):
     """PASCAL VOC-layout semantic segmentation (see the module docstring for the layout).
 
     Args:
@@ -192,10 +193,6 @@ class VOCSegDataModule(L.LightningDataModule):
                 f"data.batch_size must be >= 2 for training (BatchNorm after ASPP's image pooling sees one "
                 f"value per channel and sample), got {batch_size}"
             )
-        if val_batch_size < 1:
-            raise ValueError(f"data.val_batch_size must be >= 1, got {val_batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"data.mean and data.std need 3 values (RGB), got {list(mean)} and {list(std)}")
         self._class_names = _class_list(num_classes, class_names)
@@ -212,8 +209,7 @@ class VOCSegDataModule(L.LightningDataModule):
         # Built now so a bad crop size or scale range fails at construction, not in a worker.
         self.train_transform = train_transform(crop_size, scale_range, flip, self.mean, self.std)
         self.eval_transform = eval_transform(val_crop_size, self.mean, self.std)
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.set_loader_options(batch_size, val_batch_size, num_workers, pin_memory, min_batch_size=2)
         self.train_set: Optional[VOCSegDataset] = None
         self.val_set: Optional[VOCSegDataset] = None
         self.test_set: Optional[VOCSegDataset] = None
@@ -320,22 +316,11 @@ class VOCSegDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", self.val_batch_size, shuffle=False)
 
-    def _loader(
-        self, dataset: Optional[Dataset], stage: str, batch_size: int, shuffle: bool, drop_last: bool = False
-    ) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: the {stage} split is not set up; call setup() first")
+    def _loader(self, dataset: Optional[Dataset], stage: str, batch_size: int, shuffle: bool,
+                drop_last: bool = False) -> DataLoader:
         # drop_last in training: a last batch of one sample would break the ASPP pooling BatchNorm.
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last and len(dataset) >= batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=pad_collate,
-        )
+        drop_last = drop_last and dataset is not None and len(dataset) >= batch_size
+        return self.split_loader(dataset, stage, batch_size, shuffle, drop_last, collate_fn=pad_collate)
 
 
 def _class_list(num_classes: Optional[int], class_names: Optional[Sequence[str]]) -> List[str]:

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import lightning as L
 from torch.utils.data import DataLoader
 
+from dcn.datamodules.loaders import LoaderOptions
 from dcn.datamodules.tracking.pairs import PairSampling, SequenceDataset, TrackingPairDataset
 from dcn.datamodules.tracking.sequence import TrackingSequence
 
@@ -26,7 +27,7 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
-class TrackingDataModule(L.LightningDataModule):
+class TrackingDataModule(LoaderOptions, L.LightningDataModule):
     """Base class: subclasses implement ``load_split(split) -> list[TrackingSequence]`` for
     ``"train"``, ``"val"`` and ``"test"``.
 
@@ -60,14 +61,13 @@ class TrackingDataModule(L.LightningDataModule):
         self.pairs = pairs if pairs is not None else PairSampling()
         if not isinstance(self.pairs, PairSampling):
             raise TypeError(f"data.pairs must be a mapping of PairSampling fields, got {type(pairs).__name__}")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         for key, value in (("max_test_frames", max_test_frames), ("max_test_sequences", max_test_sequences)):
             if value is not None and value < 1:
                 raise ValueError(f"data.{key} must be >= 1 or null, got {value}")
         self.train_pairs, self.val_pairs = train_pairs, val_pairs
         self.max_test_frames, self.max_test_sequences = max_test_frames, max_test_sequences
-        self.batch_size, self.num_workers, self.pin_memory, self.val_seed = batch_size, num_workers, pin_memory, val_seed
+        self.set_loader_options(batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        self.val_seed = val_seed
         self.sequences: Dict[str, List[TrackingSequence]] = {}
 
     def load_split(self, split: str) -> List[TrackingSequence]:  # pragma: no cover - abstract
@@ -83,10 +83,7 @@ class TrackingDataModule(L.LightningDataModule):
         if not self.sequences.get(split):
             raise ValueError(f"{type(self).__name__}: the {split} split has no sequence")
         dataset = TrackingPairDataset(self.sequences[split], length, self.pairs, seed)
-        return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=False,
-        )  # fmt: skip
+        return self.split_loader(dataset, split, self.batch_size, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._pairs_loader("train", self.train_pairs, None, shuffle=False)  # items are random already
