@@ -7,12 +7,13 @@ DeepLab, FPN, SiamRPN) can be built before any data flows.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-__all__ = ["FeatureInfo", "Backbone"]
+__all__ = ["FeatureInfo", "Backbone", "SequentialBackbone"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,51 @@ class Backbone(nn.Module):
                 f"{type(self).__name__} was built for in_channels={self.in_channels} but the input has "
                 f"{x.shape[1]} channels (shape {tuple(x.shape)}); set the backbone's in_channels to match the data"
             )
+
+
+class SequentialBackbone(Backbone):
+    """A small backbone whose feature levels run one after another (``layer1``, ``layer2``, ...,
+    optionally ``extra``), each feeding the next: the shared steps of dcn's small nets (seed_net,
+    five_conv_net). A subclass calls :meth:`_begin` first, adds its layers and ``feature_info``, then
+    :meth:`_finish`."""
+
+    NAME: str = "backbone"  # for error messages and DeformOptions.for_arch
+
+    def _begin(self, in_channels: int, deform: Any, stages: Tuple[int, ...]):
+        """Check ``in_channels``, read the ``deform`` block; returns the DeformOptions."""
+        from dcn.backbones.deformable import DeformOptions
+
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        options = DeformOptions.coerce(deform).for_arch(stages, self.NAME)
+        self.in_channels = in_channels
+        self.deform_options = options
+        return options
+
+    def _finish(self, pretrained: Optional[str]) -> None:
+        """Make the chosen layers deformable, then load ``pretrained`` weights (a path) if any."""
+        from dcn.backbones.deformable import make_deformable
+
+        options = self.deform_options
+        self.deformable_layers: List[str] = []
+        if options.enabled:
+            names = [f"layer{i}" for i in options.stages] + (["extra"] if options.extra_layers else [])
+            self.deformable_layers = make_deformable(self, names, options)
+        self.pretrained_report = None  # a LoadReport when weights were loaded
+        if pretrained is not None:
+            from dcn.backbones.pretrained import load_pretrained
+
+            if pretrained == "torchvision":
+                raise ValueError(
+                    f"{self.NAME} has no torchvision weights; pretrained must be None or a path to a "
+                    f"{type(self).__name__} state_dict / Lightning checkpoint"
+                )
+            self.pretrained_report = load_pretrained(self, pretrained)
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        self._check_input(x)
+        out: Dict[str, Tensor] = OrderedDict()
+        for info in self.feature_info:
+            x = getattr(self, info.name)(x)
+            out[info.name] = x
+        return out

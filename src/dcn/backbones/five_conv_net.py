@@ -23,12 +23,12 @@ of the input size), and its DCN v2 mask is ``sigmoid`` (starts at 0.5) where the
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
-from torch import Tensor, nn
+from torch import nn
 
-from dcn.backbones.deformable import DeformOptions, make_deformable
-from dcn.backbones.features import Backbone, FeatureInfo
+from dcn.backbones.deformable import DeformOptions
+from dcn.backbones.features import FeatureInfo, SequentialBackbone
 
 __all__ = ["FiveConvNet"]
 
@@ -46,7 +46,7 @@ def _conv_relu(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential
     return nn.Sequential(layers)
 
 
-class FiveConvNet(Backbone):
+class FiveConvNet(SequentialBackbone):
     """Five 3x3 conv + ReLU layers of 32 channels, max-pooled after the first two (see the module docstring).
 
     Args:
@@ -60,6 +60,7 @@ class FiveConvNet(Backbone):
     ``deform.extra_layers > 0``).
     """
 
+    NAME = "five_conv_net"
     STAGES = (1, 2, 3, 4, 5)
     stem_weight_key = "layer1.conv.weight"
 
@@ -70,11 +71,7 @@ class FiveConvNet(Backbone):
         pretrained: Optional[str] = None,
     ) -> None:
         super().__init__()
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-        options = DeformOptions.coerce(deform).for_arch(self.STAGES, "five_conv_net")
-        self.in_channels = in_channels
-        self.deform_options = options
+        options = self._begin(in_channels, deform, self.STAGES)
 
         self.feature_info = []
         for i in self.STAGES:
@@ -89,26 +86,4 @@ class FiveConvNet(Backbone):
             )
             self.feature_info.append(FeatureInfo("extra", _WIDTH, self.feature_info[-1].stride))
 
-        self.deformable_layers = []
-        if options.enabled:
-            names = [f"layer{i}" for i in options.stages] + (["extra"] if options.extra_layers else [])
-            self.deformable_layers = make_deformable(self, names, options)
-
-        self.pretrained_report = None
-        if pretrained is not None:
-            from dcn.backbones.pretrained import load_pretrained
-
-            if pretrained == "torchvision":
-                raise ValueError(
-                    "five_conv_net has no torchvision weights; pretrained must be None or a path to a "
-                    "FiveConvNet state_dict / Lightning checkpoint"
-                )
-            self.pretrained_report = load_pretrained(self, pretrained)
-
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        self._check_input(x)
-        out: Dict[str, Tensor] = OrderedDict()
-        for info in self.feature_info:
-            x = getattr(self, info.name)(x)
-            out[info.name] = x
-        return out
+        self._finish(pretrained)

@@ -18,20 +18,17 @@ four layers are deformable (default ``[4]``, the original study's choice), ``def
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
-from torch import Tensor
-
-from dcn.backbones.deformable import DeformOptions, conv_bn_relu, extra_layers, make_deformable
-from dcn.backbones.features import Backbone, FeatureInfo
+from dcn.backbones.deformable import DeformOptions, conv_bn_relu, extra_layers
+from dcn.backbones.features import FeatureInfo, SequentialBackbone
 
 __all__ = ["SeedNet"]
 
 _WIDTHS = (32, 64, 128, 128)
 
 
-class SeedNet(Backbone):
+class SeedNet(SequentialBackbone):
     """The original study's small deformable classifier body (see the module docstring).
 
     Args:
@@ -44,6 +41,7 @@ class SeedNet(Backbone):
     (plus ``"extra": [N, 128, H, W]`` when ``deform.extra_layers > 0``).
     """
 
+    NAME = "seed_net"
     STAGES = (1, 2, 3, 4)
     stem_weight_key = "layer1.conv.weight"
 
@@ -54,11 +52,7 @@ class SeedNet(Backbone):
         pretrained: Optional[str] = None,
     ) -> None:
         super().__init__()
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-        options = DeformOptions.coerce(deform).for_arch(self.STAGES, "seed_net")
-        self.in_channels = in_channels
-        self.deform_options = options
+        options = self._begin(in_channels, deform, self.STAGES)
 
         widths = (in_channels,) + _WIDTHS
         for i in self.STAGES:
@@ -69,26 +63,4 @@ class SeedNet(Backbone):
             self.extra = extra_layers(_WIDTHS[-1], options.extra_layers)
             self.feature_info.append(FeatureInfo("extra", _WIDTHS[-1], 1))
 
-        self.deformable_layers = []
-        if options.enabled:
-            names = [f"layer{i}" for i in options.stages] + (["extra"] if options.extra_layers else [])
-            self.deformable_layers = make_deformable(self, names, options)
-
-        self.pretrained_report = None  # a LoadReport when weights were loaded
-        if pretrained is not None:
-            from dcn.backbones.pretrained import load_pretrained
-
-            if pretrained == "torchvision":
-                raise ValueError(
-                    "seed_net has no torchvision weights; pretrained must be None or a path to a "
-                    "SeedNet state_dict / Lightning checkpoint"
-                )
-            self.pretrained_report = load_pretrained(self, pretrained)
-
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        self._check_input(x)
-        out: Dict[str, Tensor] = OrderedDict()
-        for info in self.feature_info:
-            x = getattr(self, info.name)(x)
-            out[info.name] = x
-        return out
+        self._finish(pretrained)
