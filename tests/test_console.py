@@ -40,7 +40,7 @@ def two_epoch_run(tmp_path_factory):
 def test_train_log_records_the_run(two_epoch_run):
     proc, run_dir = two_epoch_run
     text = (run_dir / "train.log").read_text()
-    assert re.search(r"dcn run default: task classification, backbone seed_net \(deform on: stages \[4\], v1, "
+    assert re.search(r"dcn run default: task classification, backbone seed_net, deform on \(stages \[4\], v1, "
                      r"offset_groups 1\), data digits, seed 0", text)
     assert "GPU available: False" in text  # Lightning's own messages
     epochs = re.findall(r"\] epoch (\d)/2 \(step \d+\): (.*)", text)

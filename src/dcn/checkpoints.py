@@ -104,14 +104,9 @@ def check_state_dict_fits(path: os.PathLike | str, checkpoint: Mapping[str, Any]
 
 
 def _describe(model: Dict[str, Any]) -> str:
-    deform = model.get("deform") or {}
-    if not deform:
-        setting = "no deform settings"
-    elif not deform.get("enabled", True):
-        setting = "deform off"
-    else:
-        setting = (f"deform on (stages {deform.get('stages') or 'default'}, "
-                   f"{'v2, modulated' if deform.get('modulated') else 'v1'}, offset_groups {deform.get('offset_groups', 1)})")
+    from dcn.backbones.deformable import describe_deform
+
+    setting = describe_deform(model.get("deform"))
     arch = f" {model['arch']}" if model.get("arch") else ""
     return f"a {model.get('task', '?').rsplit('.', 1)[-1]} with a {model.get('backbone')}{arch} backbone, {setting}"
 

@@ -302,15 +302,10 @@ class RunRecord:
     def header(self) -> str:
         """The run's configuration in a few lines, for the start of the console and train.log."""
         d = self.data
-        deform = d.get("deform") or {}
-        if not deform:
-            setting = "no deform block"
-        elif not deform.get("enabled", True):
-            setting = "deform off"
-        else:
-            setting = (f"deform on: stages {deform.get('stages') or 'default'}, "
-                       f"{'v2 (modulated)' if deform.get('modulated') else 'v1'}, offset_groups {deform.get('offset_groups', 1)}")
-        lines = [f"dcn run {d['experiment_name']}: task {d['task']}, backbone {d['backbone']} ({setting}), "
+        from dcn.backbones.deformable import describe_deform
+
+        setting = describe_deform(d.get("deform"))
+        lines = [f"dcn run {d['experiment_name']}: task {d['task']}, backbone {d['backbone']}, {setting}, "
                  f"data {d['data']}, seed {d['seed']}",
                  f"  run dir   {d['run_dir']}"]
         if d["overrides"]:

@@ -28,7 +28,21 @@ from torch import nn
 
 from dcn.ops import DeformConv2dPack
 
-__all__ = ["DeformOptions", "make_deformable", "conv_bn_relu", "extra_layers"]
+__all__ = ["DeformOptions", "make_deformable", "conv_bn_relu", "extra_layers", "describe_deform"]
+
+
+def describe_deform(deform: Optional[Mapping]) -> str:
+    """A deform block as a short phrase for headers and errors, e.g. ``"deform on (stages [3, 4], v1,
+    offset_groups 1)"``; ``deform`` is the plain mapping a run records (None or empty: no block)."""
+    if not deform:
+        return "no deform settings"
+    if not deform.get("enabled", True):
+        return "deform off"
+    version = "v2, modulated" if deform.get("modulated") else "v1"
+    return (
+        f"deform on (stages {deform.get('stages') or 'default'}, {version}, "
+        f"offset_groups {deform.get('offset_groups', 1)})"
+    )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -57,6 +57,50 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> Dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _begin(self, in_channels: int, deform: Any, stages: Tuple[int, ...], name: str):
+        """First step of a subclass's ``__init__``: check ``in_channels``, read the ``deform`` block
+        for an architecture with ``stages`` (``name`` in errors); returns the DeformOptions."""
+        from dcn.backbones.deformable import DeformOptions
+
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        options = DeformOptions.coerce(deform).for_arch(stages, name)
+        self.in_channels = in_channels
+        self.deform_options = options
+        self._name = name
+        return options
+
+    def _finish(
+        self,
+        pretrained: Optional[str],
+        *,
+        stage_modules: Optional[Callable[[int], List[str]]] = None,
+        torchvision_arch: str = "",
+    ) -> None:
+        """Last step of a subclass's ``__init__``: make the chosen stages deformable (their modules
+        named by ``stage_modules(k)``, default ``["layer<k>"]``; ``extra`` too when present), then
+        load ``pretrained`` weights: a path, or ``"torchvision"`` where ``torchvision_arch`` names
+        the torchvision model."""
+        from dcn.backbones.deformable import make_deformable
+
+        options = self.deform_options
+        self.deformable_layers: List[str] = []
+        if options.enabled:
+            modules = stage_modules or (lambda k: [f"layer{k}"])
+            names = [m for k in options.stages for m in modules(k)]
+            names += ["extra"] if options.extra_layers else []
+            self.deformable_layers = make_deformable(self, names, options)
+        self.pretrained_report = None  # a LoadReport when weights were loaded
+        if pretrained is not None:
+            from dcn.backbones.pretrained import load_pretrained
+
+            if pretrained == "torchvision" and not torchvision_arch:
+                raise ValueError(
+                    f"{self._name} has no torchvision weights; pretrained must be None or a path "
+                    f"to a {type(self).__name__} state_dict / Lightning checkpoint"
+                )
+            self.pretrained_report = load_pretrained(self, pretrained, torchvision_arch=torchvision_arch)
+
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -73,41 +117,7 @@ class Backbone(nn.Module):
 class SequentialBackbone(Backbone):
     """A small backbone whose feature levels run one after another (``layer1``, ``layer2``, ...,
     optionally ``extra``), each feeding the next: the shared steps of dcn's small nets (seed_net,
-    five_conv_net). A subclass calls :meth:`_begin` first, adds its layers and ``feature_info``, then
-    :meth:`_finish`."""
-
-    NAME: str = "backbone"  # for error messages and DeformOptions.for_arch
-
-    def _begin(self, in_channels: int, deform: Any, stages: Tuple[int, ...]):
-        """Check ``in_channels``, read the ``deform`` block; returns the DeformOptions."""
-        from dcn.backbones.deformable import DeformOptions
-
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-        options = DeformOptions.coerce(deform).for_arch(stages, self.NAME)
-        self.in_channels = in_channels
-        self.deform_options = options
-        return options
-
-    def _finish(self, pretrained: Optional[str]) -> None:
-        """Make the chosen layers deformable, then load ``pretrained`` weights (a path) if any."""
-        from dcn.backbones.deformable import make_deformable
-
-        options = self.deform_options
-        self.deformable_layers: List[str] = []
-        if options.enabled:
-            names = [f"layer{i}" for i in options.stages] + (["extra"] if options.extra_layers else [])
-            self.deformable_layers = make_deformable(self, names, options)
-        self.pretrained_report = None  # a LoadReport when weights were loaded
-        if pretrained is not None:
-            from dcn.backbones.pretrained import load_pretrained
-
-            if pretrained == "torchvision":
-                raise ValueError(
-                    f"{self.NAME} has no torchvision weights; pretrained must be None or a path to a "
-                    f"{type(self).__name__} state_dict / Lightning checkpoint"
-                )
-            self.pretrained_report = load_pretrained(self, pretrained)
+    five_conv_net)."""
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         self._check_input(x)

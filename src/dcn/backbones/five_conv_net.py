@@ -60,7 +60,6 @@ class FiveConvNet(SequentialBackbone):
     ``deform.extra_layers > 0``).
     """
 
-    NAME = "five_conv_net"
     STAGES = (1, 2, 3, 4, 5)
     stem_weight_key = "layer1.conv.weight"
 
@@ -71,7 +70,7 @@ class FiveConvNet(SequentialBackbone):
         pretrained: Optional[str] = None,
     ) -> None:
         super().__init__()
-        options = self._begin(in_channels, deform, self.STAGES)
+        options = self._begin(in_channels, deform, self.STAGES, "five_conv_net")
 
         self.feature_info = []
         for i in self.STAGES:

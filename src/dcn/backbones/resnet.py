@@ -21,12 +21,12 @@ construction, in this order, each as data rather than forked network code:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torchvision
 from torch import Tensor, nn
 
-from dcn.backbones.deformable import DeformOptions, extra_layers, make_deformable
+from dcn.backbones.deformable import DeformOptions, extra_layers
 from dcn.backbones.features import Backbone, FeatureInfo
 
 __all__ = ["ResNetBackbone", "dilate_stage"]
@@ -73,9 +73,7 @@ class ResNetBackbone(Backbone):
             raise ValueError(f"unknown ResNet arch {arch!r}; expected one of {list(ARCHS)}")
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; expected one of {list(STEMS)}")
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-        options = DeformOptions.coerce(deform).for_arch(self.STAGES, arch)
+        options = self._begin(in_channels, deform, self.STAGES, arch)
         stem_stride = 4 if stem == "imagenet" else 1  # stride at layer1's input
         native = stem_stride * 8
         allowed = (native, native // 2, native // 4)
@@ -86,8 +84,7 @@ class ResNetBackbone(Backbone):
                 f"output_stride={output_stride!r} is not possible for {arch} with stem={stem!r}; "
                 f"choose from {list(allowed)}"
             )
-        self.arch, self.stem, self.in_channels, self.output_stride = arch, stem, in_channels, output_stride
-        self.deform_options = options
+        self.arch, self.stem, self.output_stride = arch, stem, output_stride
 
         net = getattr(torchvision.models, arch)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
@@ -116,16 +113,7 @@ class ResNetBackbone(Backbone):
             self.extra = extra_layers(widths[-1], options.extra_layers)
             self.feature_info.append(FeatureInfo("extra", widths[-1], stride))
 
-        self.deformable_layers: List[str] = []
-        if options.enabled:
-            names = [f"layer{i}" for i in options.stages] + (["extra"] if options.extra_layers else [])
-            self.deformable_layers = make_deformable(self, names, options)
-
-        self.pretrained_report = None  # a LoadReport when weights were loaded
-        if pretrained is not None:
-            from dcn.backbones.pretrained import load_pretrained
-
-            self.pretrained_report = load_pretrained(self, pretrained, torchvision_arch=arch)
+        self._finish(pretrained, torchvision_arch=arch)
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         self._check_input(x)

@@ -41,7 +41,6 @@ class SeedNet(SequentialBackbone):
     (plus ``"extra": [N, 128, H, W]`` when ``deform.extra_layers > 0``).
     """
 
-    NAME = "seed_net"
     STAGES = (1, 2, 3, 4)
     stem_weight_key = "layer1.conv.weight"
 
@@ -52,7 +51,7 @@ class SeedNet(SequentialBackbone):
         pretrained: Optional[str] = None,
     ) -> None:
         super().__init__()
-        options = self._begin(in_channels, deform, self.STAGES)
+        options = self._begin(in_channels, deform, self.STAGES, "seed_net")
 
         widths = (in_channels,) + _WIDTHS
         for i in self.STAGES:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from torch import Tensor, nn
 from torchvision.models import vgg
 
-from dcn.backbones.deformable import DeformOptions, extra_layers, make_deformable
+from dcn.backbones.deformable import DeformOptions, extra_layers
 from dcn.backbones.features import Backbone, FeatureInfo
 
 __all__ = ["VGGBackbone"]
@@ -57,10 +57,8 @@ class VGGBackbone(Backbone):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown VGG arch {arch!r}; expected one of {list(ARCHS)}")
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-        options = DeformOptions.coerce(deform).for_arch(self.STAGES, arch)
-        self.arch, self.in_channels, self.deform_options = arch, in_channels, options
+        options = self._begin(in_channels, deform, self.STAGES, arch)
+        self.arch = arch
 
         self.features = vgg.make_layers(vgg.cfgs[_TORCHVISION_CFG[arch]], batch_norm=True)
         if in_channels != 3:
@@ -90,18 +88,11 @@ class VGGBackbone(Backbone):
             self.extra = extra_layers(channels, options.extra_layers)
             self.feature_info.append(FeatureInfo("extra", channels, 2 ** len(self.STAGES)))
 
-        self.deformable_layers: List[str] = []
-        if options.enabled:
-            names = [
-                f"features.{i}" for k in options.stages for i in range(*self._bounds[k - 1])
-            ] + (["extra"] if options.extra_layers else [])
-            self.deformable_layers = make_deformable(self, names, options)
-
-        self.pretrained_report = None  # a LoadReport when weights were loaded
-        if pretrained is not None:
-            from dcn.backbones.pretrained import load_pretrained
-
-            self.pretrained_report = load_pretrained(self, pretrained, torchvision_arch=f"{arch}_bn")
+        self._finish(
+            pretrained,
+            stage_modules=lambda k: [f"features.{i}" for i in range(*self._bounds[k - 1])],
+            torchvision_arch=f"{arch}_bn",
+        )
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         self._check_input(x)

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dcn.datamodules.loaders import LoaderOptions
 
-__all__ = ["ClassificationDataModule"]
+__all__ = ["ClassificationDataModule", "DigitClasses"]
 
 
 class ClassificationDataModule(LoaderOptions, L.LightningDataModule):
@@ -59,3 +59,15 @@ class ClassificationDataModule(LoaderOptions, L.LightningDataModule):
     def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool) -> DataLoader:
         return self.split_loader(dataset, split, self.batch_size, shuffle)
 
+
+
+class DigitClasses:
+    """Mixin for the handwritten-digit datamodules: one grey channel, classes ``"0"`` to ``"9"``."""
+
+    @property
+    def in_channels(self) -> int:
+        return 1
+
+    @property
+    def class_names(self) -> List[str]:
+        return [str(d) for d in range(10)]

@@ -6,14 +6,14 @@ dataset that works offline, on a fresh install, in seconds: dcn's default for ``
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from dcn.datamodules.classification.base import ClassificationDataModule
+from dcn.datamodules.classification.base import ClassificationDataModule, DigitClasses
 from dcn.datamodules.classification.deformation import GeometricDeformation
 from dcn.datamodules.classification.deformed_dataset import DeformedImageDataset
 from dcn.datamodules.classification.splits import stratified_split
@@ -23,7 +23,7 @@ __all__ = ["DigitsDataModule"]
 _DIGITS_MAX = 16.0  # load_digits pixel values are integers in [0, 16]
 
 
-class DigitsDataModule(ClassificationDataModule):
+class DigitsDataModule(DigitClasses, ClassificationDataModule):
     """scikit-learn digits, upsampled onto a canvas under random geometric deformation.
 
     Each 8x8 digit is bilinearly upsampled to ``digit_size`` pixels and centred on a black
@@ -81,14 +81,6 @@ class DigitsDataModule(ClassificationDataModule):
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.eval_seed = eval_seed
-
-    @property
-    def in_channels(self) -> int:
-        return 1
-
-    @property
-    def class_names(self) -> List[str]:
-        return [str(d) for d in range(10)]
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:

@@ -9,7 +9,7 @@ from typing import List, Optional
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
-from dcn.datamodules.classification.base import ClassificationDataModule
+from dcn.datamodules.classification.base import ClassificationDataModule, DigitClasses
 from dcn.datamodules.classification.deformation import GeometricDeformation
 from dcn.datamodules.classification.deformed_dataset import DeformedImageDataset
 from dcn.datamodules.classification.splits import stratified_split
@@ -24,7 +24,7 @@ def _raw_files() -> List[str]:
     return [os.path.splitext(os.path.basename(name))[0] for name, _ in MNIST.resources]
 
 
-class MNISTDataModule(ClassificationDataModule):
+class MNISTDataModule(DigitClasses, ClassificationDataModule):
     """MNIST ("rotated/scaled MNIST" with a deformation), read by ``torchvision.datasets.MNIST``.
 
     The 60,000 training images are split (stratified, fixed by ``split_seed``) into ``val_size``
@@ -71,14 +71,6 @@ class MNISTDataModule(ClassificationDataModule):
         self.val_size = val_size
         self.split_seed = split_seed
         self.eval_seed = eval_seed
-
-    @property
-    def in_channels(self) -> int:
-        return 1
-
-    @property
-    def class_names(self) -> List[str]:
-        return [str(d) for d in range(10)]
 
     @property
     def raw_folder(self) -> Path:

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from dcn.datamodules.classification.base import ClassificationDataModule
+from dcn.datamodules.classification.base import ClassificationDataModule, DigitClasses
 from dcn.datamodules.classification.splits import stratified_split
 
 __all__ = ["DEFAULT_SCALES", "ScaledMNISTDataModule", "read_idx", "scale_about_centre", "scale_name"]
@@ -112,7 +112,7 @@ def scale_name(scale: float) -> str:
     return "scale" + (text + "0" if text.endswith(".") else text)
 
 
-class ScaledMNISTDataModule(ClassificationDataModule):
+class ScaledMNISTDataModule(DigitClasses, ClassificationDataModule):
     """The scaled-MNIST protocol on MNIST's test file (see the module docstring).
 
     Args:
@@ -166,14 +166,6 @@ class ScaledMNISTDataModule(ClassificationDataModule):
         self.interpolation = interpolation
         self.normalize, self.mean, self.std = normalize, float(mean), float(std)
         self.test_sets: List[TensorDataset] = []
-
-    @property
-    def in_channels(self) -> int:
-        return 1
-
-    @property
-    def class_names(self) -> List[str]:
-        return [str(d) for d in range(10)]
 
     @property
     def raw_folder(self) -> Path:
