@@ -65,6 +65,21 @@ def _listing(keys: List[str]) -> str:
     return ", ".join(keys[:_SHOW]) + more
 
 
+def key_differences(
+    missing: List[str], unexpected: List[str], mismatched: List[str], *, source: str, model: str
+) -> str:
+    """What a state dict and a model disagree on, as one phrase (empty when nothing): keys the model
+    has that ``source`` lacks, keys ``source`` has that ``model`` lacks, keys of another shape."""
+    parts = []
+    if missing:
+        parts.append(f"missing from {source}: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"not in {model}: {_listing(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatch: {_listing(mismatched)}")
+    return "; ".join(parts)
+
+
 def check_checkpoint(path: os.PathLike | str, model: nn.Module) -> Dict[str, Any]:
     """Load ``path`` and check that its ``state_dict`` fits ``model`` exactly; return the checkpoint.
 
@@ -89,17 +104,10 @@ def check_state_dict_fits(path: os.PathLike | str, checkpoint: Mapping[str, Any]
         if hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(expected[k].shape)
     )
     if missing or unexpected or shapes:
-        problems = []
-        if missing:
-            problems.append(f"missing from the checkpoint: {_listing(missing)}")
-        if unexpected:
-            problems.append(f"not in the model: {_listing(unexpected)}")
-        if shapes:
-            problems.append(f"shape mismatch: {_listing(shapes)}")
         raise CheckpointError(
             f"checkpoint {path} does not match the model built from this config: "
             + _what_differs(checkpoint, model, missing + unexpected)
-            + "; ".join(problems)
+            + key_differences(missing, unexpected, shapes, source="the checkpoint", model="the model")
         )
 
 

@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor

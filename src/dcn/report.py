@@ -630,10 +630,8 @@ def validation_figure(report: Report, metric: str, curves: Mapping[int, Mapping[
         stats = [mean_std([c[e] for c in per_run if e in c]) for e in epochs]
         mean = [s[0] for s in stats]
         std = [0.0 if math.isnan(s[1]) else s[1] for s in stats]
-        colour = _colour(i)
-        ax.plot(epochs, mean, marker="o", color=colour, label=f"{report.names[i]} (n={len(per_run)})")
-        ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=colour, alpha=0.2, linewidth=0)
+        lows, highs = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
+        _band(ax, i, f"{report.names[i]} (n={len(per_run)})", epochs, mean, lows, highs)
         plotted = True
     if not plotted:
         import matplotlib.pyplot as plt
@@ -641,9 +639,20 @@ def validation_figure(report: Report, metric: str, curves: Mapping[int, Mapping[
         plt.close(fig)
         return None
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    ax.set_xlabel("epoch (counted from 0, as in checkpoint names)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: mean over seeds, band = ±1 std", fontsize=10)
+    return _finish_bands(fig, ax, "epoch (counted from 0, as in checkpoint names)", metric,
+                         f"{metric}: mean over seeds, band = ±1 std")
+
+
+def _band(ax, i: int, label: str, xs, mean, lows, highs) -> None:
+    """Variant ``i``'s curve with a shaded band from ``lows`` to ``highs``."""
+    ax.plot(xs, mean, marker="o", color=_colour(i), label=label)
+    ax.fill_between(xs, lows, highs, color=_colour(i), alpha=0.2, linewidth=0)
+
+
+def _finish_bands(fig, ax, xlabel: str, ylabel: str, title: str):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -708,16 +717,8 @@ def family_figure(report: Report, base: str, axis: str, points: Sequence[Tuple[f
             highs.append(mean + half)
         if all(math.isnan(m) for m in means):
             continue
-        n = len(variant.completed)
-        ax.plot(xs, means, marker="o", color=_colour(i), label=f"{report.names[i]} (n={n})")
-        ax.fill_between(xs, lows, highs, color=_colour(i), alpha=0.2, linewidth=0)
-    ax.set_xlabel(axis)
-    ax.set_ylabel(base)
-    ax.set_title(f"{base} against {axis}: mean over seeds, band = 95% CI of the mean", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+        _band(ax, i, f"{report.names[i]} (n={len(variant.completed)})", xs, means, lows, highs)
+    return _finish_bands(fig, ax, axis, base, f"{base} against {axis}: mean over seeds, band = 95% CI of the mean")
 
 
 def write_plots(report: Report, out_dir: Path) -> List[Path]:

@@ -185,7 +185,7 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike], *, torchv
                 report.ignored_keys.append(key)
                 continue
             else:
-                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(want)}")
+                mismatched.append(f"{key} (file {tuple(value.shape)}, model {tuple(want)})")
                 continue
         usable[key] = value
 
@@ -193,15 +193,11 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike], *, torchv
     new = [k for k in absent if _new_by_design(k) or k in replaced]
     missing = [k for k in absent if k not in new]
     if mismatched or missing or unexpected:
-        parts = []
-        if mismatched:
-            parts.append(f"shape mismatch for {len(mismatched)} key(s): {_short(mismatched, 10)}")
-        if missing:
-            parts.append(f"missing from the file: {_short(missing, 10)}")
-        if unexpected:
-            parts.append(f"not in {type(model).__name__}: {_short(unexpected, 10)}")
+        from dcn.checkpoints import key_differences
+
+        parts = key_differences(missing, unexpected, mismatched, source="the file", model=type(model).__name__)
         raise ValueError(
-            f"pretrained weights {label!r} do not fit {_describe(model)}: " + "; ".join(parts)
+            f"pretrained weights {label!r} do not fit {_describe(model)}: " + parts
             + ". Is this a checkpoint of the same architecture and deform settings?"
         )
     # Strict=False only because `new` keys are legitimately absent; everything else was checked.

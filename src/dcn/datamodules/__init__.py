@@ -10,15 +10,32 @@ Every datamodule exposes what the model needs to be built (``in_channels``, ``nu
 the configs.
 """
 
-from dcn.datamodules.classification import (ClassificationDataModule, DeformedImageDataset, DigitsDataModule,
-                                            GeometricDeformation, ImageFolderDataModule, MNISTDataModule,
-                                            ScaledMNISTDataModule)
-from dcn.datamodules.detection import (CocoDetDataModule, DetectionLoaders, SyntheticDetDataModule,
-                                       SyntheticDetGenerator, VOCDetDataModule)
+from dcn.datamodules.classification import (
+                                            ClassificationDataModule,
+                                            DeformedImageDataset,
+                                            DigitsDataModule,
+                                            GeometricDeformation,
+                                            ImageFolderDataModule,
+                                            MNISTDataModule,
+                                            ScaledMNISTDataModule,
+)
+from dcn.datamodules.detection import (
+                                            CocoDetDataModule,
+                                            DetectionLoaders,
+                                            SyntheticDetDataModule,
+                                            SyntheticDetGenerator,
+                                            VOCDetDataModule,
+)
 from dcn.datamodules.segmentation import SyntheticSegDataModule, VOCSegDataModule
 from dcn.datamodules.synthetic import SyntheticShapesGenerator, SyntheticTracksGenerator
-from dcn.datamodules.tracking import (DetectionPairsDataModule, GOT10kDataModule, PairSampling,
-                                      SyntheticVOTDataModule, TrackingDataModule, VOTDataModule)
+from dcn.datamodules.tracking import (
+                                            DetectionPairsDataModule,
+                                            GOT10kDataModule,
+                                            PairSampling,
+                                            SyntheticVOTDataModule,
+                                            TrackingDataModule,
+                                            VOTDataModule,
+)
 
 __all__ = [
     "ClassificationDataModule",

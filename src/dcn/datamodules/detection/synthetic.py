@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, NamedTuple, Optional, Tuple
 
-from PIL import Image
+import numpy as np
 
+from dcn.datamodules.detection.voc import VOCDetDataModule
 from dcn.datamodules.synthetic.cache import GeneratedDataset
 from dcn.datamodules.synthetic.shapes import ShapesRendering, SyntheticShapesGenerator, mask_box
-from dcn.datamodules.detection.voc import VOCDetDataModule
 
 __all__ = ["DetObject", "SyntheticDetDataModule", "SyntheticDetGenerator", "annotation_xml"]
 
@@ -120,24 +120,15 @@ class SyntheticDetGenerator(SyntheticShapesGenerator):
             )
         return objects
 
-    def write(self, out_dir: Path) -> Path:
-        """Write every split into ``out_dir`` in VOC's detection layout; returns the ``VOC2012`` folder."""
-        voc = Path(out_dir) / _VOC_DIR
-        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-            (voc / sub).mkdir(parents=True, exist_ok=True)
-        index = 0
-        for split, count in self.split_sizes().items():
-            ids = []
-            for _ in range(count):
-                image_id = f"{split}_{index:05d}"
-                rendering = self.render(index)
-                Image.fromarray(rendering.image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=self.jpeg_quality)
-                tree = annotation_xml(image_id, rendering.image.shape, self._annotate(rendering))
-                tree.write(voc / "Annotations" / f"{image_id}.xml", encoding="utf-8", xml_declaration=False)
-                ids.append(image_id)
-                index += 1
-            (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        return voc
+    annotation_dir = "Annotations"
+    image_set_dir = "Main"
+
+    def write_annotation(self, folder: Path, image_id: str, index: int) -> np.ndarray:
+        """Write sample ``index``'s VOC XML into ``folder``; returns its image."""
+        rendering = self.render(index)
+        tree = annotation_xml(image_id, rendering.image.shape, self._annotate(rendering))
+        tree.write(folder / f"{image_id}.xml", encoding="utf-8", xml_declaration=False)
+        return rendering.image
 
 
 def annotation_xml(image_id: str, shape: Tuple[int, ...], objects: List[DetObject]) -> ET.ElementTree:

@@ -10,12 +10,11 @@ leave a half-written dataset behind.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional
 
+from dcn.datamodules.segmentation.voc import VOCSegDataModule
 from dcn.datamodules.synthetic.cache import GeneratedDataset
 from dcn.datamodules.synthetic.shapes import SyntheticShapesGenerator
-from dcn.datamodules.segmentation.voc import VOCSegDataModule
 
 __all__ = ["SyntheticSegDataModule"]
 

@@ -19,7 +19,6 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from dcn.datamodules.voc.label_png import IGNORE_INDEX
-
 from dcn.images import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [

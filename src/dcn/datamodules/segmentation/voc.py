@@ -32,20 +32,19 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
 from dcn.datamodules.loaders import LoaderOptions
-from dcn.datamodules.voc.label_png import LABEL_FORMATS, check_label_values, read_label_image
-from dcn.datamodules.voc.layout import VOC_OBJECT_CLASSES, resolve_voc_dir
-from dcn.images import IMAGENET_MEAN, IMAGENET_STD, read_image_array
 from dcn.datamodules.segmentation.transforms import (
     eval_transform,
     pad_collate,
     train_transform,
 )
+from dcn.datamodules.voc.label_png import LABEL_FORMATS, check_label_values, read_label_image
+from dcn.datamodules.voc.layout import VOC_OBJECT_CLASSES, resolve_voc_dir
+from dcn.images import IMAGENET_MEAN, IMAGENET_STD, read_image_array
 
 __all__ = ["VOC_CLASSES", "VOCSegDataModule", "VOCSegDataset", "read_sbd_label"]
 

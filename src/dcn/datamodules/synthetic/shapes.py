@@ -171,23 +171,32 @@ class SyntheticShapesGenerator:
     def split_sizes(self) -> Dict[str, int]:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}
 
+    # The VOC folders the annotations and split lists go to (detection overrides them).
+    annotation_dir = "SegmentationClass"
+    image_set_dir = "Segmentation"
+
     def write(self, out_dir: Path) -> Path:
         """Write every split into ``out_dir`` in VOC's layout; returns the ``VOC2012`` folder."""
         voc = Path(out_dir) / _VOC_DIR
-        for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        for sub in ("JPEGImages", self.annotation_dir, f"ImageSets/{self.image_set_dir}"):
             (voc / sub).mkdir(parents=True, exist_ok=True)
         index = 0
         for split, count in self.split_sizes().items():
             ids = []
             for _ in range(count):
                 image_id = f"{split}_{index:05d}"
-                image, label = self.sample(index)
+                image = self.write_annotation(voc / self.annotation_dir, image_id, index)
                 Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=self.jpeg_quality)
-                write_label_png(voc / "SegmentationClass" / f"{image_id}.png", label)
                 ids.append(image_id)
                 index += 1
-            (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+            (voc / "ImageSets" / self.image_set_dir / f"{split}.txt").write_text("\n".join(ids) + "\n")
         return voc
+
+    def write_annotation(self, folder: Path, image_id: str, index: int) -> np.ndarray:
+        """Write sample ``index``'s annotation into ``folder`` (a label PNG); returns its image."""
+        image, label = self.sample(index)
+        write_label_png(folder / f"{image_id}.png", label)
+        return image
 
     def sample(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """Sample ``index``: ``(image uint8[S, S, 3], label uint8[S, S])`` with ``S = image_size``.

@@ -120,13 +120,7 @@ def read_tracking_root(
         return read_otb_root(root, names)
     if layout == "vot":
         return read_vot_root(root, names)
-    listed = sequence_names(root)
-    if names is not None:
-        missing = sorted(set(names) - set(listed))
-        if missing:
-            raise ValueError(f"sequence(s) {missing} are not in {root / 'list.txt'}")
-        listed = [n for n in listed if n in set(names)]
-    return [read_got10k_sequence(root / name) for name in listed]
+    return [read_got10k_sequence(root / name) for name in sequence_names(root, names)]
 
 
 class DetectionPairsDataModule(TrackingDataModule):

@@ -26,9 +26,9 @@ import torchvision.transforms.functional as TF
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from dcn.datamodules.tracking.sequence import TrackingSequence
 from dcn.geometry.boxes import xywh_to_cxcywh
 from dcn.geometry.crops import CropWindow, context_side, crop_patch, template_window
-from dcn.datamodules.tracking.sequence import TrackingSequence
 
 __all__ = ["PairSampling", "SequenceDataset", "TrackingPairDataset"]
 

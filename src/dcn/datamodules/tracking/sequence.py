@@ -15,7 +15,6 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from dcn.geometry.boxes import polygon_to_xywh

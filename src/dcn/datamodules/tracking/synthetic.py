@@ -9,7 +9,6 @@ sibling renamed into place.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, List, Optional
 
 from dcn.datamodules.synthetic.cache import GeneratedDataset

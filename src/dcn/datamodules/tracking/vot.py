@@ -43,8 +43,9 @@ def read_vot_sequence(folder: os.PathLike | str, name: Optional[str] = None) -> 
     return TrackingSequence(name, frames, boxes)
 
 
-def sequence_names(root: os.PathLike | str) -> List[str]:
-    """The names in ``<root>/list.txt`` (blank lines skipped)."""
+def sequence_names(root: os.PathLike | str, only: Optional[Sequence[str]] = None) -> List[str]:
+    """The names in ``<root>/list.txt`` (blank lines skipped), in its order; with ``only``, just those
+    (each must be listed)."""
     root = Path(root)
     listing = root / "list.txt"
     if not listing.is_file():
@@ -55,19 +56,18 @@ def sequence_names(root: os.PathLike | str) -> List[str]:
     names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{listing} lists no sequence")
+    if only is not None:
+        missing = sorted(set(only) - set(names))
+        if missing:
+            raise ValueError(f"sequence(s) {missing} are not in {listing}")
+        names = [n for n in names if n in set(only)]
     return names
 
 
 def read_vot_root(root: os.PathLike | str, names: Optional[Sequence[str]] = None) -> List[TrackingSequence]:
     """Every sequence of ``<root>/list.txt`` (or only ``names``), read and checked."""
     root = Path(root)
-    available = sequence_names(root)
-    if names is not None:
-        missing = sorted(set(names) - set(available))
-        if missing:
-            raise ValueError(f"sequence(s) {missing} are not in {root / 'list.txt'}")
-        available = [n for n in available if n in set(names)]
-    return [read_vot_sequence(root / name, name) for name in available]
+    return [read_vot_sequence(root / name, name) for name in sequence_names(root, names)]
 
 
 class VOTDataModule(TrackingDataModule):

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Protocol
 import torch
 from torch import Tensor
 
-from dcn.geometry.boxes import centre_distance, xywh_to_cxcywh, box_overlap
+from dcn.geometry.boxes import box_overlap, centre_distance, xywh_to_cxcywh
 from dcn.tasks.tracking.metrics import precision_at, success_auc, supervised_protocol
 
 __all__ = ["SequenceScores", "evaluate_sequence", "run_one_pass", "summarize"]
