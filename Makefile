@@ -26,9 +26,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
+# Tables headed by the machine and its load; marked NOT QUIET when other jobs shared the CPUs
+# (ARGS="--strict" refuses them instead).
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py $(ARGS)
-	$(PY) benchmarks/roi_pool.py $(ARGS)
+	$(PY) benchmarks/roi_pool.py --threads 2 $(ARGS)
+	$(PY) benchmarks/throughput.py $(ARGS)
 
 # On a machine with an NVIDIA GPU: CUDA tests, compute-sanitizer, GPU benchmarks, a GPU training run.
 # Uses .venv when it exists, else $(PYTHON) as it is (installs nothing: GPU hosts are often offline).

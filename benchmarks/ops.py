@@ -1,7 +1,9 @@
 """Deformable-convolution benchmark: dcn's backends vs torchvision's op vs a dense convolution.
 
-Prints one markdown table per device (and dtype on GPU). Every ratio is computed from numbers
-measured in this same run:
+Prints one markdown table per device and dtype (CPU: float32 and bfloat16; GPU: float32, float16,
+bfloat16), each headed by the machine, its load, and a NOT QUIET mark when other jobs shared the
+CPUs while it ran (benchmarks/quiet_machine.py). Every ratio is computed from numbers measured in
+this same run:
 
     fwd / fwd+bwd   median wall time (CPU: perf_counter; GPU: CUDA events) over --reps runs
     peak            extra memory during one forward+backward (CPU: peak RSS growth via
@@ -9,7 +11,7 @@ measured in this same run:
     vs tv           torchvision time / ours  (>1 means we are faster)
     vs dense        ours / dense conv time   (how far from a plain convolution of that shape)
 
-Usage: python benchmarks/ops.py [--device cpu|cuda|all] [--reps 5] [--shapes all|small]
+Usage: python benchmarks/ops.py [--device cpu|cuda|all] [--reps 5] [--cpu-dtypes float32 bfloat16] [--strict]
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.ops
+from quiet_machine import MAX_LOAD, BusyMachine, LoadGuard
 
 import dcn
-from dcn.ops import deform_conv2d
+from dcn.ops import _cpu_kernel, deform_conv2d
 from dcn.ops.deform_conv import cupy_unavailable_reason
 
 # (name, N, C, H): 3x3, padding 1, C_out = C_in, offsets ~ N(0, 2) px.
@@ -149,6 +152,8 @@ def _speedup(reference: float, ours: float) -> str:
 
 
 def run_table(device: torch.device, dtype: torch.dtype, shapes, reps: int, with_tv: bool) -> str:
+    # The memory probe runs float32 in a fresh process.
+    probe = device.type == "cpu" and dtype == torch.float32
     backends = ["torch"]
     if device.type == "cuda":
         backends = ["cupy", "torch"] if cupy_unavailable_reason() is None else ["torch"]
@@ -159,17 +164,16 @@ def run_table(device: torch.device, dtype: torch.dtype, shapes, reps: int, with_
     )
     for name, n, c, h in shapes:
         x, off, w = make_inputs(n, c, h, device, dtype)
-        cpu = device.type == "cpu"
         dense = measure(lambda x, w: F.conv2d(x, w, None, 1, 1), [x, w], reps, device,
-                        ("dense", n, c, h) if cpu else None)
+                        ("dense", n, c, h) if probe else None)
         tv = None
         if with_tv:
             tv = measure(lambda x, o, w: torchvision.ops.deform_conv2d(x, o, w, None, 1, 1), [x, off, w],
                          reps if device.type == "cuda" else max(1, reps // 2), device,
-                         ("torchvision", n, c, h) if cpu else None)
+                         ("torchvision", n, c, h) if probe else None)
         for be in backends:
             ours = measure(lambda x, o, w, be=be: deform_conv2d(x, o, w, None, 1, 1, backend=be),
-                           [x, off, w], reps, device, (be, n, c, h) if cpu and be == "torch" else None)
+                           [x, off, w], reps, device, (be, n, c, h) if probe and be == "torch" else None)
             vs_tv = _speedup(tv.fwd_bwd, ours.fwd_bwd) if tv else "—"
             rows.append(f"| {name} | dcn `{be}` | {_fmt_t(ours.fwd)} | {_fmt_t(ours.fwd_bwd)} | "
                         f"{_fmt_mb(ours.peak)} | {vs_tv} | {ours.fwd_bwd / dense.fwd_bwd:.2f}× |")
@@ -217,6 +221,9 @@ def _memory_probe(impl: str, n: int, c: int, h: int) -> None:
             t.grad = None
 
     fwd_bwd()  # warm-up: one-time allocations (kernel loading, thread pools) are not the op's
+    if impl == "torch" and _cpu_kernel.load() is not None:
+        # dcn's CPU kernel keeps its scratch buffer between calls: count it in the peak.
+        torch.ops.dcn_cpu.release_workspace()
     print(_cpu_peak(fwd_bwd))
 
 
@@ -225,6 +232,12 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-torchvision", action="store_true", help="skip torchvision's (slow on CPU) op")
+    p.add_argument("--cpu-dtypes", nargs="+", default=["float32", "bfloat16"],
+                   choices=["float32", "bfloat16"])
+    p.add_argument("--max-load", type=float, default=MAX_LOAD,
+                   help="1-minute load average above which a CPU table is marked NOT QUIET")
+    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the load to drop first")
+    p.add_argument("--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table")
     p.add_argument("--memory-probe", nargs=4, metavar=("IMPL", "N", "C", "H"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_probe:
@@ -240,16 +253,27 @@ def main(argv=None) -> None:
         sys.exit("no CUDA device available: run with --device cpu")
 
     for device in devices:
-        dtypes = [torch.float32]
         if device.type == "cuda":
-            dtypes += [torch.float16, torch.bfloat16]
+            dtypes = [torch.float32, torch.float16, torch.bfloat16]
+        else:
+            dtypes = [getattr(torch, name) for name in args.cpu_dtypes]
         shapes = CPU_SHAPES if device.type == "cpu" else GPU_SHAPES
         for dtype in dtypes:
             # torchvision's op has no bfloat16 kernels: that table compares with dense only.
             with_tv = not args.no_torchvision and dtype != torch.bfloat16
-            print(f"\n### deform_conv2d, {device.type}, {str(dtype).replace('torch.', '')}\n")
+            title = f"deform_conv2d, {device.type}, {str(dtype).replace('torch.', '')}"
+            print(f"\n### {title}\n")
             print(f"_{environment(device)}; 3x3, pad 1, C_out = C_in, median of {args.reps}_\n")
-            print(run_table(device, dtype, shapes, args.reps, with_tv), flush=True)
+            if device.type == "cuda":
+                print(run_table(device, dtype, shapes, args.reps, with_tv), flush=True)
+                continue
+            try:
+                with LoadGuard(title, max_load=args.max_load, wait_s=args.wait, strict=args.strict) as guard:
+                    table = run_table(device, dtype, shapes, args.reps, with_tv)
+            except BusyMachine as exc:
+                sys.exit(str(exc))
+            print(guard.header() + "\n")
+            print(table, flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ Shapes (Faster R-CNN-like, 800x800 images, N=2, 7x7 bins):
     single level    512 RoIs on a C256 50x50 map (stride 16)
     FPN pyramid     512 RoIs over P2-P5 (C256, 200/100/50/25), assigned by torchvision's LevelMapper
 
+CPU tables are headed by the machine and its load, and marked NOT QUIET when other jobs shared
+the CPUs while they ran (benchmarks/quiet_machine.py).
+
 Usage: python benchmarks/roi_pool.py [--device cpu|cuda|all] [--reps 5] [--sampling-ratio 2 0] [--threads N]
+                                     [--strict]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision
+from quiet_machine import MAX_LOAD, BusyMachine, LoadGuard
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
@@ -166,6 +171,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--sampling-ratio", type=int, nargs="+", default=[2, 0])
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (torchvision's CPU roi_align uses one whatever this is)")
+    p.add_argument("--max-load", type=float, default=MAX_LOAD,
+                   help="1-minute load average above which a CPU table is marked NOT QUIET")
+    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the load to drop first")
+    p.add_argument("--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,7 +209,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     rows = build(device, dtype, sr, be)
                     name = f"{device.type} {str(dtype).removeprefix('torch.')}, {title}, sampling_ratio={sr}"
                     print()
-                    print(_table(name, rows, args.reps, device))
+                    if device.type == "cuda":
+                        print(_table(name, rows, args.reps, device))
+                        sys.stdout.flush()
+                        continue
+                    try:
+                        with LoadGuard(name, max_load=args.max_load, wait_s=args.wait,
+                                       strict=args.strict) as guard:
+                            table = _table(name, rows, args.reps, device)
+                    except BusyMachine as exc:
+                        sys.exit(str(exc))
+                    title_line, body = table.split("\n", 1)
+                    print(f"{title_line}\n\n{guard.header()}\n{body}")
                     sys.stdout.flush()
 
 

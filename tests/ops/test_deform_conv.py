@@ -9,9 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.ops
-
 from cuda.deform_conv_cases import check_nonfinite_offsets, conv_args
-from dcn.ops import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, _torch_deform_conv, deform_conv2d
+
+from dcn.ops import (
+    DeformConv2d,
+    DeformConv2dPack,
+    ModulatedDeformConv2dPack,
+    _cpu_kernel,
+    _torch_deform_conv,
+    deform_conv2d,
+)
 
 
 def _out_size(size, k, s, p, d):
@@ -166,6 +173,125 @@ def test_chunked_batch_matches_unchunked(monkeypatch, cpu_backward):
     torch.testing.assert_close(out_a, out_b, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# The compiled CPU kernel's strategies
+# ------------------------------------------------------------------------------------------
+# (column order, fuse): the kernel picks these by shape; every pair must give torchvision's results.
+STRATEGIES = {
+    "kc-chunked": (1, 2),
+    "ck-chunked": (2, 2),
+    "kc-fused": (1, 1),
+    "ck-fused": (2, 1),
+}
+
+
+@pytest.fixture(params=list(STRATEGIES))
+def kernel_strategy(request, monkeypatch):
+    """Force one of the kernel's (column order, per-thread tiles or chunk-wide GEMMs) strategies,
+    with 4 threads so that the backward also splits channels into blocks."""
+    from dcn.ops import _cpu_kernel
+
+    if _cpu_kernel.load() is None:
+        pytest.fail(f"the fused CPU kernel did not build: {_cpu_kernel._failed}")
+    order, fuse = STRATEGIES[request.param]
+    monkeypatch.setattr(_torch_deform_conv, "_COLUMN_ORDER", order)
+    monkeypatch.setattr(_torch_deform_conv, "_FUSE", fuse)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield request.param
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("geometry", GEOMETRIES[:2])
+@pytest.mark.parametrize("grouping", [(1, 1), (2, 3), (4, 2)])
+@pytest.mark.parametrize("budget", [None, 1])
+def test_kernel_strategies_match_torchvision(kernel_strategy, n, geometry, grouping, budget,
+                                            monkeypatch):
+    """Wide channels (several channel blocks per image in the backward), conv groups crossing offset
+    groups, a mask and a bias; in one chunk and in one-image chunks."""
+    if budget is not None:
+        monkeypatch.setattr(_torch_deform_conv, "_COLUMN_BUDGET", budget)
+    kernel, stride, padding, dilation = geometry
+    groups, G = grouping
+    case = make_case(n, 48, 8, (6, 7), kernel, stride, padding, dilation, groups, G, True, True, torch.float64)
+
+    def ours(x, off, w, b, m):
+        return deform_conv2d(x, off, w, b, stride, padding, dilation, m, backend="torch")
+
+    def ref(x, off, w, b, m):
+        return torchvision.ops.deform_conv2d(x, off, w, b, stride, padding, dilation, m)
+
+    go = torch.randn(ours(*case).shape, dtype=torch.float64)
+    out, grads = _grads(ours, case, go)
+    out_ref, grads_ref = _grads(ref, case, go)
+    _assert_close(out, out_ref, torch.float64, "output")
+    for nm, a, r in zip(["input", "offset", "weight", "bias", "mask"], grads, grads_ref):
+        _assert_close(a, r, torch.float64, f"grad {nm}")
+
+
+def test_kernel_strategies_agree_on_a_batch_of_large_images(monkeypatch):
+    """Images large enough that each strategy works in several chunks of the batch (the per-thread
+    tiles path keeps its channels-last tables to ~16 MiB)."""
+    if _cpu_kernel.load() is None:
+        pytest.fail(f"the fused CPU kernel did not build: {_cpu_kernel._failed}")
+    case = make_case(5, 32, 4, (160, 160), (3, 3), (2, 2), (1, 1), (1, 1), 1, 2, True, True, torch.float64,
+                     far=0.0)
+    go = torch.randn(5, 4, 80, 80, dtype=torch.float64)
+    fn = lambda *a: deform_conv2d(*a[:4], 2, 1, 1, a[4])  # noqa: E731
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        results = []
+        for order, fuse in STRATEGIES.values():
+            monkeypatch.setattr(_torch_deform_conv, "_COLUMN_ORDER", order)
+            monkeypatch.setattr(_torch_deform_conv, "_FUSE", fuse)
+            results.append(_grads(fn, case, go))
+    finally:
+        torch.set_num_threads(threads)
+    (out0, grads0), rest = results[0], results[1:]
+    for out, grads in rest:
+        torch.testing.assert_close(out, out0, rtol=1e-10, atol=1e-10)
+        for a, b in zip(grads, grads0):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_strategies_nonfinite_offsets(kernel_strategy):
+    def run(cfg, tensors, grad_out):
+        out = _torch_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg))
+        return out, _torch_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), [True] * 5)
+
+    check_nonfinite_offsets(run, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fuse", [1, 2])
+def test_half_precision_on_cpu(dtype, fuse, monkeypatch):
+    """bfloat16 and float16 run on the compiled kernel (float32 sampling and accumulation) and stay
+    close to the float32 result; the output keeps the input dtype."""
+    monkeypatch.setattr(_torch_deform_conv, "_FUSE", fuse)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 32, 9, 8, generator=g), torch.randn(16, 32, 3, 3, generator=g) / 10
+    off, m = torch.randn(2, 18, 9, 8, generator=g), torch.rand(2, 9, 9, 8, generator=g)
+    b, go = torch.randn(16, generator=g), torch.randn(2, 16, 9, 8, generator=g)
+    ref_out, ref_grads = _grads(lambda *a: deform_conv2d(*a[:4], 1, 1, 1, a[4]), (x, off, w, b, m), go)
+    out, grads = _grads(lambda *a: deform_conv2d(*a[:4], 1, 1, 1, a[4]),
+                        [t.to(dtype) for t in (x, off, w, b, m)], go.to(dtype))
+    assert out.dtype == dtype and all(gr.dtype == dtype for gr in grads)
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+
+    def rel(a, r):
+        return ((a.float() - r).abs().max() / r.abs().max()).item()
+
+    assert rel(out, ref_out) < tol
+    # The offset gradient (differences of neighbouring pixels) is ill-conditioned in 16 bits; the
+    # others are sums of products.
+    for name, a, r in zip(("input", "weight", "bias", "mask"), [grads[i] for i in (0, 2, 3, 4)],
+                          [ref_grads[i] for i in (0, 2, 3, 4)]):
+        assert rel(a, r) < 2 * tol, name
+    assert torch.isfinite(grads[1]).all()
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""PyTorch path of deformable convolution: runs on any device, no compiled code of ours.
+"""PyTorch path of deformable convolution: runs on any device.
+
+On the CPU (float32, float64, bfloat16, float16) it runs dcn's compiled kernel
+(csrc/deform_conv_cpu.cpp, built on first use by :mod:`dcn.ops._cpu_kernel`): the same algorithm
+as below, with the sampling written straight into the GEMM operand by vectorised, multithreaded
+loops and the GEMMs on oneDNN. What follows describes the ATen implementation that runs elsewhere
+(other devices, or no C++ toolchain); both give the same results.
 
 Design
 ------
@@ -42,19 +48,40 @@ from torch import Tensor
 
 from dcn.ops import _cpu_kernel
 
-# Largest column buffer (elements) a chunk may allocate: 4 Mi elements = 16 MiB in float32.
-# Small enough to stay below torchvision's own column buffer (which holds up to 32 images) on
-# every benchmark shape, large enough to keep the GEMMs efficient.
-_COLUMN_BUDGET = 1 << 22
+# Largest column buffer (elements) a chunk may allocate: 1 Mi elements = 4 MiB in float32 (the
+# ATen path, and the compiled kernel's chunk-wide strategy; its per-thread-tile strategy holds
+# ~1 MiB of columns per thread). Small enough to stay below torchvision's own column buffer (which
+# holds up to 32 images) on every benchmark shape and to stay in cache between the sampling and
+# the GEMM, large enough to keep the GEMMs efficient.
+_COLUMN_BUDGET = 1 << 20
+
+# Strategy knobs of the compiled CPU kernel, 0 letting it pick (tests force each): the column order
+# of its GEMMs (1: (tap, channel), 2: (channel, tap)) and whether tasks multiply their own column
+# tiles (1: per-thread tiles, 2: chunk-wide GEMMs).
+_COLUMN_ORDER = 0
+_FUSE = 0
 
 _BILINEAR = 0  # grid_sampler interpolation_mode
 _ZEROS = 0  # grid_sampler padding_mode
 
 
+def _chunk_images(per_image: int) -> int:
+    """Images per chunk: as many as the column budget holds, at least one."""
+    return max(1, _COLUMN_BUDGET // max(1, per_image))
+
+
 def _chunks(batch: int, per_image: int) -> list[tuple[int, int]]:
     """Split ``range(batch)`` into contiguous (start, stop) chunks within the column budget."""
-    step = max(1, _COLUMN_BUDGET // max(1, per_image))
+    step = _chunk_images(per_image)
     return [(s, min(batch, s + step)) for s in range(0, batch, step)]
+
+
+def _fused_kernel(input: Tensor):
+    """dcn's compiled CPU kernel (:mod:`dcn.ops._cpu_kernel`) for this input, or None (other
+    devices, or no C++ toolchain: the ATen path below runs instead)."""
+    if input.device.type != "cpu" or input.dtype not in _cpu_kernel.DTYPES:
+        return None
+    return _cpu_kernel.load()
 
 
 def _sample_positions(
@@ -99,28 +126,18 @@ class _Bags(NamedTuple):
 
     rows: (M, 4) int64 rows of the padded channels-last table (:func:`_padded_table`);
     weights: (M, 4) corner weights with validity and mask folded in, finite (zero) at NaN
-    positions: what the input gradient scatters with;
-    ly, lx: (M,) fractional parts of y and x (finite); valid: (M,) 0/1; mask: (M,) or None;
-    nan: (M, 1) bool, the sample position is NaN (the sample, and its offset/mask gradients, are
-    NaN there; see :meth:`sample_weights`).
+    positions; nan: (M, 1) bool, the sample position is NaN (the sample is NaN there; see
+    :meth:`sample_weights`).
     M = n * L * K * G, so the summed bags form the channels-last column matrix (n * L, K * C).
     """
 
     rows: Tensor
     weights: Tensor
-    ly: Tensor
-    lx: Tensor
-    valid: Tensor
-    mask: Optional[Tensor]
     nan: Tensor
 
     def sample_weights(self) -> Tensor:
         """The weights the forward sums: NaN at NaN positions, so those samples are NaN."""
         return self.weights.masked_fill(self.nan, float("nan"))
-
-    def nan_to_bag(self, t: Tensor) -> Tensor:
-        """``t`` (M,) or (M, j) per bag, NaN at the bags whose position is NaN."""
-        return t.masked_fill(self.nan if t.dim() == 2 else self.nan.view(-1), float("nan"))
 
 
 def _bilinear_bags(y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[Tensor]) -> _Bags:
@@ -143,11 +160,9 @@ def _bilinear_bags(y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[
     # inside the valid window, where the clamp above changed nothing.
     ly = (y - y0f).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     lx = (x - x0f).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    mask_bl = None
     scale = valid
     if mask is not None:
-        mask_bl = mask.reshape(n, G, K, h_out, w_out).permute(0, 3, 4, 2, 1)
-        scale = valid * mask_bl
+        scale = valid * mask.reshape(n, G, K, h_out, w_out).permute(0, 3, 4, 2, 1)
     hy = (1 - ly) * scale  # fold validity and mask into the y factors only
     hx = 1 - lx
     ly_s = ly * scale
@@ -160,10 +175,7 @@ def _bilinear_bags(y: Tensor, x: Tensor, in_hw: tuple[int, int], mask: Optional[
     gg = torch.arange(G, device=y.device)
     base = ((y0f.long() + 1 + nn_) * Wp + (x0f.long() + 1)) * G + gg
     rows = torch.stack((base, base + G, base + Wp * G, base + (Wp + 1) * G), dim=-1)
-    return _Bags(
-        rows.view(-1, 4), weights.view(-1, 4), ly.reshape(-1), lx.reshape(-1), valid.reshape(-1),
-        None if mask_bl is None else mask_bl.reshape(-1), nan,
-    )
+    return _Bags(rows.view(-1, 4), weights.view(-1, 4), nan)
 
 
 def _padded_table(x: Tensor, offset_groups: int) -> Tensor:
@@ -218,6 +230,12 @@ def deform_conv2d_forward(
     c_out, _, kh, kw = weight.shape
     h_out, w_out = offset.shape[-2:]
     K, L = kh * kw, h_out * w_out
+    kernel = _fused_kernel(input)
+    if kernel is not None:
+        return kernel.deform_conv2d_forward(
+            input, offset, mask, weight, bias, list(stride), list(padding), list(dilation), groups,
+            offset_groups, _chunk_images(c_in * K * L), _COLUMN_ORDER, _FUSE,
+        )
     out = input.new_empty((n, c_out, h_out, w_out))
     if n == 0:
         return out
@@ -287,16 +305,21 @@ def deform_conv2d_backward(
     cg = c_in // G
     c_out_g = c_out // groups
 
+    grad_b = grad_out.sum(dim=(0, 2, 3)) if need_b else None
+    kernel = _fused_kernel(input)
+    if kernel is not None:
+        g_in, g_off, g_mask, g_w = kernel.deform_conv2d_backward(
+            grad_out, input, offset, mask, weight, list(stride), list(padding), list(dilation), groups,
+            offset_groups, _chunk_images(c_in * K * L), _COLUMN_ORDER, _FUSE,
+            [need_in, need_off, need_mask, need_w],
+        )
+        return g_in, g_off, g_mask, g_w, grad_b
+
+    # ATen path (other devices, or no C++ toolchain).
     grad_in = input.new_zeros(input.shape) if need_in else None
     grad_off = offset.new_empty(offset.shape) if need_off else None
     grad_mask = mask.new_empty(mask.shape) if need_mask else None
     grad_w_mat = weight.new_zeros((groups, K * c_in_g, c_out_g)) if need_w else None
-    grad_b = grad_out.sum(dim=(0, 2, 3)) if need_b else None
-    need_sampling = need_in or need_off or need_mask
-    kernel = None
-    if need_sampling and input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64):
-        kernel = _cpu_kernel.load()
-
     w_mat = _weight_matrix(weight, groups)  # (groups, K*C_in/groups, C_out/groups)
     w_cf_t = weight.reshape(groups, c_out_g, c_in_g * K).transpose(1, 2)  # rows ordered (c, k)
     for s, e in _chunks(n, c_in * K * L):
@@ -307,37 +330,6 @@ def deform_conv2d_backward(
         # Channels-last grad_out: (b*L, C_out), matching the column matrix's rows.
         go_cl = grad_out[s:e].permute(0, 2, 3, 1).reshape(b * L, c_out)
         go_groups = [go_cl[:, i * c_out_g:(i + 1) * c_out_g] for i in range(groups)]
-
-        if kernel is not None:
-            # Fused path: one table, one pass for input scatter + corner dot products.
-            bags = _bilinear_bags(y, x, (H, W), m)
-            table = _padded_table(x_in, G)
-            if need_w:
-                cols = F.embedding_bag(bags.rows, table, per_sample_weights=bags.sample_weights(), mode="sum")
-                for i, c in enumerate(_group_columns(cols.view(b * L, K * c_in), groups, K, c_in)):
-                    grad_w_mat[i].addmm_(c.t(), go_groups[i])
-                del cols
-            if not need_sampling:
-                continue
-            gcols = _column_grad_cl(go_groups, w_mat, K, c_in_g).view(-1, cg)
-            gtable, dots = kernel.sampling_backward(table, bags.rows, bags.weights, gcols, b)
-            del gcols, table
-            if need_in:
-                grad_in[s:e] = gtable.view(b, H + 2, W + 2, c_in)[:, 1:-1, 1:-1].permute(0, 3, 1, 2)
-            del gtable
-            d0, d1, d2, d3 = dots.unbind(1)  # <column gradient, corner row> per bag
-            ly, lx = bags.ly, bags.lx
-            hy, hx = 1 - ly, 1 - lx
-            if need_off:
-                sc = bags.valid if bags.mask is None else bags.valid * bags.mask
-                g_y = ((d2 - d0) * hx + (d3 - d1) * lx) * sc
-                g_x = ((d1 - d0) * hy + (d3 - d2) * ly) * sc
-                g_yx = bags.nan_to_bag(torch.stack((g_y, g_x), -1))
-                grad_off[s:e] = _to_offset_layout(g_yx, b, h_out, w_out, K, G)
-            if need_mask:
-                g_m = bags.nan_to_bag((hy * (hx * d0 + lx * d1) + ly * (hx * d2 + lx * d3)) * bags.valid)
-                grad_mask[s:e] = _to_mask_layout(g_m, b, h_out, w_out, K, G)
-            continue
 
         # Fallback path (other devices/dtypes, or no C++ toolchain): ATen kernels only.
         if need_w or need_mask:

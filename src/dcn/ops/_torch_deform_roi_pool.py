@@ -1,4 +1,9 @@
-"""PyTorch path of deformable RoI pooling: runs on any device, no compiled code of ours.
+"""PyTorch path of deformable RoI pooling: runs on any device.
+
+On the CPU it runs dcn's compiled kernel (csrc/deform_roi_pool_cpu.cpp, built by
+:mod:`dcn.ops._cpu_kernel`) when it can be built: the same sampling loops, with the input read
+channels-last and the backward split into channel blocks. What follows is the ATen implementation
+that runs elsewhere (other devices, or no C++ toolchain), with the same results.
 
 Design
 ------
@@ -53,6 +58,8 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dcn.ops import _cpu_kernel
 
 # Most (pixel, weight) bag entries built at once: 4 per bilinear sample. 4 Mi entries
 # take ~100 MiB of index/weight buffers, and keep each embedding_bag call large.
@@ -313,6 +320,13 @@ def _from_pixel_table(table: Tensor, shape: Sequence[int]) -> Tensor:
     return out
 
 
+def _fused_kernel(input: Tensor):
+    """dcn's compiled CPU kernel for this input, or None (other devices, or no C++ toolchain)."""
+    if input.device.type != "cpu":
+        return None
+    return _cpu_kernel.load()
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     # Half-precision inputs are computed in float32 (as torchvision does under autocast).
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -342,6 +356,11 @@ def deform_roi_pool_forward(
         return input.new_zeros((K, c, out_h, out_w))
     input, rois = input.to(cdt), rois.to(cdt)
     offset = offset.to(cdt) if offset is not None else None
+    kernel = _fused_kernel(input)
+    if kernel is not None:
+        return kernel.deform_roi_pool_forward(
+            input, rois, offset, out_h, out_w, spatial_scale, sampling_ratio, gamma, aligned
+        ).to(out_dtype)
     geo = _geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
     table = _pixel_table(input)
     bins = out_h * out_w
@@ -390,6 +409,13 @@ def deform_roi_pool_backward(
     cdt = _compute_dtype(input.dtype)
     x, rois_c = input.to(cdt), rois.to(cdt)
     off_c = offset.to(cdt) if offset is not None else None
+    kernel = _fused_kernel(x)
+    if kernel is not None:
+        g_in, g_off = kernel.deform_roi_pool_backward(
+            grad_out.to(cdt), x, rois_c, off_c, out_h, out_w, spatial_scale, sampling_ratio, gamma, aligned,
+            need_in, need_off,
+        )
+        return (g_in.to(input.dtype) if need_in else None, g_off.to(offset.dtype) if need_off else None)
     geo = _geometry(rois_c, output_size, spatial_scale, sampling_ratio, aligned)
     # (K * bins, C): one gradient row per bag, in the forward's bag order.
     g_rows = grad_out.to(cdt).permute(0, 2, 3, 1).reshape(K * bins, c)
