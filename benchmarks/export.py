@@ -83,7 +83,9 @@ def _median_seconds(call: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, size: int, batch: int, repeats: int, threads: int, folder: Path) -> Tuple[float, float, float]:
+def measure(
+    name: str, size: int, batch: int, repeats: int, threads: int, folder: Path
+) -> Tuple[float, float, float]:
     """(eager seconds, ORT seconds, max |ORT - eager|) for model ``name`` on a random batch."""
     import onnxruntime
 
@@ -108,12 +110,18 @@ def measure(name: str, size: int, batch: int, repeats: int, threads: int, folder
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per runtime (median reported)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for both runtimes")
-    parser.add_argument("--size", type=int, default=None, help="input size for every model (default: 224 / 320)")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="threads for both runtimes"
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="input size for every model (default: 224 / 320)"
+    )
     args = parser.parse_args()
     import onnxruntime
 
@@ -130,8 +138,11 @@ def main() -> None:
         for name in args.models:
             size = args.size or MODELS[name][1]
             eager, ort, diff = measure(name, size, args.batch_size, args.repeats, args.threads, Path(folder))
-            print(f"| {LABELS[name]} | {args.batch_size}x3x{size}x{size} | {eager * 1e3:.1f} | {ort * 1e3:.1f} | "
-                  f"{ort / eager:.2f}x | {diff:.2g} |", flush=True)  # fmt: skip
+            print(
+                f"| {LABELS[name]} | {args.batch_size}x3x{size}x{size} | {eager * 1e3:.1f} | {ort * 1e3:.1f} | "
+                f"{ort / eager:.2f}x | {diff:.2g} |",
+                flush=True,
+            )
     if hasattr(os, "getloadavg"):
         print(f"\nload average at end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

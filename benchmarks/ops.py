@@ -101,9 +101,11 @@ _CPU_IMPLS = {
 }
 
 
-def measure(op: Callable, inputs: list[torch.Tensor], reps: int, device: torch.device,
-            probe: Optional[tuple] = None) -> Result:
+def measure(
+    op: Callable, inputs: list[torch.Tensor], reps: int, device: torch.device, probe: Optional[tuple] = None
+) -> Result:
     """Time ``op`` (forward, forward+backward); ``probe`` = (impl, N, C, H) for the CPU memory probe."""
+
     def fwd():
         with torch.no_grad():
             op(*inputs)
@@ -164,30 +166,52 @@ def run_table(device: torch.device, dtype: torch.dtype, shapes, reps: int, with_
     )
     for name, n, c, h in shapes:
         x, off, w = make_inputs(n, c, h, device, dtype)
-        dense = measure(lambda x, w: F.conv2d(x, w, None, 1, 1), [x, w], reps, device,
-                        ("dense", n, c, h) if probe else None)
+        dense = measure(
+            lambda x, w: F.conv2d(x, w, None, 1, 1),
+            [x, w],
+            reps,
+            device,
+            ("dense", n, c, h) if probe else None,
+        )
         tv = None
         if with_tv:
-            tv = measure(lambda x, o, w: torchvision.ops.deform_conv2d(x, o, w, None, 1, 1), [x, off, w],
-                         reps if device.type == "cuda" else max(1, reps // 2), device,
-                         ("torchvision", n, c, h) if probe else None)
+            tv = measure(
+                lambda x, o, w: torchvision.ops.deform_conv2d(x, o, w, None, 1, 1),
+                [x, off, w],
+                reps if device.type == "cuda" else max(1, reps // 2),
+                device,
+                ("torchvision", n, c, h) if probe else None,
+            )
         for be in backends:
-            ours = measure(lambda x, o, w, be=be: deform_conv2d(x, o, w, None, 1, 1, backend=be),
-                           [x, off, w], reps, device, (be, n, c, h) if probe and be == "torch" else None)
+            ours = measure(
+                lambda x, o, w, be=be: deform_conv2d(x, o, w, None, 1, 1, backend=be),
+                [x, off, w],
+                reps,
+                device,
+                (be, n, c, h) if probe and be == "torch" else None,
+            )
             vs_tv = _speedup(tv.fwd_bwd, ours.fwd_bwd) if tv else "—"
-            rows.append(f"| {name} | dcn `{be}` | {_fmt_t(ours.fwd)} | {_fmt_t(ours.fwd_bwd)} | "
-                        f"{_fmt_mb(ours.peak)} | {vs_tv} | {ours.fwd_bwd / dense.fwd_bwd:.2f}× |")
+            rows.append(
+                f"| {name} | dcn `{be}` | {_fmt_t(ours.fwd)} | {_fmt_t(ours.fwd_bwd)} | "
+                f"{_fmt_mb(ours.peak)} | {vs_tv} | {ours.fwd_bwd / dense.fwd_bwd:.2f}× |"
+            )
         if tv:
-            rows.append(f"| {name} | torchvision | {_fmt_t(tv.fwd)} | {_fmt_t(tv.fwd_bwd)} | "
-                        f"{_fmt_mb(tv.peak)} | 1.0× | {tv.fwd_bwd / dense.fwd_bwd:.2f}× |")
-        rows.append(f"| {name} | dense conv2d | {_fmt_t(dense.fwd)} | {_fmt_t(dense.fwd_bwd)} | "
-                    f"{_fmt_mb(dense.peak)} | — | 1.00× |")
+            rows.append(
+                f"| {name} | torchvision | {_fmt_t(tv.fwd)} | {_fmt_t(tv.fwd_bwd)} | "
+                f"{_fmt_mb(tv.peak)} | 1.0× | {tv.fwd_bwd / dense.fwd_bwd:.2f}× |"
+            )
+        rows.append(
+            f"| {name} | dense conv2d | {_fmt_t(dense.fwd)} | {_fmt_t(dense.fwd_bwd)} | "
+            f"{_fmt_mb(dense.peak)} | — | 1.00× |"
+        )
     return header + "\n" + "\n".join(rows)
 
 
 def environment(device: torch.device) -> str:
-    what = (f"torch {torch.__version__}, torchvision {torchvision.__version__}, dcn {dcn.__version__}, "
-            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    what = (
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, dcn {dcn.__version__}, "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     if device.type == "cuda":
         what += f", GPU: {torch.cuda.get_device_name(device)}"
     return what
@@ -232,10 +256,15 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-torchvision", action="store_true", help="skip torchvision's (slow on CPU) op")
-    p.add_argument("--cpu-dtypes", nargs="+", default=["float32", "bfloat16"],
-                   choices=["float32", "bfloat16"])
-    p.add_argument("--max-load", type=float, default=MAX_LOAD,
-                   help="1-minute load average above which a CPU table is marked NOT QUIET")
+    p.add_argument(
+        "--cpu-dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
+    )
+    p.add_argument(
+        "--max-load",
+        type=float,
+        default=MAX_LOAD,
+        help="1-minute load average above which a CPU table is marked NOT QUIET",
+    )
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the load to drop first")
     p.add_argument("--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table")
     p.add_argument("--memory-probe", nargs=4, metavar=("IMPL", "N", "C", "H"), help=argparse.SUPPRESS)

@@ -59,8 +59,10 @@ def machine_line() -> str:
     """'AMD EPYC (2 cores), torch 2.x, 2 threads, ISA AVX512, 2026-12-01 01:23 UTC'."""
     isa = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, ISA {isa}, {now}")
+    return (
+        f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, ISA {isa}, {now}"
+    )
 
 
 def _busy_jiffies() -> Optional[int]:
@@ -94,8 +96,9 @@ class _OthersClock:
         return max(0.0, busy - (own1 - self._own0)) / (elapsed * (os.cpu_count() or 1))
 
 
-def wait_for_quiet(max_load: float = MAX_LOAD, max_others: float = MAX_OTHERS,
-                   wait_s: float = 120.0) -> tuple[Optional[float], Optional[float], bool]:
+def wait_for_quiet(
+    max_load: float = MAX_LOAD, max_others: float = MAX_OTHERS, wait_s: float = 120.0
+) -> tuple[Optional[float], Optional[float], bool]:
     """Wait (up to ``wait_s``) until other processes leave the CPUs idle or the load average is at
     most ``max_load``. Returns (1-minute load, others' share over the last 2 s, whether quiet)."""
     deadline = time.monotonic() + wait_s
@@ -109,8 +112,14 @@ def wait_for_quiet(max_load: float = MAX_LOAD, max_others: float = MAX_OTHERS,
 
 
 class LoadGuard:
-    def __init__(self, title: str, max_load: float = MAX_LOAD, max_others: float = MAX_OTHERS,
-                 wait_s: float = 120.0, strict: bool = False) -> None:
+    def __init__(
+        self,
+        title: str,
+        max_load: float = MAX_LOAD,
+        max_others: float = MAX_OTHERS,
+        wait_s: float = 120.0,
+        strict: bool = False,
+    ) -> None:
         self.title, self.max_load, self.max_others = title, max_load, max_others
         self.wait_s, self.strict = wait_s, strict
         self.load_before: Optional[float] = None
@@ -120,7 +129,8 @@ class LoadGuard:
 
     def __enter__(self) -> "LoadGuard":
         self.load_before, self.others_before, self.quiet_before = wait_for_quiet(
-            self.max_load, self.max_others, self.wait_s)
+            self.max_load, self.max_others, self.wait_s
+        )
         self._clock = _OthersClock()
         return self
 
@@ -138,12 +148,19 @@ class LoadGuard:
             return "n/a" if v is None else f"{100 * v:.0f} %"
 
         load = "n/a" if self.load_before is None else f"{self.load_before:.2f}"
-        return (f"1-min load before: {load}; CPU time taken by other processes just before: "
-                f"{pct(self.others_before)}, during the table: {pct(self.others)}")
+        return (
+            f"1-min load before: {load}; CPU time taken by other processes just before: "
+            f"{pct(self.others_before)}, during the table: {pct(self.others)}"
+        )
 
     def header(self) -> str:
-        mark = "" if self.quiet else (
-            f"\n\n**NOT QUIET: other jobs shared the CPUs (limits: {100 * self.max_others:.0f} % of the CPU "
-            f"time, or a load average of {self.max_load} before the table); do not use these numbers "
-            "as results.**")
+        mark = (
+            ""
+            if self.quiet
+            else (
+                f"\n\n**NOT QUIET: other jobs shared the CPUs (limits: {100 * self.max_others:.0f} % of the CPU "
+                f"time, or a load average of {self.max_load} before the table); do not use these numbers "
+                "as results.**"
+            )
+        )
         return f"_{machine_line()}; {self.load_note()}_{mark}"

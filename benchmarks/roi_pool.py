@@ -57,7 +57,6 @@ def _boxes(seed: int) -> List[Tensor]:
     return boxes
 
 
-
 def _once(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -85,6 +84,7 @@ def _time_round_robin(fns: Sequence[Callable[[], object]], reps: int, device: to
 
 def _fwd_bwd(pool: Callable[[Tensor, Optional[Tensor]], Tensor], x: Tensor, offset: Optional[Tensor]):
     """Callables for forward only and forward+backward of pool(x, offset)."""
+
     def fwd():
         with torch.no_grad():
             return pool(x, offset)
@@ -107,7 +107,9 @@ def _single_level(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Ca
     x = torch.randn(N_IMAGES, CHANNELS, IMAGE // 16, IMAGE // 16, generator=g).to(device, dtype)
     boxes = [b.to(device, dtype) for b in _boxes(1)]
     offset = (torch.randn(N_ROIS, 2, OUT, OUT, generator=g) * 0.1).to(device, dtype)
-    rows = [("roi_align", *_fwd_bwd(lambda x, o: roi_align(x, boxes, OUT, 1 / 16, sampling_ratio, True), x, None))]
+    rows = [
+        ("roi_align", *_fwd_bwd(lambda x, o: roi_align(x, boxes, OUT, 1 / 16, sampling_ratio, True), x, None))
+    ]
     for be in backends:
         for name, off in (("no offset", None), ("offsets", offset)):
             pool = lambda x, o, be=be: deform_roi_pool(x, boxes, o, OUT, 1 / 16, sampling_ratio, backend=be)
@@ -118,8 +120,10 @@ def _single_level(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Ca
 def _pyramid(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Callable, Callable]]:
     g = torch.Generator().manual_seed(0)
     names = ["p2", "p3", "p4", "p5"]
-    feats = {n: torch.randn(N_IMAGES, CHANNELS, IMAGE >> (2 + i), IMAGE >> (2 + i), generator=g).to(device, dtype)
-             for i, n in enumerate(names)}
+    feats = {
+        n: torch.randn(N_IMAGES, CHANNELS, IMAGE >> (2 + i), IMAGE >> (2 + i), generator=g).to(device, dtype)
+        for i, n in enumerate(names)
+    }
     boxes = [b.to(device, dtype) for b in _boxes(2)]
     shapes = [(IMAGE, IMAGE)] * N_IMAGES
     tv = MultiScaleRoIAlign(names, OUT, sampling_ratio)
@@ -142,14 +146,22 @@ def _pyramid(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Callabl
             for f, scale, idx in zip(unflat(t), tv.scales, index):
                 out[idx] = per_level(f, rois[idx], off[idx] if off is not None else None, scale)
             return out
+
         return run
 
-    rows = [("roi_align", *_fwd_bwd(
-        pooled(lambda f, r, o, s: roi_align(f, r, OUT, s, sampling_ratio, False)), flat, None))]
+    rows = [
+        (
+            "roi_align",
+            *_fwd_bwd(pooled(lambda f, r, o, s: roi_align(f, r, OUT, s, sampling_ratio, False)), flat, None),
+        )
+    ]
     for be in backends:
         for name, off in (("no offset", None), ("offsets", offset)):
-            pool = pooled(lambda f, r, o, s, be=be: deform_roi_pool(
-                f, r, o, OUT, s, sampling_ratio, aligned=False, backend=be))
+            pool = pooled(
+                lambda f, r, o, s, be=be: deform_roi_pool(
+                    f, r, o, OUT, s, sampling_ratio, aligned=False, backend=be
+                )
+            )
             rows.append((f"dcn {be}, {name}", *_fwd_bwd(pool, flat, off)))
     return rows
 
@@ -157,10 +169,16 @@ def _pyramid(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Callabl
 def _table(title: str, rows, reps: int, device: torch.device) -> str:
     fwd = _time_round_robin([f for _, f, _ in rows], reps, device)
     fwd_bwd = _time_round_robin([fb for _, _, fb in rows], reps, device)
-    lines = [f"### {title}", "", "| op | fwd (ms) | fwd+bwd (ms) | fwd x roi_align | fwd+bwd x roi_align |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| op | fwd (ms) | fwd+bwd (ms) | fwd x roi_align | fwd+bwd x roi_align |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for (name, _, _), f, fb in zip(rows, fwd, fwd_bwd):
-        lines.append(f"| {name} | {f * 1e3:.1f} | {fb * 1e3:.1f} | {f / fwd[0]:.2f} | {fb / fwd_bwd[0]:.2f} |")
+        lines.append(
+            f"| {name} | {f * 1e3:.1f} | {fb * 1e3:.1f} | {f / fwd[0]:.2f} | {fb / fwd_bwd[0]:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -169,10 +187,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--sampling-ratio", type=int, nargs="+", default=[2, 0])
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (torchvision's CPU roi_align uses one whatever this is)")
-    p.add_argument("--max-load", type=float, default=MAX_LOAD,
-                   help="1-minute load average above which a CPU table is marked NOT QUIET")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (torchvision's CPU roi_align uses one whatever this is)",
+    )
+    p.add_argument(
+        "--max-load",
+        type=float,
+        default=MAX_LOAD,
+        help="1-minute load average above which a CPU table is marked NOT QUIET",
+    )
     p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the load to drop first")
     p.add_argument("--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table")
     args = p.parse_args(argv)
@@ -189,16 +215,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             sys.exit("--device cuda: no CUDA device here")
     cupy_reason = cupy_unavailable_reason("deform_roi_pool")
 
-    print(f"## Deformable RoI pooling ({N_ROIS} RoIs, {N_IMAGES} images {IMAGE}x{IMAGE}, C{CHANNELS}, {OUT}x{OUT} bins)")
+    print(
+        f"## Deformable RoI pooling ({N_ROIS} RoIs, {N_IMAGES} images {IMAGE}x{IMAGE}, C{CHANNELS}, {OUT}x{OUT} bins)"
+    )
     print()
-    print(f"dcn {dcn.__version__ if hasattr(dcn, '__version__') else ''} · torch {torch.__version__} · "
-          f"torchvision {torchvision.__version__} · {platform.processor() or platform.machine()} · "
-          f"{torch.get_num_threads()} threads · median of {args.reps}")
+    print(
+        f"dcn {dcn.__version__ if hasattr(dcn, '__version__') else ''} · torch {torch.__version__} · "
+        f"torchvision {torchvision.__version__} · {platform.processor() or platform.machine()} · "
+        f"{torch.get_num_threads()} threads · median of {args.reps}"
+    )
     for device in devices:
         dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16]
         backends = ["torch"] + (["cupy"] if device.type == "cuda" and cupy_reason is None else [])
         if device.type == "cuda":
-            print(f"\nGPU: {torch.cuda.get_device_name()}" + ("" if cupy_reason is None else f" (cupy: {cupy_reason})"))
+            print(
+                f"\nGPU: {torch.cuda.get_device_name()}"
+                + ("" if cupy_reason is None else f" (cupy: {cupy_reason})")
+            )
         for dtype in dtypes:
             for sr in args.sampling_ratio:
                 for title, build in (("single level, C256 50x50", _single_level), ("FPN P2-P5", _pyramid)):
@@ -214,8 +247,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         sys.stdout.flush()
                         continue
                     try:
-                        with LoadGuard(name, max_load=args.max_load, wait_s=args.wait,
-                                       strict=args.strict) as guard:
+                        with LoadGuard(
+                            name, max_load=args.max_load, wait_s=args.wait, strict=args.strict
+                        ) as guard:
                             table = _table(name, rows, args.reps, device)
                     except BusyMachine as exc:
                         sys.exit(str(exc))

@@ -91,25 +91,42 @@ def measure(name: str, size: int, batch: int, steps: int, device: torch.device) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", "--reps", dest="steps", type=int, default=5,
-                        help="timed steps per variant (median reported)")
+    parser.add_argument(
+        "--steps",
+        "--reps",
+        dest="steps",
+        type=int,
+        default=5,
+        help="timed steps per variant (median reported)",
+    )
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--max-load", type=float, default=MAX_LOAD,
-                        help="1-minute load average above which a CPU table is marked NOT QUIET")
-    parser.add_argument("--wait", type=float, default=120.0,
-                        help="seconds to wait for the load to drop first")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse (exit 1) instead of marking a busy table")
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=MAX_LOAD,
+        help="1-minute load average above which a CPU table is marked NOT QUIET",
+    )
+    parser.add_argument(
+        "--wait", type=float, default=120.0, help="seconds to wait for the load to drop first"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
 
     print(
         f"{device.type.upper()} training throughput: {machine}, "
@@ -118,12 +135,18 @@ def main() -> None:
     )
     lines = ["| backbone | plain (img/s) | deform (img/s) | deform/plain step time |", "|---|---:|---:|---:|"]
     try:
-        with LoadGuard("training throughput", max_load=args.max_load, wait_s=args.wait,
-                       strict=args.strict and device.type == "cpu") as guard:
+        with LoadGuard(
+            "training throughput",
+            max_load=args.max_load,
+            wait_s=args.wait,
+            strict=args.strict and device.type == "cpu",
+        ) as guard:
             for name in args.backbones:
                 plain, deform = measure(name, args.image_size, args.batch_size, args.steps, device)
-                lines.append(f"| {name} | {args.batch_size / plain:.1f} | {args.batch_size / deform:.1f} | "
-                             f"{deform / plain:.2f}x |")
+                lines.append(
+                    f"| {name} | {args.batch_size / plain:.1f} | {args.batch_size / deform:.1f} | "
+                    f"{deform / plain:.2f}x |"
+                )
     except BusyMachine as exc:
         raise SystemExit(str(exc))
     if device.type == "cpu":

@@ -28,10 +28,17 @@ from dcn.backbones import ResNetBackbone
 from dcn.tasks.detection import build_faster_rcnn
 
 NUM_CLASSES = 6  # the synthetic set's five shapes + background
-VARIANTS: Tuple[Tuple[bool, str], ...] = ((False, "align"), (False, "deform"), (True, "align"), (True, "deform"))
+VARIANTS: Tuple[Tuple[bool, str], ...] = (
+    (False, "align"),
+    (False, "deform"),
+    (True, "align"),
+    (True, "deform"),
+)
 
 
-def random_batch(batch: int, size: int, generator: torch.Generator) -> Tuple[List[torch.Tensor], List[Dict[str, torch.Tensor]]]:
+def random_batch(
+    batch: int, size: int, generator: torch.Generator
+) -> Tuple[List[torch.Tensor], List[Dict[str, torch.Tensor]]]:
     """``batch`` images Tensor[3, size, size] in [0, 1] with 1-4 boxes each (10-60% of the side)."""
     images, targets = [], []
     for _ in range(batch):
@@ -68,24 +75,44 @@ def time_variant(model: torch.nn.Module, batches: Sequence, train: bool) -> floa
 def build(args: argparse.Namespace, deform: bool, roi_pool: str) -> torch.nn.Module:
     torch.manual_seed(0)
     backbone = ResNetBackbone(args.arch, deform={"enabled": deform})
-    last = int(args.fpn_features[0][-1])  # layerN has stride 2^(N+1); anchors 4x the stride, one size per level
+    last = int(
+        args.fpn_features[0][-1]
+    )  # layerN has stride 2^(N+1); anchors 4x the stride, one size per level
     sizes = [[2 ** (i + 3)] for i in range(last, last + len(args.fpn_features) + 1)]
     return build_faster_rcnn(
-        backbone, NUM_CLASSES, "fpn", roi_pool, fpn_features=args.fpn_features, fpn_channels=args.fpn_channels,
-        anchor_sizes=sizes, min_size=args.image_size, max_size=args.image_size,
-        representation_size=args.representation_size, deform_roi_pool={"hidden_channels": args.representation_size},
-        rpn={"pre_nms_top_n_train": 600, "post_nms_top_n_train": 300, "pre_nms_top_n_test": 300,
-             "post_nms_top_n_test": 100},
+        backbone,
+        NUM_CLASSES,
+        "fpn",
+        roi_pool,
+        fpn_features=args.fpn_features,
+        fpn_channels=args.fpn_channels,
+        anchor_sizes=sizes,
+        min_size=args.image_size,
+        max_size=args.image_size,
+        representation_size=args.representation_size,
+        deform_roi_pool={"hidden_channels": args.representation_size},
+        rpn={
+            "pre_nms_top_n_train": 600,
+            "post_nms_top_n_train": 300,
+            "pre_nms_top_n_test": 300,
+            "post_nms_top_n_test": 100,
+        },
         roi_heads={"batch_size_per_image": 128},
-    )  # fmt: skip
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"]
+    )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and mode (median reported)")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed steps per variant and mode (median reported)"
+    )
     parser.add_argument("--fpn-features", nargs="+", default=["layer2", "layer3", "layer4"])
     parser.add_argument("--fpn-channels", type=int, default=128)
     parser.add_argument("--representation-size", type=int, default=256)
@@ -99,7 +126,9 @@ def main() -> None:
         f"{args.fpn_channels} ch), batch {args.batch_size}, {args.image_size}x{args.image_size} images, "
         f"median of {args.steps} steps\n"
     )
-    print("| deform conv (conv5) | RoI pooling | train (img/s) | train step vs plain | inference (img/s) | inference vs plain |")
+    print(
+        "| deform conv (conv5) | RoI pooling | train (img/s) | train step vs plain | inference (img/s) | inference vs plain |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     plain: Tuple[float, float] = (0.0, 0.0)
     for deform, roi_pool in VARIANTS:

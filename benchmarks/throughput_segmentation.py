@@ -25,7 +25,9 @@ from dcn.tasks.segmentation import DeepLab, segmentation_cross_entropy
 NUM_CLASSES = 21  # VOC's
 
 
-def segmentation_step_times(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, steps: int) -> List[float]:
+def segmentation_step_times(
+    model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, steps: int
+) -> List[float]:
     """Seconds per training step, ``steps`` timed steps after one warm-up step."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -58,7 +60,9 @@ def measure_segmentation(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")

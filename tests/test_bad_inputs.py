@@ -14,18 +14,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "callbacks.progress_bar=null", "callbacks.model_summary=null",
-        "data.canvas_size=12", "data.digit_size=10", "task.num_val_images=0"]
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "data.canvas_size=12",
+    "data.digit_size=10",
+    "task.num_val_images=0",
+]
 
 
-@pytest.mark.parametrize("override,message", [
-    ("trainer.max_epochs=abc", r"trainer.max_epochs must be an integer >= -1 .*got 'abc' \(str\)"),
-    ("trainer.limit_train_batches=1.5", r"trainer.limit_train_batches must be a number of batches .*got 1.5"),
-    ("trainer.precision=half", r"trainer.precision must be one of .*got 'half'"),
-    ("trainer.fast_dev_run=maybe", r"trainer.fast_dev_run must be true, false or a number of batches"),
-    ("trainer.devices=[a]", r"trainer.devices must be a count"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("trainer.max_epochs=abc", r"trainer.max_epochs must be an integer >= -1 .*got 'abc' \(str\)"),
+        (
+            "trainer.limit_train_batches=1.5",
+            r"trainer.limit_train_batches must be a number of batches .*got 1.5",
+        ),
+        ("trainer.precision=half", r"trainer.precision must be one of .*got 'half'"),
+        ("trainer.fast_dev_run=maybe", r"trainer.fast_dev_run must be true, false or a number of batches"),
+        ("trainer.devices=[a]", r"trainer.devices must be a count"),
+    ],
+)
 def test_bad_trainer_values_are_named_before_anything_is_built(compose_train, override, message):
     import train
     from dcn.results import RunRecord
@@ -38,19 +52,35 @@ def test_bad_trainer_values_are_named_before_anything_is_built(compose_train, ov
 
 def test_every_documented_trainer_key_is_settable(compose_train):
     """trainer.fast_dev_run, limit_*_batches, ... are in the config: no '+' and no 'not in struct'."""
-    cfg = compose_train(["trainer.fast_dev_run=true", "trainer.limit_train_batches=3", "trainer.max_steps=5",
-                         "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=2"])
+    cfg = compose_train(
+        [
+            "trainer.fast_dev_run=true",
+            "trainer.limit_train_batches=3",
+            "trainer.max_steps=5",
+            "trainer.gradient_clip_val=1.0",
+            "trainer.accumulate_grad_batches=2",
+        ]
+    )
     assert cfg.trainer.fast_dev_run is True and cfg.trainer.limit_train_batches == 3
 
 
 def _run_train(args, cwd, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
+        timeout=600,
+    )
 
 
 def _digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -69,8 +99,15 @@ def test_reused_run_directory_is_refused_and_left_untouched(tmp_path):
     assert _digest(run_dir) == before  # nothing written, not even Hydra's .hydra/ files
 
     # The way out that keeps the directory: resume from its checkpoint.
-    resumed = _run_train([f"hydra.run.dir={run_dir}", f"ckpt_path={run_dir}/checkpoints/last.ckpt", *TINY,
-                          "trainer.max_epochs=2"], tmp_path)
+    resumed = _run_train(
+        [
+            f"hydra.run.dir={run_dir}",
+            f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+            *TINY,
+            "trainer.max_epochs=2",
+        ],
+        tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
     assert (run_dir / "results.1.json").is_file()  # the first run's record, kept
@@ -80,13 +117,16 @@ def test_unwritable_output_root_is_one_line(tmp_path, monkeypatch):
     from dcn import hydra_callbacks
 
     real_access = os.access
-    monkeypatch.setattr(hydra_callbacks.os, "access",
-                        lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
+    monkeypatch.setattr(
+        hydra_callbacks.os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode)
+    )
     with pytest.raises(hydra_callbacks.RunDirectoryError) as info:
         hydra_callbacks.check_run_directory(tmp_path / "logs" / "run", "hydra.run.dir")
     message = str(info.value)
     assert "\n" not in message
-    assert f"cannot create the run directory {tmp_path / 'logs' / 'run'}: {tmp_path} is not writable" in message
+    assert (
+        f"cannot create the run directory {tmp_path / 'logs' / 'run'}: {tmp_path} is not writable" in message
+    )
     assert "paths.log_dir=" in message
 
 
@@ -104,8 +144,9 @@ def test_resume_inside_the_directory_is_allowed(tmp_path):
 def test_disk_full_while_checkpointing_leaves_no_truncated_file(compose_train, tmp_path, monkeypatch):
     """ENOSPC in the middle of a checkpoint write: the run ends 'failed' with the error in results.json,
     no file under a checkpoint's name is truncated, and no temporary file is left behind."""
-    import train
     from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    import train
 
     def full_disk(self, checkpoint, path, storage_options=None):
         Path(path).write_bytes(b"\0" * 1000)  # part of the file made it to disk

@@ -34,7 +34,9 @@ def test_truncated_checkpoint_names_the_file(checkpoint: Path, tmp_path: Path) -
     data = checkpoint.read_bytes()
     bad = tmp_path / "truncated.ckpt"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*truncated\.ckpt .*truncated or corrupt"):
+    with pytest.raises(
+        CheckpointError, match=r"cannot read checkpoint .*truncated\.ckpt .*truncated or corrupt"
+    ):
         load_checkpoint(bad)
 
 
@@ -43,7 +45,9 @@ def test_missing_and_foreign_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.ckpt")
     weights = tmp_path / "weights.pt"
     torch.save(SeedNet(in_channels=1).state_dict(), weights)
-    with pytest.raises(CheckpointError, match=r"weights\.pt is not a Lightning checkpoint.*backbone\.pretrained"):
+    with pytest.raises(
+        CheckpointError, match=r"weights\.pt is not a Lightning checkpoint.*backbone\.pretrained"
+    ):
         load_checkpoint(weights)
 
 
@@ -74,14 +78,25 @@ def test_mismatch_names_what_wrote_the_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         check_checkpoint(path, _task(deform=False))
     message = str(info.value)
-    assert ("written by a ClassificationTask with a SeedNet backbone, deform on (stages [4], v1, offset_groups 1); "
-            "this config builds a ClassificationTask with a SeedNet backbone, deform off (they differ in: deform)") in message
+    assert (
+        "written by a ClassificationTask with a SeedNet backbone, deform on (stages [4], v1, offset_groups 1); "
+        "this config builds a ClassificationTask with a SeedNet backbone, deform off (they differ in: deform)"
+    ) in message
 
     from dcn.backbones import ResNetBackbone
     from dcn.tasks.segmentation import SegmentationTask
 
-    other = SegmentationTask(ResNetBackbone("resnet18", output_stride=16), num_classes=3, optimizer=torch.optim.SGD,
-                             aspp_channels=8, decoder_channels=8, low_level_channels=4)
-    with pytest.raises(CheckpointError, match=r"this config builds a SegmentationTask with a ResNetBackbone resnet18 "
-                                              r"backbone, deform on .*\(they differ in: task, backbone, arch\)"):
+    other = SegmentationTask(
+        ResNetBackbone("resnet18", output_stride=16),
+        num_classes=3,
+        optimizer=torch.optim.SGD,
+        aspp_channels=8,
+        decoder_channels=8,
+        low_level_channels=4,
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"this config builds a SegmentationTask with a ResNetBackbone resnet18 "
+        r"backbone, deform on .*\(they differ in: task, backbone, arch\)",
+    ):
         check_checkpoint(path, other)

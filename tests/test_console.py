@@ -15,9 +15,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TWO_EPOCHS = ["trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-              "trainer.limit_test_batches=2", "data.canvas_size=12", "data.digit_size=10",
-              "callbacks.progress_bar.refresh_steps=2"]
+TWO_EPOCHS = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "data.canvas_size=12",
+    "data.digit_size=10",
+    "callbacks.progress_bar.refresh_steps=2",
+]
 
 
 def _train(args, cwd, script=None):
@@ -40,16 +46,21 @@ def two_epoch_run(tmp_path_factory):
 def test_train_log_records_the_run(two_epoch_run):
     proc, run_dir = two_epoch_run
     text = (run_dir / "train.log").read_text()
-    assert re.search(r"dcn run default: task classification, backbone seed_net, deform on \(stages \[4\], v1, "
-                     r"offset_groups 1\), data digits, seed 0", text)
+    assert re.search(
+        r"dcn run default: task classification, backbone seed_net, deform on \(stages \[4\], v1, "
+        r"offset_groups 1\), data digits, seed 0",
+        text,
+    )
     assert "GPU available: False" in text  # Lightning's own messages
     epochs = re.findall(r"\] epoch (\d)/2 \(step \d+\): (.*)", text)
     assert [e for e, _ in epochs] == ["1", "2"]
     for _, metrics in epochs:  # every logged train/val metric, once per epoch
-        assert {"train/acc", "train/loss", "val/acc", "val/acc_top5", "val/loss"} <= set(re.findall(r"(\S+)=", metrics))
+        assert {"train/acc", "train/loss", "val/acc", "val/acc_top5", "val/loss"} <= set(
+            re.findall(r"(\S+)=", metrics)
+        )
     assert re.search(r"epoch 1/2 step 2/4 \([\d.]+ it/s\)", text)  # progress as lines, every 2 steps
     assert "dcn run completed" in text and "test/acc" in text
-    summary = text[text.index("dcn run completed"):]
+    summary = text[text.index("dcn run completed") :]
     record = json.loads((run_dir / "results.json").read_text())
     for key, value in record["metrics"].items():
         assert f"{key}" in summary and f"{value:.4f}" in summary
@@ -82,14 +93,20 @@ def test_missing_extra_names_the_pip_command(monkeypatch):
 
     real = extras._available
     monkeypatch.setattr(extras, "_available", lambda m: False if m == "wandb" else real(m))
-    with pytest.raises(extras.MissingExtraError, match=r"logger=wandb needs .*wandb.*pip install 'dcn\[wandb\]'"):
+    with pytest.raises(
+        extras.MissingExtraError, match=r"logger=wandb needs .*wandb.*pip install 'dcn\[wandb\]'"
+    ):
         extras.check_config({"logger": {"wandb": {"_target_": "dcn.loggers.WandbLogger"}}})
     monkeypatch.setattr(extras, "_available", lambda m: False)
     with pytest.raises(extras.MissingExtraError, match=r"pip install 'dcn\[coco\]'"):
         extras.check_config({"task": {"metrics": ["voc", "coco"]}})
-    with pytest.raises(extras.MissingExtraError, match=r"hydra/launcher=slurm needs .*pip install 'dcn\[sweeps\]'"):
+    with pytest.raises(
+        extras.MissingExtraError, match=r"hydra/launcher=slurm needs .*pip install 'dcn\[sweeps\]'"
+    ):
         extras.check_command_line(["-m", "hydra/launcher=slurm"])
-    extras.check_config({"logger": {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger"}}})  # core: fine
+    extras.check_config(
+        {"logger": {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger"}}}
+    )  # core: fine
 
 
 @pytest.mark.slow
@@ -99,14 +116,18 @@ def test_installed_commands_run_from_another_directory(tmp_path):
     if not (bin_dir / "dcn-train").exists():
         pytest.skip("dcn is not installed with its console scripts (pip install -e .)")
     run_dir = tmp_path / "elsewhere_run"
-    proc = _train([f"hydra.run.dir={run_dir}", "debug=limit", "data.canvas_size=12", "data.digit_size=10"],
-                  tmp_path, script=str(bin_dir / "dcn-train"))
+    proc = _train(
+        [f"hydra.run.dir={run_dir}", "debug=limit", "data.canvas_size=12", "data.digit_size=10"],
+        tmp_path,
+        script=str(bin_dir / "dcn-train"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((run_dir / "results.json").read_text())
     assert record["status"] == "completed"
     assert record["config"]["paths"]["root_dir"] == str(tmp_path)  # data and logs: where the command runs
-    proc = subprocess.run([str(bin_dir / "dcn-eval"), str(run_dir)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [str(bin_dir / "dcn-eval"), str(run_dir)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and (run_dir / "eval.json").is_file(), proc.stderr[-3000:]
 
 

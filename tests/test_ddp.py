@@ -16,13 +16,27 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_write_one_results_json(tmp_path: Path) -> None:
     command = [
-        sys.executable, str(ROOT / "train.py"), "trainer=ddp_cpu", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-        "data.canvas_size=12", "data.digit_size=10", "data.batch_size=16",
-        "callbacks.progress_bar=null", "callbacks.model_summary=null",
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "DCN_ROOT": str(tmp_path)},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+        sys.executable,
+        str(ROOT / "train.py"),
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "data.canvas_size=12",
+        "data.digit_size=10",
+        "data.batch_size=16",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "DCN_ROOT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     (run_dir,) = (tmp_path / "logs" / "default" / "runs").iterdir()  # rank 1 did not make its own

@@ -14,13 +14,27 @@ from dcn.images import ImageReadError
 from dcn.trained_task import load_trained_task
 
 SHORT_RUN = [
-    "experiment=frcnn_synthetic", "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1", "test=false", "callbacks.progress_bar=null",
-    "callbacks.model_summary=null", "data.num_workers=0", "data.batch_size=2", "data.val_batch_size=2",
-    "data.generator.num_train=4", "data.generator.num_val=2", "data.generator.num_test=3",
-    "data.generator.image_size=64", "task.min_size=64", "task.max_size=64", "task.representation_size=32",
-    "task.deform_roi_pool.hidden_channels=32", "task.fpn_channels=32",
-]  # fmt: skip
+    "experiment=frcnn_synthetic",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "test=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+    "data.generator.num_train=4",
+    "data.generator.num_val=2",
+    "data.generator.num_test=3",
+    "data.generator.image_size=64",
+    "task.min_size=64",
+    "task.max_size=64",
+    "task.representation_size=32",
+    "task.deform_roi_pool.hidden_channels=32",
+    "task.fpn_channels=32",
+]
 
 
 @pytest.fixture
@@ -43,8 +57,19 @@ def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path, trunca
     files = sorted(folder.glob("*.jpg"))[:2]
     out = tmp_path / "out"
     # Threshold 0: an almost untrained detector scores low, and every kept box must be reported.
-    summary = detect.main([checkpoint, str(files[0]), str(files[1]), "--output", str(out), "--score-threshold", "0",
-                           "--batch-size", "2"])  # fmt: skip
+    summary = detect.main(
+        [
+            checkpoint,
+            str(files[0]),
+            str(files[1]),
+            "--output",
+            str(out),
+            "--score-threshold",
+            "0",
+            "--batch-size",
+            "2",
+        ]
+    )
     written = json.loads((out / "detections.json").read_text())
     assert written == json.loads(json.dumps(summary))
     assert written["class_names"] == ["background", "disc", "ring", "square", "triangle", "cross"]
@@ -57,7 +82,9 @@ def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path, trunca
         with torch.no_grad():
             expected = task([image])[0]
         assert len(record["detections"]) == len(expected["scores"])  # threshold 0 keeps all
-        for found, box, label, score in zip(record["detections"], expected["boxes"], expected["labels"], expected["scores"]):
+        for found, box, label, score in zip(
+            record["detections"], expected["boxes"], expected["labels"], expected["scores"]
+        ):
             assert found["class"] == written["class_names"][found["label"]] and found["label"] == int(label)
             assert found["box"] == pytest.approx(box.tolist(), abs=0.01)
             assert found["score"] == pytest.approx(float(score), abs=1e-4)
@@ -67,8 +94,17 @@ def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path, trunca
             assert picture.size == (record["width"], record["height"])
 
     # A whole folder, pictures off, a threshold above every score: every image listed, nothing kept.
-    summary = detect.main([checkpoint, str(folder), "--output", str(tmp_path / "json_only"), "--no-pictures",
-                           "--score-threshold", "1"])  # fmt: skip
+    summary = detect.main(
+        [
+            checkpoint,
+            str(folder),
+            "--output",
+            str(tmp_path / "json_only"),
+            "--no-pictures",
+            "--score-threshold",
+            "1",
+        ]
+    )
     assert len(summary["images"]) == len(list(folder.glob("*.jpg")))
     assert all(r["detections"] == [] for r in summary["images"])
     assert list((tmp_path / "json_only").iterdir()) == [tmp_path / "json_only" / "detections.json"]
@@ -79,7 +115,6 @@ def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path, trunca
     import subprocess
     import sys
 
-
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for f in files:
@@ -87,10 +122,27 @@ def test_detects_a_folder_and_writes_json_and_pictures(trained, tmp_path, trunca
     bad = truncate_file(mixed / files[0].name)
     summary = detect.main([checkpoint, str(mixed), "--output", str(tmp_path / "mixed_out"), "--no-pictures"])
     assert [r["file"] for r in summary["images"]] == [str(mixed / files[1].name)]
-    assert [s["file"] for s in summary["skipped"]] == [str(bad)] and "cannot read image" in summary["skipped"][0]["error"]
-    assert json.loads((tmp_path / "mixed_out" / "detections.json").read_text())["skipped"] == summary["skipped"]
-    proc = subprocess.run([sys.executable, "-m", "dcn.detect", checkpoint, str(mixed), "--output",
-                           str(tmp_path / "mixed_cli"), "--no-pictures"], capture_output=True, text=True, timeout=300)
+    assert [s["file"] for s in summary["skipped"]] == [str(bad)] and "cannot read image" in summary[
+        "skipped"
+    ][0]["error"]
+    assert (
+        json.loads((tmp_path / "mixed_out" / "detections.json").read_text())["skipped"] == summary["skipped"]
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcn.detect",
+            checkpoint,
+            str(mixed),
+            "--output",
+            str(tmp_path / "mixed_cli"),
+            "--no-pictures",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and f"skipped: cannot read image {bad}" in proc.stderr
 
 
@@ -118,4 +170,6 @@ def test_a_run_of_another_task_is_refused(compose_train, tmp_path):
     image = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(image)
     with pytest.raises(TypeError, match="ClassificationTask, not dcn.tasks.detection"):
-        detect.main([str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(image), "--output", str(tmp_path / "o")])
+        detect.main(
+            [str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(image), "--output", str(tmp_path / "o")]
+        )

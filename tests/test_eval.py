@@ -12,8 +12,15 @@ import pytest
 
 from dcn import eval as dcn_eval
 
-SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-         "callbacks.progress_bar=null", "data.canvas_size=12", "data.digit_size=10", "task.num_val_images=0"]
+SHORT = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "callbacks.progress_bar=null",
+    "data.canvas_size=12",
+    "data.digit_size=10",
+    "task.num_val_images=0",
+]
 
 
 @pytest.fixture
@@ -50,8 +57,16 @@ def test_validation_split_and_data_overrides(finished_run):
 def test_another_dataset_of_the_same_format(finished_run, mnist_root):
     """data=<name> swaps the data config for another one of conf/data (here: digits -> MNIST, both
     1-channel 10-class; seed_net pools globally, so the larger images are fine), with its own keys on top."""
-    other = dcn_eval.main([str(finished_run), "data=mnist", f"data.root={mnist_root}", "data.canvas_size=28",
-                           "data.num_workers=0", "data.val_size=10"])
+    other = dcn_eval.main(
+        [
+            str(finished_run),
+            "data=mnist",
+            f"data.root={mnist_root}",
+            "data.canvas_size=28",
+            "data.num_workers=0",
+            "data.val_size=10",
+        ]
+    )
     assert other["data_config"]["root"] == str(mnist_root)
     assert 0.0 <= other["metrics"]["test/acc"] <= 1.0
 
@@ -67,8 +82,13 @@ def test_bad_arguments_are_named(finished_run, tmp_path):
 
 
 def test_command_line_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dcn.eval", str(tmp_path / "nowhere")], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcn.eval", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"python -m dcn.eval: error: no such run directory or checkpoint: "
-                                                f"{tmp_path / 'nowhere'}"]
+    assert proc.stderr.strip().splitlines() == [
+        f"python -m dcn.eval: error: no such run directory or checkpoint: {tmp_path / 'nowhere'}"
+    ]

@@ -21,19 +21,39 @@ from dcn.tasks.segmentation import DeepLab
 from dcn.trained_task import load_trained_task
 
 SHORT_CLASSIFICATION_RUN = [
-    "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
-    "data.canvas_size=12", "data.digit_size=10", "callbacks.progress_bar=null",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "test=false",
+    "data.canvas_size=12",
+    "data.digit_size=10",
+    "callbacks.progress_bar=null",
     "callbacks.model_summary=null",
-]  # fmt: skip
+]
 SHORT_SEGMENTATION_RUN = [
-    "experiment=deeplab_synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-    "trainer.limit_val_batches=1", "test=false", "callbacks.progress_bar=null",
-    "callbacks.model_summary=null", "data.crop_size=32", "data.batch_size=2", "data.val_batch_size=2",
-    "task.aspp_channels=16", "task.decoder_channels=16", "data.generator.num_train=4", "data.generator.num_val=2",
-    "data.generator.num_test=2", "data.generator.image_size=48",
-]  # fmt: skip
-SMALL_DETECTOR = ["experiment=frcnn_synthetic", "task.representation_size=32",
-                  "task.deform_roi_pool.hidden_channels=32", "task.fpn_channels=32"]  # fmt: skip
+    "experiment=deeplab_synthetic",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "test=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+    "task.aspp_channels=16",
+    "task.decoder_channels=16",
+    "data.generator.num_train=4",
+    "data.generator.num_val=2",
+    "data.generator.num_test=2",
+    "data.generator.image_size=48",
+]
+SMALL_DETECTOR = [
+    "experiment=frcnn_synthetic",
+    "task.representation_size=32",
+    "task.deform_roi_pool.hidden_channels=32",
+    "task.fpn_channels=32",
+]
 
 
 def _train(compose_train, tmp_path, overrides):
@@ -86,7 +106,9 @@ class _Classifier(nn.Module):
 @pytest.mark.parametrize("modulated", [False, True], ids=["dcn-v1", "dcn-v2"])
 def test_a_dcn_resnet18_classifier_matches_in_onnx_runtime(tmp_path, modulated):
     torch.manual_seed(0)
-    backbone = ResNetBackbone(arch="resnet18", deform={"enabled": True, "stages": [3, 4], "modulated": modulated})
+    backbone = ResNetBackbone(
+        arch="resnet18", deform={"enabled": True, "stages": [3, 4], "modulated": modulated}
+    )
     network = _Classifier(backbone, 10).eval()
     _shake_offsets(network)
     _onnx_parity(network, torch.rand(3, 3, 64, 64), tmp_path)
@@ -108,10 +130,15 @@ def classification_run(compose_train, tmp_path):
 def test_a_classification_run_exports_to_onnx_and_matches(classification_run, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "exported" / "digits.onnx"
-    assert export.main([str(classification_run), "--dynamic-batch", "--batch-size", "3", "--out", str(out)]) == 0
+    assert (
+        export.main([str(classification_run), "--dynamic-batch", "--batch-size", "3", "--out", str(out)]) == 0
+    )
     record = json.loads((out.parent / "export.json").read_text())
     assert record["format"] == "onnx" and record["opset"] == 20 and record["task"] == "ClassificationTask"
-    assert record["checkpoint"] == json.loads((classification_run / "results.json").read_text())["best"]["checkpoint"]
+    assert (
+        record["checkpoint"]
+        == json.loads((classification_run / "results.json").read_text())["best"]["checkpoint"]
+    )
     assert record["inputs"] == [{"name": "images", "shape": ["batch", 1, 12, 12], "dtype": "float32"}]
     assert record["outputs"] == [{"name": "logits", "shape": ["batch", 10], "dtype": "float32"}]
     parity = record["parity"]
@@ -155,7 +182,9 @@ def test_above_the_tolerance_the_command_fails(classification_run, monkeypatch):
     monkeypatch.setattr(export._Runner, "__call__", lambda self, images: run_export(self, images) + 0.01)
     assert export.main([str(classification_run)]) == 1
     record = json.loads((classification_run / "export" / "export.json").read_text())
-    assert not record["parity"]["passed"] and record["parity"]["max_abs_diff"] == pytest.approx(0.01, rel=1e-3)
+    assert not record["parity"]["passed"] and record["parity"]["max_abs_diff"] == pytest.approx(
+        0.01, rel=1e-3
+    )
 
 
 def test_a_detection_run_is_refused_as_not_supported_yet(compose_train, tmp_path):

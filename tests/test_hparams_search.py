@@ -36,17 +36,35 @@ def test_search_space_composes() -> None:
 def test_two_trial_study(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
     command = [
-        sys.executable, str(ROOT / "train.py"), SEARCH, f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.n_startup_trials=1", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1", "test=false", "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.progress_bar=null", "callbacks.model_summary=null",
+        sys.executable,
+        str(ROOT / "train.py"),
+        SEARCH,
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "data.canvas_size=12",
+        "data.digit_size=10",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
         # Two tiny trials tie on val/acc (both at chance), not on val/loss: minimise the loss (with
         # direction=minimize, as classification_optuna.yaml says for a loss), so that the choice of the
         # best trial below is really checked.
-        "task.monitor=val/loss", "task.monitor_mode=min", "hydra.sweeper.direction=minimize",
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "DCN_ROOT": str(tmp_path)},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+        "task.monitor=val/loss",
+        "task.monitor_mode=min",
+        "hydra.sweeper.direction=minimize",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "DCN_ROOT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"task.optimizer.lr", "task.optimizer.weight_decay"}
@@ -62,7 +80,10 @@ def test_two_trial_study(tmp_path: Path) -> None:
         optimizer = record["config"]["task"]["optimizer"]
         assert sampled["task.optimizer.lr"] == optimizer["lr"]
         assert sampled["task.optimizer.weight_decay"] == optimizer["weight_decay"]
-        assert 1e-4 <= sampled["task.optimizer.lr"] <= 3e-2 and 1e-6 <= sampled["task.optimizer.weight_decay"] <= 1e-2
+        assert (
+            1e-4 <= sampled["task.optimizer.lr"] <= 3e-2
+            and 1e-6 <= sampled["task.optimizer.weight_decay"] <= 1e-2
+        )
         trials.append((record["best"]["value"], sampled))
     assert trials[0][1] != trials[1][1] and trials[0][0] != trials[1][0]
     # The study's best: the lowest value of the trials run, with that trial's parameters.

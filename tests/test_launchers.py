@@ -45,13 +45,29 @@ def test_local_launchers_compose() -> None:
 def test_two_job_sweep_through_submitit_local(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
     command = [
-        sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
-        "seed=0,1", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.progress_bar=null", "callbacks.model_summary=null",
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env={**os.environ, "DCN_ROOT": str(tmp_path)},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={sweep}",
+        "seed=0,1",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "data.canvas_size=12",
+        "data.digit_size=10",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "DCN_ROOT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads((sweep / str(i) / "results.json").read_text()) for i in range(2)]
     assert [r["status"] for r in records] == ["completed", "completed"]

@@ -18,7 +18,14 @@ from dcn import report
 ROOT = Path(__file__).resolve().parents[1]
 
 # Test accuracies per (deform, seed): fabricated, with the deformable variant clearly better.
-ACC = {(False, 0): 0.80, (False, 1): 0.82, (False, 2): 0.78, (True, 0): 0.90, (True, 1): 0.91, (True, 2): 0.86}
+ACC = {
+    (False, 0): 0.80,
+    (False, 1): 0.82,
+    (False, 2): 0.78,
+    (True, 0): 0.90,
+    (True, 1): 0.91,
+    (True, 2): 0.86,
+}
 
 
 def _config(run_dir: Path, deform: bool, seed: int, lr: float = 0.003) -> dict:
@@ -74,7 +81,10 @@ def multirun(tmp_path: Path) -> Path:
 def test_groups_by_config_difference_except_seed_and_run_paths(multirun: Path) -> None:
     result = report.build_report(report.find_runs([multirun]))
     assert result.differing_keys == ["backbone.deform.enabled"]
-    assert [v.label for v in result.variants] == ["backbone.deform.enabled=false", "backbone.deform.enabled=true"]
+    assert [v.label for v in result.variants] == [
+        "backbone.deform.enabled=false",
+        "backbone.deform.enabled=true",
+    ]
     assert [len(v.runs) for v in result.variants] == [3, 4]  # the failed run belongs to its variant
     assert [len(v.completed) for v in result.variants] == [3, 3]
     assert result.plain_of == {1: 0}
@@ -108,8 +118,14 @@ def test_markdown_lists_stats_plots_and_problem_runs(multirun: Path) -> None:
     assert "262,876" in text and "110.0" in text  # params, wall time
     assert "CUDA out of memory" in text  # the failed run, with its error
     assert f"`{(multirun / '7').resolve()}` (unfinished): no results.json" in text
-    for name in ("delta_test_acc.png", "delta_test_loss.png", "val_acc.png", "val_loss.png", "test_acc.png",
-                 "test_loss.png"):
+    for name in (
+        "delta_test_acc.png",
+        "delta_test_loss.png",
+        "val_acc.png",
+        "val_loss.png",
+        "test_acc.png",
+        "test_loss.png",
+    ):
         assert (out / name).read_bytes().startswith(b"\x89PNG"), name
         assert f"]({name})" in text
     for name in ("delta_test_acc.pdf", "delta_test_loss.pdf"):  # the answer of the sweep, also for papers
@@ -126,13 +142,24 @@ def test_each_deformable_variant_is_compared_with_its_own_plain_twin(tmp_path: P
     labels = [v.label for v in result.variants]
     assert len(labels) == 4
     for i, j in result.plain_of.items():
-        assert dict(result.variants[i].key)["task.optimizer.lr"] == dict(result.variants[j].key)["task.optimizer.lr"]
+        assert (
+            dict(result.variants[i].key)["task.optimizer.lr"]
+            == dict(result.variants[j].key)["task.optimizer.lr"]
+        )
         assert result.variants[j].deform_enabled is False
-    assert result.names == ["lr=0.001, deform off", "lr=0.001, deform on", "lr=0.01, deform off", "lr=0.01, deform on"]
+    assert result.names == [
+        "lr=0.001, deform off",
+        "lr=0.001, deform on",
+        "lr=0.01, deform off",
+        "lr=0.01, deform on",
+    ]
     # Two plain variants: each row of the difference plot says which one it is compared with.
     fig = report.difference_figure(result, "test/acc")
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert labels == ["lr=0.001, deform on\nvs lr=0.001, deform off", "lr=0.01, deform on\nvs lr=0.01, deform off"]
+    assert labels == [
+        "lr=0.001, deform on\nvs lr=0.001, deform off",
+        "lr=0.01, deform on\nvs lr=0.01, deform off",
+    ]
     plt.close(fig)
 
 
@@ -149,14 +176,20 @@ def test_detection_ablation_compares_every_deformable_variant_with_the_plain_mod
     result = report.build_report(report.find_runs([tmp_path / "align", tmp_path / "deform"]))
     keys = [dict(v.key) for v in result.variants]
     assert len(keys) == 4
-    plain = [i for i, k in enumerate(keys) if k == {"backbone.deform.enabled": "false", "task.roi_pool": "align"}]
+    plain = [
+        i for i, k in enumerate(keys) if k == {"backbone.deform.enabled": "false", "task.roi_pool": "align"}
+    ]
     assert len(plain) == 1
     assert result.variants[plain[0]].deform_enabled is False
     assert sorted(result.plain_of) == sorted(set(range(4)) - set(plain))
     assert set(result.plain_of.values()) == set(plain)
     names = {(k["backbone.deform.enabled"], k["task.roi_pool"]): n for k, n in zip(keys, result.names)}
-    assert names == {("false", "align"): "deform off", ("true", "align"): "deform conv",
-                     ("false", "deform"): "deform RoI pooling", ("true", "deform"): "deform conv + RoI pooling"}
+    assert names == {
+        ("false", "align"): "deform off",
+        ("true", "align"): "deform conv",
+        ("false", "deform"): "deform RoI pooling",
+        ("true", "deform"): "deform conv + RoI pooling",
+    }
 
 
 def _texts(fig) -> list:
@@ -171,7 +204,10 @@ def test_plots_name_variants_for_people_and_count_epochs_in_whole_numbers(multir
     seeds = report.per_seed_figure(result, "test/acc")
     delta = report.difference_figure(result, "test/acc")
     try:
-        assert [t.get_text() for t in val.axes[0].get_legend().get_texts()] == ["deform off (n=3)", "deform on (n=3)"]
+        assert [t.get_text() for t in val.axes[0].get_legend().get_texts()] == [
+            "deform off (n=3)",
+            "deform on (n=3)",
+        ]
         ax = val.axes[0]
         low, high = ax.get_xlim()
         assert [t for t in ax.get_xticks() if low <= t <= high] == [0, 1, 2]  # epochs: no 0.25 or 1.5
@@ -206,7 +242,9 @@ def test_difference_plot_without_an_interval_and_without_a_plain_twin(tmp_path: 
     result = report.build_report(report.find_runs([tmp_path / "a"]))
     fig = report.difference_figure(result, "test/acc")
     assert not fig.axes[0].containers  # no error bar to draw
-    assert list(fig.axes[0].lines[0].get_xdata()) == pytest.approx([ACC[(True, 0)] - (ACC[(False, 0)] + ACC[(False, 1)]) / 2])
+    assert list(fig.axes[0].lines[0].get_xdata()) == pytest.approx(
+        [ACC[(True, 0)] - (ACC[(False, 0)] + ACC[(False, 1)]) / 2]
+    )
     assert any("n < 2" in t for t in _texts(fig))
     plt.close(fig)
     for i, seed in enumerate((0, 1)):  # deform on only: nothing to compare
@@ -222,13 +260,31 @@ def test_readable_names_of_other_differences() -> None:
     def variant(deform: str, **others: str) -> report.Variant:
         return report.Variant(tuple(sorted({"backbone.deform.enabled": deform, **others}.items())))
 
-    keys = ["backbone._target_", "backbone.deform.enabled", "backbone.deform.modulated", "backbone.deform.stages",
-            "data.seed", "task.seed"]
-    variants = [variant(d, **{"backbone._target_": "dcn.backbones.ResNetBackbone", "backbone.deform.modulated": m,
-                              "backbone.deform.stages": "[3, 4]", "data.seed": "1", "task.seed": "2"})
-                for d, m in (("false", "false"), ("false", "true"), ("true", "true"))]
+    keys = [
+        "backbone._target_",
+        "backbone.deform.enabled",
+        "backbone.deform.modulated",
+        "backbone.deform.stages",
+        "data.seed",
+        "task.seed",
+    ]
+    variants = [
+        variant(
+            d,
+            **{
+                "backbone._target_": "dcn.backbones.ResNetBackbone",
+                "backbone.deform.modulated": m,
+                "backbone.deform.stages": "[3, 4]",
+                "data.seed": "1",
+                "task.seed": "2",
+            },
+        )
+        for d, m in (("false", "false"), ("false", "true"), ("true", "true"))
+    ]
     for v in variants:
-        v.runs.append(report.Run(Path("r"), {"deform": {"enabled": dict(v.key)["backbone.deform.enabled"] == "true"}}))
+        v.runs.append(
+            report.Run(Path("r"), {"deform": {"enabled": dict(v.key)["backbone.deform.enabled"] == "true"}})
+        )
     assert report.variant_names(variants, keys) == [
         # The plain variants need their (ignored) deform settings to stay apart.
         "ResNetBackbone, data.seed=1, task.seed=2, deform off, modulated off, stages=[3, 4]",
@@ -259,18 +315,36 @@ def test_real_sweep_of_train_py(tmp_path: Path) -> None:
     """2 x 2 sweep of the default experiment (deform off/on x 2 seeds) on a tiny budget, then the report."""
     sweep = tmp_path / "multirun"
     command = [
-        sys.executable, str(ROOT / "train.py"), "-m", f"hydra.sweep.dir={sweep}",
-        "backbone.deform.enabled=false,true", "seed=0,1",
-        "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.progress_bar=null", "callbacks.model_summary=null",
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "DCN_ROOT": str(tmp_path)})
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        "backbone.deform.enabled=false,true",
+        "seed=0,1",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "data.canvas_size=12",
+        "data.digit_size=10",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "DCN_ROOT": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert report.main([str(sweep)]) == 0
     result = report.build_report(report.find_runs([sweep]))
-    assert [v.label for v in result.variants] == ["backbone.deform.enabled=false", "backbone.deform.enabled=true"]
+    assert [v.label for v in result.variants] == [
+        "backbone.deform.enabled=false",
+        "backbone.deform.enabled=true",
+    ]
     assert [len(v.completed) for v in result.variants] == [2, 2]
     assert (1, "test/acc") in result.comparisons
     text = (sweep / "report" / "report.md").read_text()
@@ -290,10 +364,23 @@ def test_metric_families_are_drawn_as_curves(tmp_path):
     the scale, with the mean over seeds and its 95% interval."""
     from dcn import report as R
 
-    families = R.metric_families(["test/acc", "test/acc_scale0.5", "test/acc_scale1.0", "test/acc_scale1.5",
-                                  "test/loss", "test/x_scale1"])
-    assert families == {("test/acc", "scale"): [(0.5, "test/acc_scale0.5"), (1.0, "test/acc_scale1.0"),
-                                                (1.5, "test/acc_scale1.5")]}
+    families = R.metric_families(
+        [
+            "test/acc",
+            "test/acc_scale0.5",
+            "test/acc_scale1.0",
+            "test/acc_scale1.5",
+            "test/loss",
+            "test/x_scale1",
+        ]
+    )
+    assert families == {
+        ("test/acc", "scale"): [
+            (0.5, "test/acc_scale0.5"),
+            (1.0, "test/acc_scale1.0"),
+            (1.5, "test/acc_scale1.5"),
+        ]
+    }
 
     class FakeVariant:
         def __init__(self, values):
@@ -304,15 +391,19 @@ def test_metric_families_are_drawn_as_curves(tmp_path):
 
     class FakeReport:
         names = ["deform off", "deform on"]
-        variants = [FakeVariant({m: [0.5, 0.6, 0.7] for _, m in families[("test/acc", "scale")]}),
-                    FakeVariant({m: [0.8, 0.8, 0.8] for _, m in families[("test/acc", "scale")]})]
+        variants = [
+            FakeVariant({m: [0.5, 0.6, 0.7] for _, m in families[("test/acc", "scale")]}),
+            FakeVariant({m: [0.8, 0.8, 0.8] for _, m in families[("test/acc", "scale")]}),
+        ]
 
     fig = R.family_figure(FakeReport(), "test/acc", "scale", families[("test/acc", "scale")])
     lines = fig.axes[0].get_lines()
     assert [list(line.get_xdata()) for line in lines] == [[0.5, 1.0, 1.5]] * 2
-    assert list(lines[0].get_ydata()) == pytest.approx([0.6] * 3) and list(lines[1].get_ydata()) == pytest.approx([0.8] * 3)
+    assert list(lines[0].get_ydata()) == pytest.approx([0.6] * 3) and list(
+        lines[1].get_ydata()
+    ) == pytest.approx([0.8] * 3)
     band = fig.axes[0].collections[0].get_paths()[0].vertices[:, 1]
-    assert band.min() == pytest.approx(0.6 - 4.302653 * 0.1 / 3 ** 0.5, abs=1e-4)  # t(0.975, 2) * std / sqrt(n)
+    assert band.min() == pytest.approx(0.6 - 4.302653 * 0.1 / 3**0.5, abs=1e-4)  # t(0.975, 2) * std / sqrt(n)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

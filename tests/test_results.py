@@ -44,8 +44,14 @@ def test_record_goes_from_running_to_failed_with_the_error(tmp_path):
     data = json.loads((tmp_path / RESULTS_FILE).read_text())
     assert data["status"] == "running" and data["timing"]["finished_at"] is None
     # Outside Hydra the names come from the _target_ classes.
-    assert (data["backbone"], data["data"], data["task"]) == ("SeedNet", "DigitsDataModule", "ClassificationTask")
-    assert data["deform"] == {"enabled": True} and data["seed"] == 3 and data["data_config"] == {"batch_size": 8}
+    assert (data["backbone"], data["data"], data["task"]) == (
+        "SeedNet",
+        "DigitsDataModule",
+        "ClassificationTask",
+    )
+    assert (
+        data["deform"] == {"enabled": True} and data["seed"] == 3 and data["data_config"] == {"batch_size": 8}
+    )
     try:
         raise ValueError("data.batch_size must be >= 1")
     except ValueError as error:

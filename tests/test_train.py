@@ -78,11 +78,15 @@ def test_every_data_backbone_combination_trains_and_tests_a_batch(
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_trains_and_tests_a_batch(compose_train, tmp_path, mnist_root, image_folder_root, experiment):
+def test_every_experiment_trains_and_tests_a_batch(
+    compose_train, tmp_path, mnist_root, image_folder_root, experiment
+):
     cfg = compose_train(ONE_BATCH + [f"experiment={experiment}"])  # every experiment composes
     if cfg.task._target_ != CLASSIFICATION:
         pytest.skip(f"{experiment} is a {cfg.task._target_} experiment: its task's tests run it")
-    if cfg.data._target_.endswith("ScaledMNISTDataModule"):  # needs a bigger test file than the fake's 20 digits
+    if cfg.data._target_.endswith(
+        "ScaledMNISTDataModule"
+    ):  # needs a bigger test file than the fake's 20 digits
         pytest.skip(f"{experiment}: tests/tasks/classification/test_mnist_scaled_experiment.py runs it")
     _point_data_at_fakes(cfg, mnist_root, image_folder_root)
     record = _run(cfg, tmp_path / "run")
@@ -148,9 +152,16 @@ def test_unknown_choice_lists_the_available_options():
 def test_callbacks_and_loggers_compose_as_lists(compose_train):
     cfg = compose_train(["callbacks=[default,early_stopping]", "logger=[csv,tensorboard]"])
     assert set(cfg.callbacks) == {
-        "model_checkpoint", "last_checkpoint", "graceful_shutdown", "rng_state", "validation_pictures", "early_stopping",
-        "epoch_log", "progress_bar", "model_summary",
-    }  # fmt: skip
+        "model_checkpoint",
+        "last_checkpoint",
+        "graceful_shutdown",
+        "rng_state",
+        "validation_pictures",
+        "early_stopping",
+        "epoch_log",
+        "progress_bar",
+        "model_summary",
+    }
     assert set(cfg.logger) == {"csv", "tensorboard"}
     assert cfg.callbacks.model_checkpoint.monitor == cfg.task.monitor == "val/acc"
     assert "early_stopping" not in compose_train([]).callbacks  # off by default
@@ -190,8 +201,12 @@ def _start(log_dir: Path, *overrides: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "DCN_ROOT"}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *TINY_RUN, *overrides],
-        cwd=log_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=log_dir.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(process: subprocess.Popen) -> tuple[int, str]:
@@ -229,7 +244,12 @@ def test_cli_runs_write_complete_results_into_their_own_directories(two_runs):
         assert r["deform"]["enabled"] is True
         assert {"test/acc", "test/loss", "test/acc_top5"} <= set(r["metrics"])
         assert 0 <= r["metrics"]["test/acc"] <= 1
-        assert r["parameters"] == {"total": 262_876, "trainable": 262_876, "offset_predictor": 128 * 18 * 9 + 18, "roi_offset_head": 0}
+        assert r["parameters"] == {
+            "total": 262_876,
+            "trainable": 262_876,
+            "offset_predictor": 128 * 18 * 9 + 18,
+            "roi_offset_head": 0,
+        }
         assert Path(r["best"]["checkpoint"]).is_file() and Path(r["last_checkpoint"]).is_file()
         assert r["best"]["monitor"] == "val/acc"
         columns = Path(r["metrics_csv"]).read_text().splitlines()[0].split(",")

@@ -15,8 +15,12 @@ from dcn.tasks.classification import ClassificationTask
 from dcn.tasks.detection import DetectionTask
 from dcn.trained_task import find_run_config, load_trained_task
 
-SMALL_DETECTOR = ["experiment=frcnn_synthetic", "task.representation_size=32", "task.deform_roi_pool.hidden_channels=32",
-                  "task.fpn_channels=32"]  # fmt: skip
+SMALL_DETECTOR = [
+    "experiment=frcnn_synthetic",
+    "task.representation_size=32",
+    "task.deform_roi_pool.hidden_channels=32",
+    "task.fpn_channels=32",
+]
 
 
 def _save_run(cfg, run, in_channels, num_classes, class_names=None, hydra_layout=True):
@@ -94,11 +98,14 @@ class _Exploit:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize("target,message", [
-    ("os.system", "not a class dcn's configs use"),
-    ("builtins.exec", "not a class dcn's configs use"),
-    ("dcn.backbones.pretrained.read_state_dict", "is a function, not a class"),
-])
+@pytest.mark.parametrize(
+    "target,message",
+    [
+        ("os.system", "not a class dcn's configs use"),
+        ("builtins.exec", "not a class dcn's configs use"),
+        ("dcn.backbones.pretrained.read_state_dict", "is a function, not a class"),
+    ],
+)
 def test_crafted_results_json_runs_no_code(compose_train, tmp_path, target, message):
     """An edited results.json whose backbone _target_ is any importable callable: refused before
     anything is built, with the key named; no marker file appears."""
@@ -131,8 +138,12 @@ def test_configs_of_older_versions_name_moved_classes(compose_train, tmp_path):
     """A run config written before the datamodules moved into family packages still loads."""
     from dcn.instantiate import check_targets
 
-    cfg = OmegaConf.create({"data": {"_target_": "dcn.datamodules.voc_det.VOCDetDataModule"},
-                            "callbacks": {"p": {"_target_": "dcn.callbacks.SamplePredictions"}}})
+    cfg = OmegaConf.create(
+        {
+            "data": {"_target_": "dcn.datamodules.voc_det.VOCDetDataModule"},
+            "callbacks": {"p": {"_target_": "dcn.callbacks.SamplePredictions"}},
+        }
+    )
     check_targets(cfg, "old results.json")
     assert cfg.data._target_ == "dcn.datamodules.VOCDetDataModule"
     assert cfg.callbacks.p._target_ == "dcn.callbacks.ValidationPictures"

@@ -69,11 +69,18 @@ def test_command_line_writes_png_for_a_seed_net_checkpoint(compose_train, tmp_pa
     import train
     from dcn.results import RunRecord
 
-    cfg = compose_train([
-        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-        "test=false", "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.progress_bar=null", "callbacks.model_summary=null",
-    ])  # fmt: skip
+    cfg = compose_train(
+        [
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "test=false",
+            "data.canvas_size=12",
+            "data.digit_size=10",
+            "callbacks.progress_bar=null",
+            "callbacks.model_summary=null",
+        ]
+    )
     record = RunRecord(cfg.paths.output_dir, cfg)
     train.train(cfg, record)
     record.finish("completed")
@@ -145,11 +152,16 @@ def digits_run(compose_train, tmp_path: Path) -> Path:
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     backbone = hydra.utils.instantiate(cfg.backbone, in_channels=1)
     task = hydra.utils.instantiate(cfg.task, backbone=backbone, num_classes=10)
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"num_classes": 10}}, run / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"state_dict": task.state_dict(), "hyper_parameters": {"num_classes": 10}},
+        run / "checkpoints" / "last.ckpt",
+    )
     return run
 
 
-def test_sample_draws_the_kth_item_of_the_runs_validation_set(digits_run: Path, tmp_path: Path, monkeypatch) -> None:
+def test_sample_draws_the_kth_item_of_the_runs_validation_set(
+    digits_run: Path, tmp_path: Path, monkeypatch
+) -> None:
     import hydra
     from omegaconf import OmegaConf
 
@@ -157,7 +169,11 @@ def test_sample_draws_the_kth_item_of_the_runs_validation_set(digits_run: Path, 
 
     drawn = []
     real = viz.sampling_points
-    monkeypatch.setattr(viz, "sampling_points", lambda backbone, image, point=None: drawn.append(image) or real(backbone, image, point))
+    monkeypatch.setattr(
+        viz,
+        "sampling_points",
+        lambda backbone, image, point=None: drawn.append(image) or real(backbone, image, point),
+    )
     out = tmp_path / "val3.png"
     assert main([str(digits_run / "checkpoints" / "last.ckpt"), "--sample", "3", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
@@ -183,7 +199,9 @@ def test_sample_refuses_bad_indices_and_unsafe_data_configs(digits_run: Path, tm
     config = digits_run / ".hydra" / "config.yaml"
     text = config.read_text()
     assert "_target_: dcn.datamodules.DigitsDataModule" in text
-    config.write_text(text.replace("_target_: dcn.datamodules.DigitsDataModule", "_target_: pathlib.Path.touch"))
+    config.write_text(
+        text.replace("_target_: dcn.datamodules.DigitsDataModule", "_target_: pathlib.Path.touch")
+    )
     with pytest.raises(SystemExit):
         main([checkpoint, "--sample", "0"])
     assert "'data._target_' is 'pathlib.Path.touch'" in capsys.readouterr().err

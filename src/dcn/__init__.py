@@ -1,2 +1,3 @@
 """dcn: Deformable ConvNets research framework."""
+
 __version__ = "0.1.0"

@@ -22,7 +22,13 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "check_checkpoint", "check_state_dict_fits", "load_checkpoint"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "check_checkpoint",
+    "check_state_dict_fits",
+    "load_checkpoint",
+]
 
 _SHOW = 8  # keys listed per kind of mismatch
 
@@ -126,10 +132,14 @@ def _what_differs(checkpoint: Mapping[str, Any], model: nn.Module, keys: List[st
     describe = getattr(model, "model_description", None)
     if isinstance(saved, Mapping) and callable(describe):
         current = describe()
-        fields = [name for name in ("task", "backbone", "arch", "deform") if saved.get(name) != current.get(name)]
+        fields = [
+            name for name in ("task", "backbone", "arch", "deform") if saved.get(name) != current.get(name)
+        ]
         if fields:
-            return (f"it was written by {_describe(saved)}; this config builds {_describe(current)} "
-                    f"(they differ in: {', '.join(fields)}). ")
+            return (
+                f"it was written by {_describe(saved)}; this config builds {_describe(current)} "
+                f"(they differ in: {', '.join(fields)}). "
+            )
         return "same task, backbone and deform settings, so the classes or input channels differ. "
     if any("conv_offset" in k for k in keys):
         return "'conv_offset' (offset predictor) keys differ: was it trained with another backbone.deform setting? "

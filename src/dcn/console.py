@@ -21,14 +21,26 @@ __all__ = ["KNOWN_NOISE", "configure_logging", "is_terminal", "log_to_file_only"
 
 # (logger or warning category, message pattern, why it is filtered)
 KNOWN_NOISE: List[Tuple[str, str, str]] = [
-    ("warning", r".*isinstance\(treespec, LeafSpec\)` is deprecated",
-     "Lightning's own use of a torch API deprecated in torch 2.9; nothing a user can change"),
-    ("log", r"💡 Tip: ",
-     "an advert for Lightning's cloud services (litlogger, litmodels), printed by every Trainer"),
-    ("log", r"Trainer already configured with model summary callbacks",
-     "dcn's configs pass their own model summary on purpose"),
-    ("warning", r"anonymous setting has no effect",
-     "W&B notes a setting of its own default; dcn never asks for anonymous runs"),
+    (
+        "warning",
+        r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+        "Lightning's own use of a torch API deprecated in torch 2.9; nothing a user can change",
+    ),
+    (
+        "log",
+        r"💡 Tip: ",
+        "an advert for Lightning's cloud services (litlogger, litmodels), printed by every Trainer",
+    ),
+    (
+        "log",
+        r"Trainer already configured with model summary callbacks",
+        "dcn's configs pass their own model summary on purpose",
+    ),
+    (
+        "warning",
+        r"anonymous setting has no effect",
+        "W&B notes a setting of its own default; dcn never asks for anonymous runs",
+    ),
 ]
 
 

@@ -73,17 +73,31 @@ def detect(task, images: Sequence[Tensor]) -> List[Dict[str, Tensor]]:
     return [{k: v.cpu() for k, v in d.items()} for d in detections]
 
 
-def _record(path: Path, image: Tensor, prediction: Dict[str, Tensor], names: Sequence[str], threshold: float) -> dict:
+def _record(
+    path: Path, image: Tensor, prediction: Dict[str, Tensor], names: Sequence[str], threshold: float
+) -> dict:
     from dcn.tasks.detection.visualization import class_name
 
     keep = prediction["scores"] >= threshold
     detections = [
-        {"box": [round(v, 2) for v in box], "label": int(label), "class": class_name(names, int(label)),
-         "score": round(float(score), 4)}
-        for box, label, score in zip(prediction["boxes"][keep].tolist(), prediction["labels"][keep].tolist(),
-                                     prediction["scores"][keep].tolist())
-    ]  # fmt: skip
-    return {"file": str(path), "width": int(image.shape[2]), "height": int(image.shape[1]), "detections": detections}
+        {
+            "box": [round(v, 2) for v in box],
+            "label": int(label),
+            "class": class_name(names, int(label)),
+            "score": round(float(score), 4),
+        }
+        for box, label, score in zip(
+            prediction["boxes"][keep].tolist(),
+            prediction["labels"][keep].tolist(),
+            prediction["scores"][keep].tolist(),
+        )
+    ]
+    return {
+        "file": str(path),
+        "width": int(image.shape[2]),
+        "height": int(image.shape[1]),
+        "detections": detections,
+    }
 
 
 def _one_line(path: Path, detections: List[dict], shown: int = 8) -> str:
@@ -109,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
     records, skipped = [], []
     for start in range(0, len(files), args.batch_size):  # read a batch at a time: folders may be large
         chunk, images = [], []
-        for path in files[start:start + args.batch_size]:
+        for path in files[start : start + args.batch_size]:
             try:
                 images.append(read_image(path))
                 chunk.append(path)
@@ -124,19 +138,34 @@ def run(args: argparse.Namespace) -> dict:
                 picture = draw_predictions(image, prediction, names, args.score_threshold)
                 Image.fromarray(picture).save(output / f"{path.stem}.png")
             print(_one_line(path, records[-1]["detections"]))
-    summary = {"checkpoint": str(args.checkpoint), "class_names": names, "score_threshold": args.score_threshold,
-               "images": records, "skipped": skipped}  # fmt: skip
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "class_names": names,
+        "score_threshold": args.score_threshold,
+        "images": records,
+        "skipped": skipped,
+    }
     (output / "detections.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dcn.detect", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", type=Path, help="a Lightning checkpoint of a detection run (<run dir>/checkpoints/*.ckpt)")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a Lightning checkpoint of a detection run (<run dir>/checkpoints/*.ckpt)",
+    )
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
-    p.add_argument("--output", type=Path, default=Path("detections"), help="output folder (default: detections/)")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="keep boxes scoring at least this (default 0.5)")
-    p.add_argument("--config", type=Path, default=None, help="the run's config (default: found next to the checkpoint)")
+    p.add_argument(
+        "--output", type=Path, default=Path("detections"), help="output folder (default: detections/)"
+    )
+    p.add_argument(
+        "--score-threshold", type=float, default=0.5, help="keep boxes scoring at least this (default 0.5)"
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="the run's config (default: found next to the checkpoint)"
+    )
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--no-pictures", dest="pictures", action="store_false", help="write detections.json only")

@@ -74,8 +74,13 @@ def _next_free(path: Path) -> Path:
     return path.with_name(f"{path.stem}.{n}{path.suffix}")
 
 
-def evaluate(run: Path, overrides: Sequence[str] = (), split: str = "test", config: Optional[Path] = None,
-             accelerator: str = "auto") -> Dict[str, Any]:
+def evaluate(
+    run: Path,
+    overrides: Sequence[str] = (),
+    split: str = "test",
+    config: Optional[Path] = None,
+    accelerator: str = "auto",
+) -> Dict[str, Any]:
     """Test ``run`` (a run directory or a checkpoint) on ``split``; write and return the eval record."""
     import lightning as L
 
@@ -90,9 +95,15 @@ def evaluate(run: Path, overrides: Sequence[str] = (), split: str = "test", conf
     cfg = apply_data_overrides(cfg, list(overrides))
     start = time.perf_counter()
     datamodule = load_datamodule(cfg, source)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False,
-                        default_root_dir=str(checkpoint.resolve().parent.parent))
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        default_root_dir=str(checkpoint.resolve().parent.parent),
+    )
     run_test = trainer.test if split == "test" else trainer.validate
     results = run_test(task, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
@@ -109,8 +120,13 @@ def evaluate(run: Path, overrides: Sequence[str] = (), split: str = "test", conf
     out = _next_free(run_dir / EVAL_FILE)
     out.write_text(json.dumps(record, indent=2) + "\n")
     record["path"] = str(out)
-    log.info(format_summary(f"dcn eval of {run} ({split} split)", metrics,
-                            [("run dir", str(run_dir)), ("checkpoint", str(checkpoint)), ("written", str(out))]))
+    log.info(
+        format_summary(
+            f"dcn eval of {run} ({split} split)",
+            metrics,
+            [("run dir", str(run_dir)), ("checkpoint", str(checkpoint)), ("written", str(out))],
+        )
+    )
     return record
 
 
@@ -119,7 +135,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="a run directory of train.py, or one of its checkpoints")
     p.add_argument("overrides", nargs="*", help="data overrides: data=<name>, data.<key>=<value>")
     p.add_argument("--split", default="test", choices=SPLITS, help="the split to test (default: test)")
-    p.add_argument("--config", type=Path, default=None, help="the run's config (default: found next to the run)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="the run's config (default: found next to the run)"
+    )
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
     return p
 

@@ -45,7 +45,11 @@ __all__ = ["FORMATS", "checkpoint_of", "export_model", "main", "validation_image
 
 FORMATS = ("onnx", "exported-program")
 _SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2"}
-_ORT_DTYPES = {"float": "float32", "double": "float64", "float16": "float16"}  # ONNX Runtime's names -> torch's
+_ORT_DTYPES = {
+    "float": "float32",
+    "double": "float64",
+    "float16": "float16",
+}  # ONNX Runtime's names -> torch's
 
 
 def _inference_network(task: nn.Module) -> Tuple[nn.Module, str]:
@@ -78,7 +82,9 @@ def validation_images(cfg, count: int, source: str = "the run config") -> Tensor
     images = next(iter(datamodule.val_dataloader()))
     images = images[0] if isinstance(images, (list, tuple)) else images
     if not isinstance(images, Tensor) or images.dim() != 4:
-        raise ValueError(f"the validation batch's images are not a Tensor[N, C, H, W]: {type(images).__name__}")
+        raise ValueError(
+            f"the validation batch's images are not a Tensor[N, C, H, W]: {type(images).__name__}"
+        )
     return images[:count].float().contiguous()
 
 
@@ -88,15 +94,29 @@ def _random_images(task: nn.Module, cfg, count: int, size: Sequence[int]) -> Ten
     return torch.rand(count, channels, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(0))
 
 
-def export_model(network: nn.Module, images: Tensor, out: Path, fmt: str, opset: int, dynamic_batch: bool,
-                 output_name: str = "logits") -> None:
+def export_model(
+    network: nn.Module,
+    images: Tensor,
+    out: Path,
+    fmt: str,
+    opset: int,
+    dynamic_batch: bool,
+    output_name: str = "logits",
+) -> None:
     """Write ``network`` (``images -> one tensor``) to ``out`` in format ``fmt``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         from dcn.ops.onnx import export_onnx
 
-        export_onnx(network, (images,), out, opset_version=opset, dynamic_batch=dynamic_batch,
-                    input_names=["images"], output_names=[output_name])  # fmt: skip
+        export_onnx(
+            network,
+            (images,),
+            out,
+            opset_version=opset,
+            dynamic_batch=dynamic_batch,
+            input_names=["images"],
+            output_names=[output_name],
+        )
     else:
         dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
         program = torch.export.export(network, (images,), dynamic_shapes=dynamic_shapes)
@@ -127,15 +147,20 @@ class _Runner:
         with torch.no_grad():
             return self.module(images).numpy()
 
-    def describe(self, images: Tensor, output: Tensor, dynamic_batch: bool, output_name: str) -> Dict[str, List]:
+    def describe(
+        self, images: Tensor, output: Tensor, dynamic_batch: bool, output_name: str
+    ) -> Dict[str, List]:
         if self.fmt == "onnx":
+
             def entry(arg):
                 shape = [d if isinstance(d, int) else str(d) for d in arg.shape]
                 dtype = arg.type.replace("tensor(", "").rstrip(")")
                 return {"name": arg.name, "shape": shape, "dtype": _ORT_DTYPES.get(dtype, dtype)}
 
-            return {"inputs": [entry(a) for a in self.session.get_inputs()],
-                    "outputs": [entry(a) for a in self.session.get_outputs()]}  # fmt: skip
+            return {
+                "inputs": [entry(a) for a in self.session.get_inputs()],
+                "outputs": [entry(a) for a in self.session.get_outputs()],
+            }
 
         def entry(name: str, t: Tensor) -> Dict[str, Any]:
             shape = (["batch"] if dynamic_batch else [t.shape[0]]) + list(t.shape[1:])
@@ -151,7 +176,9 @@ def _versions(fmt: str) -> Dict[str, str]:
         import onnxruntime
         import onnxscript
 
-        versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
+        versions.update(
+            onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__
+        )
     return versions
 
 
@@ -170,8 +197,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.format == "onnx" and args.opset < MIN_OPSET:
-        raise ValueError(f"--opset must be >= {MIN_OPSET} (ONNX DeformConv appeared in opset {MIN_OPSET}), "
-                         f"got {args.opset}")  # fmt: skip
+        raise ValueError(
+            f"--opset must be >= {MIN_OPSET} (ONNX DeformConv appeared in opset {MIN_OPSET}), "
+            f"got {args.opset}"
+        )
     _check_export_extra(args.format)
     checkpoint = checkpoint_of(args.run)
     task, cfg = load_trained_task(checkpoint, args.config)
@@ -202,8 +231,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for batch, expected in zip(batches, reference):
         got = runner(batch)
         if got.shape != tuple(expected.shape):
-            raise RuntimeError(f"the export returned shape {got.shape} for input {tuple(batch.shape)}, PyTorch "
-                               f"{tuple(expected.shape)}")  # fmt: skip
+            raise RuntimeError(
+                f"the export returned shape {got.shape} for input {tuple(batch.shape)}, PyTorch "
+                f"{tuple(expected.shape)}"
+            )
         diff = max(diff, float(np.abs(got - expected.numpy()).max()))
         scale = max(scale, float(expected.abs().max()))
     passed = bool(diff <= args.tolerance)
@@ -234,12 +265,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     megabytes = sum(f.stat().st_size for f in files) / 2**20
     shape = "x".join(str(d) for d in record["inputs"][0]["shape"])
     print(f"{type(task).__name__} from {checkpoint}")
-    print(f"  -> {out} ({megabytes:.1f} MiB, {args.format}"
-          + (f", opset {args.opset}" if args.format == "onnx" else "") + f", input {shape})")  # fmt: skip
+    print(
+        f"  -> {out} ({megabytes:.1f} MiB, {args.format}"
+        + (f", opset {args.opset}" if args.format == "onnx" else "")
+        + f", input {shape})"
+    )
     sizes = " and ".join(str(len(b)) for b in batches)
     verdict = "OK" if passed else "ABOVE TOLERANCE"
-    print(f"  {runner.runtime} vs PyTorch on {source} (batch {sizes}): max |difference| {diff:.3g} "
-          f"(outputs up to {scale:.3g}), tolerance {args.tolerance:g}: {verdict}")  # fmt: skip
+    print(
+        f"  {runner.runtime} vs PyTorch on {source} (batch {sizes}): max |difference| {diff:.3g} "
+        f"(outputs up to {scale:.3g}), tolerance {args.tolerance:g}: {verdict}"
+    )
     print(f"  {out.parent / 'export.json'}")
     return record
 
@@ -249,17 +285,40 @@ def parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m dcn.export", description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="a train.py run directory or one of its checkpoints (*.ckpt)")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or exported-program (.pt2)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET})")  # fmt: skip
+    p.add_argument(
+        "--format", choices=FORMATS, default="onnx", help="onnx (default) or exported-program (.pt2)"
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET})",
+    )
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch dimension free")
-    p.add_argument("--out", type=Path, default=None, help="output file (default: <run dir>/export/model.onnx|.pt2)")
-    p.add_argument("--batch-size", type=int, default=1, help="validation images checked (and the batch size of "
-                   "a model exported without --dynamic-batch); default 1")  # fmt: skip
-    p.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted |export - PyTorch| (default 1e-3)")
-    p.add_argument("--config", type=Path, default=None, help="the run's config (default: found next to the checkpoint)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="check with random images of this size instead of the run's validation data")  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, default=None, help="output file (default: <run dir>/export/model.onnx|.pt2)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="validation images checked (and the batch size of "
+        "a model exported without --dynamic-batch); default 1",
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=1e-3, help="largest accepted |export - PyTorch| (default 1e-3)"
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="the run's config (default: found next to the checkpoint)"
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="check with random images of this size instead of the run's validation data",
+    )
     return p
 
 

@@ -29,8 +29,11 @@ __all__ = ["MissingExtraError", "check_command_line", "check_config", "require"]
 EXTRAS = {
     "wandb": ("wandb",),
     "tensorboard": ("tensorboard",),
-    "sweeps": ("hydra_plugins.hydra_submitit_launcher", "hydra_plugins.hydra_joblib_launcher",
-               "hydra_plugins.hydra_optuna_sweeper"),
+    "sweeps": (
+        "hydra_plugins.hydra_submitit_launcher",
+        "hydra_plugins.hydra_joblib_launcher",
+        "hydra_plugins.hydra_optuna_sweeper",
+    ),
     "coco": ("pycocotools",),
     "export": ("onnx", "onnxscript", "onnxruntime"),
 }

@@ -40,7 +40,9 @@ class RunDirectoryError(RuntimeError):
 def _is_other_rank() -> bool:
     # Lightning relaunches train.py for ranks > 0 (same hydra.run.dir as rank 0); cluster launchers
     # start every rank with the same config. Only the first process checks.
-    return any(os.environ.get(var, "0") not in ("", "0") for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    return any(
+        os.environ.get(var, "0") not in ("", "0") for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    )
 
 
 def _first_existing(path: Path) -> Path:

@@ -18,24 +18,46 @@ from typing import Any, Dict, List, Optional, Tuple
 import hydra
 from omegaconf import DictConfig, ListConfig, open_dict
 
-__all__ = ["ALLOWED_TARGET_PREFIXES", "LEGACY_TARGETS", "UnsafeTargetError", "check_targets", "instantiate_group"]
+__all__ = [
+    "ALLOWED_TARGET_PREFIXES",
+    "LEGACY_TARGETS",
+    "UnsafeTargetError",
+    "check_targets",
+    "instantiate_group",
+]
 
 ALLOWED_TARGET_PREFIXES: Tuple[str, ...] = (
-    "dcn.backbones.", "dcn.datamodules.", "dcn.tasks.", "dcn.callbacks.", "dcn.loggers.",
-    "torch.optim.", "torch.nn.",
-    "lightning.pytorch.Trainer", "lightning.pytorch.callbacks.", "lightning.pytorch.loggers.",
-    "lightning.pytorch.strategies.", "lightning.pytorch.plugins.",
+    "dcn.backbones.",
+    "dcn.datamodules.",
+    "dcn.tasks.",
+    "dcn.callbacks.",
+    "dcn.loggers.",
+    "torch.optim.",
+    "torch.nn.",
+    "lightning.pytorch.Trainer",
+    "lightning.pytorch.callbacks.",
+    "lightning.pytorch.loggers.",
+    "lightning.pytorch.strategies.",
+    "lightning.pytorch.plugins.",
 )
 
 # Classes that moved between dcn versions: old _target_ -> current one (configs saved by older runs).
 LEGACY_TARGETS: Dict[str, str] = {
     f"dcn.datamodules.{old}.{name}": f"dcn.datamodules.{name}"
     for old, names in {
-        "mnist": ["MNISTDataModule"], "image_folder": ["ImageFolderDataModule"], "digits": ["DigitsDataModule"],
-        "deformation": ["GeometricDeformation"], "voc_seg": ["VOCSegDataModule"], "voc_det": ["VOCDetDataModule"],
-        "coco_det": ["CocoDetDataModule"], "vot": ["VOTDataModule"], "got10k": ["GOT10kDataModule"],
-        "synthetic_seg": ["SyntheticSegDataModule"], "synthetic_det": ["SyntheticDetDataModule", "SyntheticDetGenerator"],
-        "synthetic_vot": ["SyntheticVOTDataModule"], "synthetic_shapes": ["SyntheticShapesGenerator"],
+        "mnist": ["MNISTDataModule"],
+        "image_folder": ["ImageFolderDataModule"],
+        "digits": ["DigitsDataModule"],
+        "deformation": ["GeometricDeformation"],
+        "voc_seg": ["VOCSegDataModule"],
+        "voc_det": ["VOCDetDataModule"],
+        "coco_det": ["CocoDetDataModule"],
+        "vot": ["VOTDataModule"],
+        "got10k": ["GOT10kDataModule"],
+        "synthetic_seg": ["SyntheticSegDataModule"],
+        "synthetic_det": ["SyntheticDetDataModule", "SyntheticDetGenerator"],
+        "synthetic_vot": ["SyntheticVOTDataModule"],
+        "synthetic_shapes": ["SyntheticShapesGenerator"],
         "synthetic_tracks": ["SyntheticTracksGenerator"],
     }.items()
     for name in names
@@ -91,7 +113,9 @@ def check_targets(cfg: DictConfig, source: str, keys: Optional[List[str]] = None
             try:
                 obj = _locate(target)
             except Exception as error:
-                raise UnsafeTargetError(f"{source}: {where} = {target!r} cannot be imported: {error}") from None
+                raise UnsafeTargetError(
+                    f"{source}: {where} = {target!r} cannot be imported: {error}"
+                ) from None
             if not isinstance(obj, type):
                 raise UnsafeTargetError(
                     f"{source}: {where} = {target!r} is a {type(obj).__name__}, not a class; refusing to call it"

@@ -281,7 +281,9 @@ def _run_config(run: Run, patterns: Sequence[str]) -> Dict[str, str]:
     return out
 
 
-def group_variants(runs: Sequence[Run], ignore: Sequence[str] = DEFAULT_IGNORE) -> Tuple[List[Variant], List[str]]:
+def group_variants(
+    runs: Sequence[Run], ignore: Sequence[str] = DEFAULT_IGNORE
+) -> Tuple[List[Variant], List[str]]:
     """Group runs by every config value that differs between runs, except keys matching ``ignore``.
 
     Runs without a record (no results.json) cannot be placed and form no variant; they are still
@@ -307,7 +309,9 @@ def _pair_with_plain(variants: Sequence[Variant]) -> Dict[int, int]:
     for i, variant in enumerate(variants):
         if variant.deform_enabled is not True:
             continue
-        twins = [j for j, v in enumerate(variants) if v.deform_enabled is False and v.context == variant.context]
+        twins = [
+            j for j, v in enumerate(variants) if v.deform_enabled is False and v.context == variant.context
+        ]
         if twins:
             # Several plain twins (e.g. a sweep over deform.modulated, which a plain net ignores):
             # take the one whose deform settings differ least from this variant's.
@@ -373,8 +377,11 @@ def variant_names(variants: Sequence[Variant], differing_keys: Sequence[str]) ->
         if switches:
             parts.append(_deform_name(variant, keys))
         if full or variant.deform_enabled is not False:
-            parts += [_setting(k, short[k], v) for k, v in variant.key
-                      if k.startswith(_DEFORM_PREFIXES) and k not in (_DEFORM_SWITCH, _ROI_POOL)]
+            parts += [
+                _setting(k, short[k], v)
+                for k, v in variant.key
+                if k.startswith(_DEFORM_PREFIXES) and k not in (_DEFORM_SWITCH, _ROI_POOL)
+            ]
         return ", ".join(parts) or "all runs"
 
     names = [name(v, full=False) for v in variants]
@@ -432,7 +439,9 @@ def build_report(
         names = set()
         for run in runs:
             if run.completed:
-                names.update(k for k, v in (run.record.get("metrics") or {}).items() if isinstance(v, (int, float)))
+                names.update(
+                    k for k, v in (run.record.get("metrics") or {}).items() if isinstance(v, (int, float))
+                )
         metrics = sorted(names, key=lambda m: (not m.endswith("/acc"), m))
     plain_of = _pair_with_plain(variants)
     comparisons = {}
@@ -441,12 +450,21 @@ def build_report(
             diff, low, high = welch_interval(variants[i].values(metric), variants[j].values(metric))
             if not math.isnan(diff):
                 comparisons[(i, metric)] = Comparison(metric, diff, low, high, variants[j].label)
-    return Report(list(runs), variants, list(metrics), comparisons, plain_of, differing,
-                  variant_names(variants, differing))
+    return Report(
+        list(runs),
+        variants,
+        list(metrics),
+        comparisons,
+        plain_of,
+        differing,
+        variant_names(variants, differing),
+    )
 
 
 def _fmt(value: float, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    )
 
 
 def _fmt_signed(value: float, digits: int = 4) -> str:
@@ -584,7 +602,11 @@ def difference_figure(report: Report, metric: str):
     caller saves and closes it), or None when no variant has a plain twin with this metric."""
     from dcn.figures import new_figure
 
-    rows = [(i, report.comparisons[(i, metric)]) for i in sorted(report.plain_of) if (i, metric) in report.comparisons]
+    rows = [
+        (i, report.comparisons[(i, metric)])
+        for i in sorted(report.plain_of)
+        if (i, metric) in report.comparisons
+    ]
     if not rows:
         return None
     several_plains = len({report.plain_of[i] for i, _ in rows}) > 1
@@ -592,13 +614,24 @@ def difference_figure(report: Report, metric: str):
     labels = []
     for row, (i, comparison) in enumerate(rows):
         colour, diff = _colour(i), comparison.difference
-        labels.append(report.names[i] + (f"\nvs {report.names[report.plain_of[i]]}" if several_plains else ""))
+        labels.append(
+            report.names[i] + (f"\nvs {report.names[report.plain_of[i]]}" if several_plains else "")
+        )
         if math.isnan(comparison.low):  # fewer than 2 seeds on a side: a point without an interval
-            ax.plot([diff], [row], marker="o", markerfacecolor="white", markeredgecolor=colour, linestyle="none")
+            ax.plot(
+                [diff], [row], marker="o", markerfacecolor="white", markeredgecolor=colour, linestyle="none"
+            )
             text = f"{_fmt_signed(diff)} (n < 2: no interval)"
         else:
-            ax.errorbar([diff], [row], xerr=[[diff - comparison.low], [comparison.high - diff]], fmt="o",
-                        color=colour, capsize=4, linewidth=2)
+            ax.errorbar(
+                [diff],
+                [row],
+                xerr=[[diff - comparison.low], [comparison.high - diff]],
+                fmt="o",
+                color=colour,
+                capsize=4,
+                linewidth=2,
+            )
             text = f"{_fmt_signed(diff)} [{_fmt_signed(comparison.low)}, {_fmt_signed(comparison.high)}]"
         ax.annotate(text, xy=(1.02, row), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.axvline(0.0, color="black", linewidth=1, linestyle="--", zorder=0)
@@ -639,8 +672,13 @@ def validation_figure(report: Report, metric: str, curves: Mapping[int, Mapping[
         plt.close(fig)
         return None
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    return _finish_bands(fig, ax, "epoch (counted from 0, as in checkpoint names)", metric,
-                         f"{metric}: mean over seeds, band = ±1 std")
+    return _finish_bands(
+        fig,
+        ax,
+        "epoch (counted from 0, as in checkpoint names)",
+        metric,
+        f"{metric}: mean over seeds, band = ±1 std",
+    )
 
 
 def _band(ax, i: int, label: str, xs, mean, lows, highs) -> None:
@@ -710,15 +748,20 @@ def family_figure(report: Report, base: str, axis: str, points: Sequence[Tuple[f
         for _, metric in points:
             values = variant.values(metric)
             mean, std = mean_std(values)
-            half = (stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
-                    if len(values) > 1 and not math.isnan(std) else 0.0)
+            half = (
+                stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
+                if len(values) > 1 and not math.isnan(std)
+                else 0.0
+            )
             means.append(mean)
             lows.append(mean - half)
             highs.append(mean + half)
         if all(math.isnan(m) for m in means):
             continue
         _band(ax, i, f"{report.names[i]} (n={len(variant.completed)})", xs, means, lows, highs)
-    return _finish_bands(fig, ax, axis, base, f"{base} against {axis}: mean over seeds, band = 95% CI of the mean")
+    return _finish_bands(
+        fig, ax, axis, base, f"{base} against {axis}: mean over seeds, band = 95% CI of the mean"
+    )
 
 
 def write_plots(report: Report, out_dir: Path) -> List[Path]:
@@ -805,7 +848,9 @@ def render_markdown(report: Report, plots: Sequence[Path], sources: Sequence[str
     if val_plots:
         lines += ["## Validation curves", ""] + [f"![{p.stem}]({p.name})" for p in val_plots] + [""]
     if test_plots:
-        lines += ["## Final test metrics per seed", ""] + [f"![{p.stem}]({p.name})" for p in test_plots] + [""]
+        lines += (
+            ["## Final test metrics per seed", ""] + [f"![{p.stem}]({p.name})" for p in test_plots] + [""]
+        )
     lines += ["## Runs", ""]
     rows = []
     index = {id(r): report.names[i] for i, v in enumerate(report.variants) for r in v.runs}
@@ -814,13 +859,19 @@ def render_markdown(report: Report, plots: Sequence[Path], sources: Sequence[str
         root = root.parent
     for run in report.runs:
         metrics = (run.record or {}).get("metrics") or {}
-        rows.append([
-            f"`{run.path.relative_to(root)}`",
-            index.get(id(run), "?"),
-            str(run.seed),
-            run.status,
-            ", ".join(f"{m}={_fmt(metrics[m])}" for m in report.metrics if isinstance(metrics.get(m), (int, float))),
-        ])
+        rows.append(
+            [
+                f"`{run.path.relative_to(root)}`",
+                index.get(id(run), "?"),
+                str(run.seed),
+                run.status,
+                ", ".join(
+                    f"{m}={_fmt(metrics[m])}"
+                    for m in report.metrics
+                    if isinstance(metrics.get(m), (int, float))
+                ),
+            ]
+        )
     try:  # a path relative to where the report was made reads better and does not leak home directories
         shown = root.relative_to(Path.cwd().resolve()) or Path(".")
     except ValueError:
@@ -848,13 +899,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Summarise runs of dcn's train.py: test metrics per variant, the difference to deform off "
         "with a 95% CI, validation curves, failed runs. Writes report.md and PNG plots (the differences also as PDF).",
     )
-    parser.add_argument("paths", nargs="+", help="multirun directories, run directories or results.json files")
-    parser.add_argument("--out", type=Path,
-                        help="output directory (default: <the one input directory>/report, else ./report)")
-    parser.add_argument("--metric", action="append", dest="metrics",
-                        help="test metric to report (repeatable; default: all)")
-    parser.add_argument("--ignore", action="append", default=[],
-                        help="extra config keys (dotted, glob) that do not define a variant, e.g. 'trainer.max_epochs'")
+    parser.add_argument(
+        "paths", nargs="+", help="multirun directories, run directories or results.json files"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: <the one input directory>/report, else ./report)"
+    )
+    parser.add_argument(
+        "--metric", action="append", dest="metrics", help="test metric to report (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        help="extra config keys (dotted, glob) that do not define a variant, e.g. 'trainer.max_epochs'",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     args = parser.parse_args(argv)
 

@@ -60,9 +60,19 @@ RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
 
 _LIBRARIES = (
-    "torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf", "numpy",
-    "scikit-learn", "dcn", "cupy-cuda13x", "cupy-cuda12x", "wandb",
-)  # fmt: skip
+    "torch",
+    "torchvision",
+    "lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+    "scikit-learn",
+    "dcn",
+    "cupy-cuda13x",
+    "cupy-cuda12x",
+    "wandb",
+)
 
 
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
@@ -112,10 +122,20 @@ def code_version() -> Optional[Dict[str, Any]]:
     if not (root / ".git").exists():
         return None
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return {"git_commit": commit, "git_dirty": bool(status.strip())}
@@ -146,7 +166,9 @@ def fit_outcome(trainer: L.Trainer) -> Dict[str, Any]:
             "checkpoint": checkpoint.best_model_path or None,
         }
     csv_files = [
-        str(Path(logger.log_dir) / "metrics.csv") for logger in trainer.loggers if isinstance(logger, CSVLogger)
+        str(Path(logger.log_dir) / "metrics.csv")
+        for logger in trainer.loggers
+        if isinstance(logger, CSVLogger)
     ]
     return {
         "best": best,
@@ -239,7 +261,9 @@ class RunRecord:
             "backbone": choices.get("backbone") or _target_name(backbone),
             "data": choices.get("data") or _target_name(data),
             "deform": backbone.get("deform") if isinstance(backbone, Mapping) else None,
-            "data_config": {k: v for k, v in data.items() if k != "_target_"} if isinstance(data, Mapping) else None,
+            "data_config": {k: v for k, v in data.items() if k != "_target_"}
+            if isinstance(data, Mapping)
+            else None,
             "overrides": hydra.get("overrides", []),
             "metrics": {},
             "val_metrics": {},
@@ -250,7 +274,13 @@ class RunRecord:
             "global_step": None,
             "parameters": None,
             "trainer": None,
-            "timing": {"started_at": _now(), "finished_at": None, "wall_s": None, "fit_s": None, "test_s": None},
+            "timing": {
+                "started_at": _now(),
+                "finished_at": None,
+                "wall_s": None,
+                "fit_s": None,
+                "test_s": None,
+            },
             "versions": library_versions(),
             "code": code_version(),
             "config": config,
@@ -305,9 +335,11 @@ class RunRecord:
         from dcn.backbones.deformable import describe_deform
 
         setting = describe_deform(d.get("deform"))
-        lines = [f"dcn run {d['experiment_name']}: task {d['task']}, backbone {d['backbone']}, {setting}, "
-                 f"data {d['data']}, seed {d['seed']}",
-                 f"  run dir   {d['run_dir']}"]
+        lines = [
+            f"dcn run {d['experiment_name']}: task {d['task']}, backbone {d['backbone']}, {setting}, "
+            f"data {d['data']}, seed {d['seed']}",
+            f"  run dir   {d['run_dir']}",
+        ]
         if d["overrides"]:
             lines.append(f"  overrides {' '.join(d['overrides'])}")
         return "\n".join(lines)
@@ -322,13 +354,17 @@ class RunRecord:
         extra.append(("run dir", d["run_dir"]))
         best = d["best"] or {}
         if best.get("checkpoint"):
-            score = f" ({best['monitor']}={best['value']:.4f})" if isinstance(best.get("value"), float) else ""
+            score = (
+                f" ({best['monitor']}={best['value']:.4f})" if isinstance(best.get("value"), float) else ""
+            )
             extra.append(("best ckpt", f"{best['checkpoint']}{score}"))
         extra.append(("results", str(self.path)))
         return format_summary(title, d["metrics"], extra, error_first=True)
 
 
-def format_summary(title: str, metrics: Dict[str, Any], extra: List[Tuple[str, str]], error_first: bool = False) -> str:
+def format_summary(
+    title: str, metrics: Dict[str, Any], extra: List[Tuple[str, str]], error_first: bool = False
+) -> str:
     """The summary block train.py and dcn.eval print: a title, the metrics (fractions, 4 decimals; NaN
     shown as n/a with the reason once), then ``extra`` (label, text) lines."""
     lines = [title]
@@ -342,9 +378,13 @@ def format_summary(title: str, metrics: Dict[str, Any], extra: List[Tuple[str, s
             undefined.append(key)
             lines.append(f"  {key:<{width}} n/a")
         else:
-            lines.append(f"  {key:<{width}} {value:.4f}" if isinstance(value, float) else f"  {key:<{width}} {value}")
+            lines.append(
+                f"  {key:<{width}} {value:.4f}" if isinstance(value, float) else f"  {key:<{width}} {value}"
+            )
     if undefined:
-        lines.append(f"  (n/a: not defined on this test set, e.g. no frame or class was scored: {', '.join(undefined)})")
+        lines.append(
+            f"  (n/a: not defined on this test set, e.g. no frame or class was scored: {', '.join(undefined)})"
+        )
     for key, text in extra:
         if (key, text) not in head:
             lines.append(f"  {key:<{width}} {text}")

@@ -32,8 +32,14 @@ from torch import Tensor, nn
 
 from dcn.ops import DeformConv2dPack
 
-__all__ = ["GRID_COLOUR", "GRID_EDGE_COLOUR", "SamplingPoints", "draw_sampling_points", "render_figure",
-           "sampling_points"]
+__all__ = [
+    "GRID_COLOUR",
+    "GRID_EDGE_COLOUR",
+    "SamplingPoints",
+    "draw_sampling_points",
+    "render_figure",
+    "sampling_points",
+]
 
 # Dodger blue: contrast ratio 6.4 against black and 3.3 against white (WCAG's 3 for graphics), and
 # the white rim sets it off from mid-grey images too.
@@ -70,7 +76,9 @@ def _bilinear(field: Tensor, y: Tensor, x: Tensor) -> Tensor:
     gx = 2 * x / max(w - 1, 1) - 1
     gy = 2 * y / max(h - 1, 1) - 1
     grid = torch.stack([gx, gy], dim=-1).view(1, 1, -1, 2).to(field.dtype)
-    out = torch.nn.functional.grid_sample(field[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = torch.nn.functional.grid_sample(
+        field[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
     return out[0, :, 0].T
 
 
@@ -81,7 +89,9 @@ def _rescale(coords: Tensor, src: Tuple[int, int], dst: Tuple[int, int]) -> Tens
 
 
 @torch.no_grad()
-def sampling_points(backbone: nn.Module, image: Tensor, point: Optional[Tuple[float, float]] = None) -> SamplingPoints:
+def sampling_points(
+    backbone: nn.Module, image: Tensor, point: Optional[Tuple[float, float]] = None
+) -> SamplingPoints:
     """Sampling locations of ``backbone``'s deformable layers for one output unit.
 
     Args:
@@ -110,7 +120,9 @@ def sampling_points(backbone: nn.Module, image: Tensor, point: Optional[Tuple[fl
             offset, mask = module.offsets_and_mask(args[0])
             # On the CPU in float64: the geometry below is tiny and must not lose precision.
             captured[name] = (
-                args[0].shape[-2:], output.shape[-2:], offset[0].detach().cpu().double(),
+                args[0].shape[-2:],
+                output.shape[-2:],
+                offset[0].detach().cpu().double(),
                 None if mask is None else mask[0].detach().cpu().double(),
             )
 
@@ -132,7 +144,12 @@ def sampling_points(backbone: nn.Module, image: Tensor, point: Optional[Tuple[fl
     if point is None:
         index = ((out_size[0] - 1) // 2, (out_size[1] - 1) // 2)
     else:
-        y, x = _rescale(torch.tensor([point], dtype=torch.float64), image_size, out_size)[0].round().long().tolist()
+        y, x = (
+            _rescale(torch.tensor([point], dtype=torch.float64), image_size, out_size)[0]
+            .round()
+            .long()
+            .tolist()
+        )
         index = (min(max(y, 0), out_size[0] - 1), min(max(x, 0), out_size[1] - 1))
 
     points = torch.tensor([index], dtype=torch.float64)  # (y, x) in the current layer's output
@@ -169,8 +186,14 @@ def sampling_points(backbone: nn.Module, image: Tensor, point: Optional[Tuple[fl
         grid = _rescale(grid, tuple(in_size), target)
 
     unit = _rescale(torch.tensor([index], dtype=torch.float64), out_size, image_size)[0]
-    return SamplingPoints(points.float(), weights.float(), grid.float(), (float(unit[0]), float(unit[1])), index,
-                          [name for name, _ in layers])
+    return SamplingPoints(
+        points.float(),
+        weights.float(),
+        grid.float(),
+        (float(unit[0]), float(unit[1])),
+        index,
+        [name for name, _ in layers],
+    )
 
 
 def draw_sampling_points(ax: Any, image: Tensor, result: SamplingPoints, title: Optional[str] = None) -> None:
@@ -184,13 +207,28 @@ def draw_sampling_points(ax: Any, image: Tensor, result: SamplingPoints, title: 
     grid, points = result.grid.numpy(), result.points.numpy()
     size = max(2.0, 30.0 / max(1.0, len(points) ** 0.5))
     # The grid repeats positions (9^L paths onto (2L+1)^2 places for 3x3 layers): larger markers, drawn under the points.
-    ax.scatter(grid[:, 1], grid[:, 0], s=2 * size, c=GRID_COLOUR, edgecolors=GRID_EDGE_COLOUR, linewidths=0.4,
-               label="regular grid")
+    ax.scatter(
+        grid[:, 1],
+        grid[:, 0],
+        s=2 * size,
+        c=GRID_COLOUR,
+        edgecolors=GRID_EDGE_COLOUR,
+        linewidths=0.4,
+        label="regular grid",
+    )
     colors = np.zeros((len(points), 4))
     colors[:, 0] = 1.0
     colors[:, 3] = 0.15 + 0.85 * result.weights.numpy()  # opacity: DCN v2 mask along the path
     ax.scatter(points[:, 1], points[:, 0], s=size, c=colors, linewidths=0, label="deformable sampling")
-    ax.scatter([result.unit[1]], [result.unit[0]], s=60, c="lime", marker="o", edgecolors="black", label="output unit")
+    ax.scatter(
+        [result.unit[1]],
+        [result.unit[0]],
+        s=60,
+        c="lime",
+        marker="o",
+        edgecolors="black",
+        label="output unit",
+    )
     h, w = image.shape[-2:]
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
@@ -200,7 +238,9 @@ def draw_sampling_points(ax: Any, image: Tensor, result: SamplingPoints, title: 
         ax.set_title(title, fontsize=9)
 
 
-def render_figure(images: Sequence[Tensor], results: Sequence[SamplingPoints], titles: Optional[Sequence[str]] = None):
+def render_figure(
+    images: Sequence[Tensor], results: Sequence[SamplingPoints], titles: Optional[Sequence[str]] = None
+):
     """A matplotlib figure with one panel per image (a row); the caller saves and closes it."""
     import matplotlib
 

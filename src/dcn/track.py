@@ -131,13 +131,21 @@ def run(args: argparse.Namespace) -> dict:
         record(t, frame)
     predictions = torch.stack(boxes)
     path = write_boxes(predictions, Path(args.output), sequence.name, fmt, seconds)
-    summary = {"sequence": sequence.name, "frames": count, "boxes": str(path), "fps": count / max(sum(seconds), 1e-9),
-               "iou": ious}
+    summary = {
+        "sequence": sequence.name,
+        "frames": count,
+        "boxes": str(path),
+        "fps": count / max(sum(seconds), 1e-9),
+        "iou": ious,
+    }
 
     known = sequence.known[:count].clone()
     known[0] = False
     if args.init is None and known.any():
-        pred, truth = xywh_to_cxcywh(predictions[known].double()), xywh_to_cxcywh(sequence.boxes[:count][known].double())
+        pred, truth = (
+            xywh_to_cxcywh(predictions[known].double()),
+            xywh_to_cxcywh(sequence.boxes[:count][known].double()),
+        )
         summary["success_auc"] = success_auc(box_overlap(pred, truth))
         summary["precision20"] = precision_at(centre_distance(pred, truth), 20.0)
     if args.frames:
@@ -155,7 +163,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dcn.track", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="a Lightning checkpoint of a tracking run (<run dir>/checkpoints/*.ckpt)")
+    p.add_argument(
+        "checkpoint", help="a Lightning checkpoint of a tracking run (<run dir>/checkpoints/*.ckpt)"
+    )
     p.add_argument("sequence", help="a VOT or GOT-10k sequence folder (frames + groundtruth.txt)")
     p.add_argument("--output", default=".", help="folder for the predicted boxes (default: the current one)")
     p.add_argument("--format", choices=FORMATS, default=None, help="result format (default: the sequence's)")
@@ -173,7 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     scores = "".join(
         f", {key} {summary[key]:.3f}" for key in ("success_auc", "precision20") if key in summary
     )
-    print(f"{summary['sequence']}: {summary['frames']} frames at {summary['fps']:.1f} fps{scores} -> {summary['boxes']}")
+    print(
+        f"{summary['sequence']}: {summary['frames']} frames at {summary['fps']:.1f} fps{scores} -> {summary['boxes']}"
+    )
     return summary
 
 

@@ -36,7 +36,9 @@ log = logging.getLogger("dcn")
 
 def train(cfg: DictConfig, record: RunRecord) -> None:
     """Build everything from ``cfg``, fit and test; fills ``record`` as it goes."""
-    check_trainer_config(cfg.trainer)  # before anything is built: a wrong type is named, not asserted deep down
+    check_trainer_config(
+        cfg.trainer
+    )  # before anything is built: a wrong type is named, not asserted deep down
     check_config(cfg)  # an optional dependency the config needs (W&B, COCO, ...) is named with its extra
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -66,7 +68,9 @@ def train(cfg: DictConfig, record: RunRecord) -> None:
         start = time.perf_counter()
         # verbose=False: the test metrics are printed once, in the run's summary (same numbers, same units).
         metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path or None, verbose=False)
-        record.update(metrics=metrics[0] if metrics else {}, timing={"test_s": round(time.perf_counter() - start, 3)})
+        record.update(
+            metrics=metrics[0] if metrics else {}, timing={"test_s": round(time.perf_counter() - start, 3)}
+        )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -83,7 +87,9 @@ def main(cfg: DictConfig) -> Optional[float]:
         record.finish("interrupted" if interrupted else "failed", error)
         rank_zero_only(log.info)(record.summary())
         if not interrupted:  # the console gets Hydra's short form; train.log the whole traceback
-            rank_zero_only(log_to_file_only)("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+            rank_zero_only(log_to_file_only)(
+                "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            )
         raise
     record.finish("completed")
     rank_zero_only(log.info)(record.summary())

@@ -44,21 +44,48 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "limit_test_batches": (_fraction_or_count, "a number of batches (int) or a fraction in [0, 1]"),
     "limit_predict_batches": (_fraction_or_count, "a number of batches (int) or a fraction in [0, 1]"),
     "overfit_batches": (_fraction_or_count, "a number of batches (int) or a fraction in [0, 1]"),
-    "val_check_interval": (lambda v: _number(v) and v > 0, "a positive number (batches, or a fraction of an epoch)"),
+    "val_check_interval": (
+        lambda v: _number(v) and v > 0,
+        "a positive number (batches, or a fraction of an epoch)",
+    ),
     "gradient_clip_val": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "gradient_clip_algorithm": (lambda v: v in ("norm", "value"), "'norm' or 'value'"),
-    "fast_dev_run": (lambda v: isinstance(v, bool) or (_int(v) and v >= 0), "true, false or a number of batches"),
+    "fast_dev_run": (
+        lambda v: isinstance(v, bool) or (_int(v) and v >= 0),
+        "true, false or a number of batches",
+    ),
     "deterministic": (lambda v: isinstance(v, bool) or v == "warn", "true, false or 'warn'"),
     "benchmark": (lambda v: isinstance(v, bool), "true or false"),
     "detect_anomaly": (lambda v: isinstance(v, bool), "true or false"),
     "sync_batchnorm": (lambda v: isinstance(v, bool), "true or false"),
-    "precision": (lambda v: str(v) in {"64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true",
-                                       "16-mixed", "bf16-mixed", "transformer-engine"},
-                  "one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true"),
+    "precision": (
+        lambda v: (
+            str(v)
+            in {
+                "64",
+                "32",
+                "16",
+                "bf16",
+                "64-true",
+                "32-true",
+                "16-true",
+                "bf16-true",
+                "16-mixed",
+                "bf16-mixed",
+                "transformer-engine",
+            }
+        ),
+        "one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true",
+    ),
     "accelerator": (lambda v: isinstance(v, str) and bool(v), "a name: auto, cpu, gpu, cuda, mps"),
-    "devices": (lambda v: (_int(v) and v >= -1) or isinstance(v, str) or
-                (isinstance(v, (list, tuple)) and all(_int(i) for i in v)),
-                "a count (-1: all), 'auto', or a list of device ids"),
+    "devices": (
+        lambda v: (
+            (_int(v) and v >= -1)
+            or isinstance(v, str)
+            or (isinstance(v, (list, tuple)) and all(_int(i) for i in v))
+        ),
+        "a count (-1: all), 'auto', or a list of device ids",
+    ),
 }
 
 

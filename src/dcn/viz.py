@@ -22,15 +22,26 @@ from dcn.figures import figure_to_array
 from dcn.images import read_image
 from dcn.sampling_points import SamplingPoints, draw_sampling_points, render_figure, sampling_points
 
-__all__ = ["SamplingPoints", "draw_sampling_points", "figure_to_array", "load_image", "load_model", "main",
-           "render_figure", "sampling_points", "validation_sample"]
+__all__ = [
+    "SamplingPoints",
+    "draw_sampling_points",
+    "figure_to_array",
+    "load_image",
+    "load_model",
+    "main",
+    "render_figure",
+    "sampling_points",
+    "validation_sample",
+]
 
 
 # ----------------------------------------------------------------------------------------------
 # Command line: a checkpoint of train.py and an image file
 
 
-def load_model(checkpoint: Path | str, config: Optional[Dict[str, Any]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+def load_model(
+    checkpoint: Path | str, config: Optional[Dict[str, Any]] = None
+) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the task module of a train.py run from its config and load ``checkpoint`` into it
     (:func:`dcn.trained_task.load_trained_task`). Returns the model (eval mode) and the run's config."""
     from omegaconf import OmegaConf
@@ -52,7 +63,9 @@ def load_image(path: Path | str, in_channels: int, size: Optional[int], invert: 
     img = read_image(path, "L" if in_channels == 1 else "RGB")
     if size:
         scale = size / min(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR
+        )
     pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
     pixels = pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)
     if in_channels not in (1, 3):
@@ -85,12 +98,16 @@ def validation_sample(config: Mapping[str, Any], index: int, source: str = "the 
     loaders = datamodule.val_dataloader()
     dataset = (loaders[0] if isinstance(loaders, (list, tuple)) else loaders).dataset
     if not 0 <= index < len(dataset):
-        raise IndexError(f"--sample {index}: the run's validation set has {len(dataset)} items (0..{len(dataset) - 1})")
+        raise IndexError(
+            f"--sample {index}: the run's validation set has {len(dataset)} items (0..{len(dataset) - 1})"
+        )
     item = dataset[index]
     image = item[0] if isinstance(item, (tuple, list)) else item
     if not isinstance(image, Tensor) or image.dim() != 3:
-        raise TypeError(f"validation item {index} of {type(datamodule).__name__} does not start with an image "
-                        f"Tensor[C, H, W]; give an image file instead of --sample")
+        raise TypeError(
+            f"validation item {index} of {type(datamodule).__name__} does not start with an image "
+            f"Tensor[C, H, W]; give an image file instead of --sample"
+        )
     return image
 
 
@@ -98,7 +115,9 @@ def _parse_point(text: str) -> Tuple[float, float]:
     try:
         y, x = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--point must be 'y,x' in image pixels, e.g. 14,14; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--point must be 'y,x' in image pixels, e.g. 14,14; got {text!r}"
+        ) from None
     return y, x
 
 
@@ -110,15 +129,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("checkpoint", type=Path, help="a train.py checkpoint (<run dir>/checkpoints/*.ckpt)")
     parser.add_argument("image", type=Path, nargs="?", help="an image file (PNG, JPEG, ...); or use --sample")
-    parser.add_argument("--sample", type=int, metavar="K", help="draw the K-th item (from 0) of the run's validation "
-                        "set instead of an image file (the datamodule is rebuilt from the run's config)")
-    parser.add_argument("--point", type=_parse_point, help="y,x in image pixels (after --size); default: the centre")
-    parser.add_argument("--size", type=int, help="resize the shorter image side to this (default: data.canvas_size "
-                        "of the run if it has one, else the image as is)")
-    parser.add_argument("--invert", action="store_true", help="invert intensities (dark ink on white paper -> "
-                        "the digits/MNIST convention of white ink on black)")
-    parser.add_argument("--out", type=Path, help="output PNG (default: <image name>.offsets.png next to the image; "
-                        "with --sample: val_<K>.offsets.png in the current directory)")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="K",
+        help="draw the K-th item (from 0) of the run's validation "
+        "set instead of an image file (the datamodule is rebuilt from the run's config)",
+    )
+    parser.add_argument(
+        "--point", type=_parse_point, help="y,x in image pixels (after --size); default: the centre"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        help="resize the shorter image side to this (default: data.canvas_size "
+        "of the run if it has one, else the image as is)",
+    )
+    parser.add_argument(
+        "--invert",
+        action="store_true",
+        help="invert intensities (dark ink on white paper -> "
+        "the digits/MNIST convention of white ink on black)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output PNG (default: <image name>.offsets.png next to the image; "
+        "with --sample: val_<K>.offsets.png in the current directory)",
+    )
     args = parser.parse_args(argv)
     if (args.image is None) == (args.sample is None):
         parser.error("give an image file or --sample K (one of them)")

@@ -35,8 +35,9 @@ def test_config_instantiates_deformable_by_default(name, config_backbone, compos
 
 
 def test_deform_switch_from_command_line_overrides(compose_backbone):
-    cfg = compose_backbone("resnet18", "backbone.deform.enabled=false", "backbone.in_channels=1",
-                           "backbone.stem=small")
+    cfg = compose_backbone(
+        "resnet18", "backbone.deform.enabled=false", "backbone.in_channels=1", "backbone.stem=small"
+    )
     model = instantiate(cfg)
     assert not any(isinstance(m, DeformConv2dPack) for m in model.modules())
     assert model.conv1.in_channels == 1 and model.conv1.kernel_size == (3, 3)

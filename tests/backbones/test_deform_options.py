@@ -12,8 +12,9 @@ from dcn.ops import DeformConv2dPack
 
 
 def test_coerce_accepts_dictconfig_dict_bool_and_none():
-    cfg = OmegaConf.create({"enabled": True, "stages": [4, 3], "modulated": True, "offset_groups": 2,
-                            "extra_layers": 1})
+    cfg = OmegaConf.create(
+        {"enabled": True, "stages": [4, 3], "modulated": True, "offset_groups": 2, "extra_layers": 1}
+    )
     assert DeformOptions.coerce(cfg) == DeformOptions(True, (3, 4), True, 2, 1)
     assert DeformOptions.coerce({"enabled": False}) == DeformOptions(enabled=False)
     assert DeformOptions.coerce(False) == DeformOptions(enabled=False)
@@ -48,7 +49,9 @@ def test_bad_values_name_the_key(value, error, message):
 
 
 def test_stages_are_checked_against_the_architecture():
-    with pytest.raises(ValueError, match=r"stage\(s\) \[5\] that resnet18 does not have; choose from \[1, 2, 3, 4\]"):
+    with pytest.raises(
+        ValueError, match=r"stage\(s\) \[5\] that resnet18 does not have; choose from \[1, 2, 3, 4\]"
+    ):
         DeformOptions(stages=[4, 5]).for_arch((1, 2, 3, 4), "resnet18")
     with pytest.raises(ValueError, match="no layer of resnet18 would be deformable"):
         DeformOptions(stages=[]).for_arch((1, 2, 3, 4), "resnet18")

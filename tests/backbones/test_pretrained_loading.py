@@ -57,7 +57,8 @@ def test_plain_weights_into_deformable_net_give_identical_outputs(tmp_path, cls,
     assert set(report.loaded) == set(plain.state_dict())
     # Exactly the offset predictors were missing (and stay zero).
     assert sorted(report.new_keys) == sorted(
-        f"{name}.conv_offset.{p}" for name in deformable.deformable_layers for p in ("weight", "bias"))
+        f"{name}.conv_offset.{p}" for name in deformable.deformable_layers for p in ("weight", "bias")
+    )
     assert all(
         torch.count_nonzero(deformable.get_submodule(n).conv_offset.weight) == 0
         for n in deformable.deformable_layers
@@ -81,7 +82,9 @@ def test_lightning_checkpoint_prefixes_are_stripped(tmp_path):
     assert_same_outputs(trained, loaded, torch.randn(1, 1, 8, 8))
 
     # DDP / nested task prefixes too.
-    torch.save({f"module.model.backbone.{k}": v for k, v in trained.state_dict().items()}, tmp_path / "ddp.pt")
+    torch.save(
+        {f"module.model.backbone.{k}": v for k, v in trained.state_dict().items()}, tmp_path / "ddp.pt"
+    )
     assert_same_outputs(trained, SeedNet(1, pretrained=str(tmp_path / "ddp.pt")), torch.randn(1, 1, 8, 8))
 
 
@@ -109,8 +112,11 @@ def test_shape_mismatch_names_path_and_keys(tmp_path):
 
 def test_missing_and_unexpected_keys_are_errors(tmp_path):
     torch.save(ResNetBackbone("resnet18", deform=False).state_dict(), tmp_path / "r18.pt")
-    with pytest.raises(ValueError, match=r"r18.pt' do not fit ResNetBackbone\(resnet34\): missing from the file: "
-                                         r"layer1.2.conv1.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"r18.pt' do not fit ResNetBackbone\(resnet34\): missing from the file: "
+        r"layer1.2.conv1.weight",
+    ):
         ResNetBackbone("resnet34", deform=False, pretrained=str(tmp_path / "r18.pt"))
     # A deformable net's trained offsets have no place in the plain net: refusing beats dropping them.
     torch.save(SeedNet(1).state_dict(), tmp_path / "deformable.pt")
@@ -195,9 +201,14 @@ def test_checkpoint_with_pickled_objects_is_refused_with_the_way_out(tmp_path):
     """A checkpoint whose hyper-parameters are Python objects (OmegaConf, as some frameworks save
     them) needs full unpickling: refused, with the file named and the conversion command."""
     state = {f"backbone.{k}": v for k, v in SeedNet(1).state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": {"cfg": OmegaConf.create({"lr": 0.1})}},
-               tmp_path / "foreign.ckpt")
-    with pytest.raises(ValueError, match=r"foreign.ckpt' holds Python objects besides tensors.*backbone.pretrained=weights.pt"):
+    torch.save(
+        {"state_dict": state, "hyper_parameters": {"cfg": OmegaConf.create({"lr": 0.1})}},
+        tmp_path / "foreign.ckpt",
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"foreign.ckpt' holds Python objects besides tensors.*backbone.pretrained=weights.pt",
+    ):
         SeedNet(1, pretrained=str(tmp_path / "foreign.ckpt"))
 
 
@@ -227,6 +238,10 @@ def test_no_unsafe_torch_load_in_the_package():
     from pathlib import Path
 
     src = Path(__file__).resolve().parents[2] / "src"
-    offenders = [f"{p}:{i}" for p in src.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
-                 if re.search(r"weights_only\s*=\s*False", line)]
+    offenders = [
+        f"{p}:{i}"
+        for p in src.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"weights_only\s*=\s*False", line)
+    ]
     assert offenders == []

@@ -15,7 +15,9 @@ def conv_geometry(model: nn.Module) -> dict:
     return {
         name: (m.stride, m.dilation, m.padding)
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, DeformConv2dPack)) and name.startswith("layer") and "conv_offset" not in name
+        if isinstance(m, (nn.Conv2d, DeformConv2dPack))
+        and name.startswith("layer")
+        and "conv_offset" not in name
     }
 
 
@@ -33,10 +35,16 @@ def test_output_stride_gives_expected_feature_sizes(arch, output_stride):
     model = ResNetBackbone(arch, output_stride=output_stride).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 32, 64))
-    expected = {"stem": 2, "layer1": 4, "layer2": 8, "layer3": min(16, output_stride),
-                "layer4": output_stride}
+    expected = {
+        "stem": 2,
+        "layer1": 4,
+        "layer2": 8,
+        "layer3": min(16, output_stride),
+        "layer4": output_stride,
+    }
     assert {k: (32 // v.shape[-2], 64 // v.shape[-1]) for k, v in out.items()} == {
-        k: (s, s) for k, s in expected.items()}
+        k: (s, s) for k, s in expected.items()
+    }
     assert {f.name: f.stride for f in model.feature_info} == expected
     widths = [64, 128, 256, 512] if arch == "resnet18" else [256, 512, 1024, 2048]
     assert [out[f"layer{i}"].shape[1] for i in range(1, 5)] == widths
@@ -77,7 +85,9 @@ def test_small_stem():
     with torch.no_grad():
         out = model(torch.randn(2, 1, 28, 28))
     assert out["layer4"].shape == (2, 512, 4, 4)
-    assert ResNetBackbone("resnet18", stem="small", output_stride=2, deform=False).feature_info[-1].stride == 2
+    assert (
+        ResNetBackbone("resnet18", stem="small", output_stride=2, deform=False).feature_info[-1].stride == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,8 +125,10 @@ def test_extra_layers_stay_plain_when_deform_is_off():
     "kwargs, message",
     [
         ({"arch": "resnet152"}, r"unknown ResNet arch 'resnet152'; expected one of \['resnet18'"),
-        ({"output_stride": 4},
-         r"output_stride=4 is not possible for resnet18 with stem='imagenet'; choose from \[32, 16, 8\]"),
+        (
+            {"output_stride": 4},
+            r"output_stride=4 is not possible for resnet18 with stem='imagenet'; choose from \[32, 16, 8\]",
+        ),
         ({"stem": "tiny"}, r"unknown stem 'tiny'"),
         ({"deform": {"stages": [0]}}, r"stage\(s\) \[0\] that resnet18 does not have"),
     ],

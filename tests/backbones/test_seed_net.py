@@ -33,7 +33,12 @@ def test_deform_off_is_a_plain_conv_with_the_same_weight_shapes():
     conv = plain.layer4.conv
     assert type(conv) is nn.Conv2d
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding, conv.bias) == (
-        128, 128, (3, 3), (1, 1), None)
+        128,
+        128,
+        (3, 3),
+        (1, 1),
+        None,
+    )
     plain_shapes = {k: v.shape for k, v in plain.state_dict().items()}
     deform_shapes = {k: v.shape for k, v in deformable.state_dict().items() if ".conv_offset." not in k}
     assert plain_shapes == deform_shapes
@@ -56,8 +61,11 @@ def test_plain_weights_give_the_same_function_at_init(tmp_path):
 def test_features_and_extra_layers():
     model = SeedNet(in_channels=3, deform={"stages": [2, 4], "extra_layers": 2, "modulated": True})
     assert model.feature_info == [
-        FeatureInfo("layer1", 32, 1), FeatureInfo("layer2", 64, 1), FeatureInfo("layer3", 128, 1),
-        FeatureInfo("layer4", 128, 1), FeatureInfo("extra", 128, 1),
+        FeatureInfo("layer1", 32, 1),
+        FeatureInfo("layer2", 64, 1),
+        FeatureInfo("layer3", 128, 1),
+        FeatureInfo("layer4", 128, 1),
+        FeatureInfo("extra", 128, 1),
     ]
     assert model.deformable_layers == ["layer2.conv", "layer4.conv", "extra.0.conv", "extra.1.conv"]
     x = torch.randn(2, 3, 9, 7)

@@ -25,11 +25,18 @@ def test_stages_split_at_the_pools():
     # vgg11: 1, 1, 2, 2, 2 convs per stage; features indices of the convs in stages 3 and 5.
     assert model.deformable_layers == ["features.8", "features.11", "features.22", "features.25"]
     assert [(f.name, f.channels, f.stride) for f in model.feature_info] == [
-        ("stage1", 64, 2), ("stage2", 128, 4), ("stage3", 256, 8), ("stage4", 512, 16), ("stage5", 512, 32)]
+        ("stage1", 64, 2),
+        ("stage2", 128, 4),
+        ("stage3", 256, 8),
+        ("stage4", 512, 16),
+        ("stage5", 512, 32),
+    ]
 
 
 def test_forward_backward_with_all_options():
-    model = VGGBackbone("vgg11", in_channels=1, deform={"modulated": True, "offset_groups": 2, "extra_layers": 1})
+    model = VGGBackbone(
+        "vgg11", in_channels=1, deform={"modulated": True, "offset_groups": 2, "extra_layers": 1}
+    )
     assert model.features[0].in_channels == 1
     x = torch.randn(2, 1, 32, 32, requires_grad=True)
     out = model(x)

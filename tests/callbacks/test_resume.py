@@ -22,11 +22,16 @@ from dcn.results import RunRecord
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = [
-    "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-    "data.canvas_size=12", "data.digit_size=10", "data.batch_size=16",
-    "callbacks.progress_bar=null", "callbacks.model_summary=null",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.canvas_size=12",
+    "data.digit_size=10",
+    "data.batch_size=16",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
     "task.scheduler.T_max=2",  # the same schedule whether a run is planned for 1 or 2 epochs
-]  # fmt: skip
+]
 
 
 def _train(compose_train, run_dir: Path, overrides, stopped: bool = False) -> Path:
@@ -65,7 +70,9 @@ def _assert_same_training_state(expected: Path, actual: Path) -> None:
 def test_two_epochs_straight_equal_one_epoch_then_resume(compose_train, tmp_path: Path) -> None:
     straight = _train(compose_train, tmp_path / "straight", ["trainer.max_epochs=2", "test=false"])
     first = _train(compose_train, tmp_path / "first", ["trainer.max_epochs=1", "test=false"])
-    resumed = _train(compose_train, tmp_path / "resumed", ["trainer.max_epochs=2", "test=false", f"ckpt_path={first}"])
+    resumed = _train(
+        compose_train, tmp_path / "resumed", ["trainer.max_epochs=2", "test=false", f"ckpt_path={first}"]
+    )
 
     assert (load_checkpoint(straight)["epoch"], load_checkpoint(straight)["global_step"]) == (1, 6)
     _assert_same_training_state(straight, resumed)
@@ -76,7 +83,7 @@ def test_two_epochs_straight_equal_one_epoch_then_resume(compose_train, tmp_path
 
 def _self_signal_override(signum: str, at_step: int):
     return [
-        f"+callbacks.self_signal._target_=signal_at_step.SignalAtStep",
+        "+callbacks.self_signal._target_=signal_at_step.SignalAtStep",
         f"+callbacks.self_signal.signum={signum}",
         f"+callbacks.self_signal.at_step={at_step}",
     ]
@@ -84,7 +91,9 @@ def _self_signal_override(signum: str, at_step: int):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stops", [(2,), (4,), (1, 2, 4)], ids=["epoch0", "epoch1", "three_stops"])
-def test_sigterm_mid_epoch_then_resume_equals_the_run_that_never_stopped(compose_train, tmp_path: Path, stops):
+def test_sigterm_mid_epoch_then_resume_equals_the_run_that_never_stopped(
+    compose_train, tmp_path: Path, stops
+):
     """Each stop: SIGTERM after that global step (3 batches per epoch, so mid-epoch), then resume from
     its last.ckpt. (1, 2, 4): stopped twice in one epoch (the second time in a resumed epoch), then in
     the next one. The rest of an interrupted epoch must get the batches, and random deformations,
@@ -103,16 +112,22 @@ def test_sigterm_mid_epoch_then_resume_equals_the_run_that_never_stopped(compose
 
 
 @pytest.mark.slow
-def test_mid_epoch_checkpoint_without_epoch_start_states_resumes_with_a_warning(compose_train, tmp_path: Path) -> None:
+def test_mid_epoch_checkpoint_without_epoch_start_states_resumes_with_a_warning(
+    compose_train, tmp_path: Path
+) -> None:
     # A mid-epoch checkpoint written before RNGStateCheckpoint kept "epoch_start": the run resumes as
     # Lightning alone would (a new shuffle for the rest of the epoch), and says so.
     config = ["trainer.max_epochs=1", "test=false"]
-    ckpt = _train(compose_train, tmp_path / "stop", [*config, *_self_signal_override("SIGTERM", 1)], stopped=True)
+    ckpt = _train(
+        compose_train, tmp_path / "stop", [*config, *_self_signal_override("SIGTERM", 1)], stopped=True
+    )
     checkpoint = torch.load(ckpt, weights_only=True)
     del checkpoint["callbacks"]["RNGStateCheckpoint"]["epoch_start"]
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
-    with pytest.warns(UserWarning, match="resuming mid-epoch .1 of 3 batches done.* no epoch-start generator states"):
+    with pytest.warns(
+        UserWarning, match="resuming mid-epoch .1 of 3 batches done.* no epoch-start generator states"
+    ):
         resumed = _train(compose_train, tmp_path / "resumed", [*config, f"ckpt_path={old}"])
     assert load_checkpoint(resumed)["global_step"] == 3
 
@@ -125,14 +140,19 @@ def test_with_loader_workers_the_interrupted_epoch_keeps_its_shuffle(compose_tra
     the first epoch of a run, whose persistent workers' iterator the resumed run makes differently."""
 
     def record(name: str):
-        return ["+callbacks.record._target_=training_probes.RecordTargets", f"+callbacks.record.path={tmp_path / name}"]
+        return [
+            "+callbacks.record._target_=training_probes.RecordTargets",
+            f"+callbacks.record.path={tmp_path / name}",
+        ]
 
     config = ["trainer.max_epochs=1", "test=false", "data.num_workers=1"]
     _train(compose_train, tmp_path / "straight", [*config, *record("straight.jsonl")])
     stop = [*config, *record("stopped.jsonl"), *_self_signal_override("SIGTERM", 1)]
     ckpt = _train(compose_train, tmp_path / "stop", stop, stopped=True)
     _train(compose_train, tmp_path / "resumed", [*config, *record("stopped.jsonl"), f"ckpt_path={ckpt}"])
-    straight, stopped = ((tmp_path / name).read_text().splitlines() for name in ("straight.jsonl", "stopped.jsonl"))
+    straight, stopped = (
+        (tmp_path / name).read_text().splitlines() for name in ("straight.jsonl", "stopped.jsonl")
+    )
     assert len(straight) == 3 and stopped == straight
 
 
@@ -144,8 +164,12 @@ def test_signal_mid_epoch_leaves_checkpoint_that_resumes(tmp_path: Path, signum:
     base = [sys.executable, str(ROOT / "train.py"), *TINY]
     done = subprocess.run(
         [*base, f"hydra.run.dir={run}", "trainer.max_epochs=2", *_self_signal_override(signum, 2)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((run / "results.json").read_text())
     assert record["status"] == "interrupted" and record["error"]["type"] == "SIGTERMException"
@@ -156,9 +180,18 @@ def test_signal_mid_epoch_leaves_checkpoint_that_resumes(tmp_path: Path, signum:
 
     resumed = tmp_path / "resumed"
     done = subprocess.run(
-        [*base, f"hydra.run.dir={resumed}", "trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            *base,
+            f"hydra.run.dir={resumed}",
+            "trainer.max_epochs=2",
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((resumed / "results.json").read_text())
     assert record["status"] == "completed" and record["global_step"] == 6

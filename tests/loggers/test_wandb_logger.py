@@ -6,13 +6,12 @@ continues its W&B run."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
+from wandb_records import read_run
 
 from dcn.loggers import WandbLogger, wandb_credentials_available, wandb_run_id_of
-from wandb_records import read_run
 
 
 @pytest.fixture
@@ -59,7 +58,9 @@ def _write_credentials(tmp_path: Path) -> None:
         ("disabled", None, True, "disabled"),
     ],
 )
-def test_resolved_mode(no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode, credentials, expected) -> None:
+def test_resolved_mode(
+    no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode, credentials, expected
+) -> None:
     if credentials:
         _write_credentials(tmp_path)
     if wandb_mode is not None:
@@ -69,8 +70,12 @@ def test_resolved_mode(no_credentials, monkeypatch, tmp_path: Path, mode, wandb_
     assert logger._wandb_init["mode"] == expected
 
 
-@pytest.mark.parametrize("mode, wandb_mode", [("online", "offline"), ("offline", "disabled"), ("disabled", "online")])
-def test_explicit_mode_beats_wandb_mode_with_a_warning(no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode):
+@pytest.mark.parametrize(
+    "mode, wandb_mode", [("online", "offline"), ("offline", "disabled"), ("disabled", "online")]
+)
+def test_explicit_mode_beats_wandb_mode_with_a_warning(
+    no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode
+):
     # As wandb.init(mode=...) itself does: its argument wins over the environment variable.
     monkeypatch.setenv("WANDB_MODE", wandb_mode)
     with pytest.warns(UserWarning, match=f"W&B runs {mode} .*not {wandb_mode} as WANDB_MODE"):
@@ -85,7 +90,9 @@ def test_unknown_wandb_mode_in_the_environment_is_named(no_credentials, monkeypa
 
 
 @pytest.mark.parametrize("mode, wandb_mode", [("disabled", None), ("auto", "disabled")])
-def test_disabled_run_logs_nothing_anywhere(no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode) -> None:
+def test_disabled_run_logs_nothing_anywhere(
+    no_credentials, monkeypatch, tmp_path: Path, mode, wandb_mode
+) -> None:
     import wandb
 
     _write_credentials(tmp_path)  # would be online if "disabled" were lost
@@ -106,13 +113,22 @@ def test_offline_training_run_records(no_credentials, compose_train, tmp_path: P
     import train
     from dcn.results import RunRecord
 
-    cfg = compose_train([
-        "logger=[csv,wandb,tensorboard]", "callbacks=[default,offset_viz]",
-        "callbacks.offset_viz.num_images=2", "task.num_val_images=4",
-        "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false",
-        "data.canvas_size=12", "data.digit_size=10",
-        "callbacks.progress_bar=null", "callbacks.model_summary=null",
-    ])  # fmt: skip
+    cfg = compose_train(
+        [
+            "logger=[csv,wandb,tensorboard]",
+            "callbacks=[default,offset_viz]",
+            "callbacks.offset_viz.num_images=2",
+            "task.num_val_images=4",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "test=false",
+            "data.canvas_size=12",
+            "data.digit_size=10",
+            "callbacks.progress_bar=null",
+            "callbacks.model_summary=null",
+        ]
+    )
     record = RunRecord(cfg.paths.output_dir, cfg)
     train.train(cfg, record)
     record.finish("completed")

@@ -61,16 +61,22 @@ def read_run(path: Path) -> Dict[str, Any]:
         if kind == "run":
             run = record.run
             out["run"] = {
-                "id": run.run_id, "project": run.project, "group": run.run_group, "job_type": run.job_type,
-                "display_name": run.display_name, "tags": list(run.tags),
-            }  # fmt: skip
+                "id": run.run_id,
+                "project": run.project,
+                "group": run.run_group,
+                "job_type": run.job_type,
+                "display_name": run.display_name,
+                "tags": list(run.tags),
+            }
             for item in run.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
         elif kind == "config":
             for item in record.config.update:
                 out["config"]["/".join(nested(item))] = json.loads(item.value_json)
         elif kind == "history":
-            out["history"].append({"/".join(nested(i)): json.loads(i.value_json) for i in record.history.item})
+            out["history"].append(
+                {"/".join(nested(i)): json.loads(i.value_json) for i in record.history.item}
+            )
         elif kind == "summary":
             for item in record.summary.update:
                 out["summary"]["/".join(nested(item))] = json.loads(item.value_json)

@@ -58,8 +58,9 @@ def _base_positions(G, kh, kw, h_out, w_out, stride, padding, dilation):
     return by.repeat(G, 1, 1).unsqueeze(0).double(), bx.repeat(G, 1, 1).unsqueeze(0).double()
 
 
-def make_case(n, c_in, c_out, hw, kernel, stride, padding, dilation, groups, G, mask, bias, dtype,
-              seed=0, far=0.1):
+def make_case(
+    n, c_in, c_out, hw, kernel, stride, padding, dilation, groups, G, mask, bias, dtype, seed=0, far=0.1
+):
     g = torch.Generator().manual_seed(seed)
     H, W = hw
     kh, kw = kernel
@@ -208,15 +209,16 @@ def kernel_strategy(request, monkeypatch):
 @pytest.mark.parametrize("geometry", GEOMETRIES[:2])
 @pytest.mark.parametrize("grouping", [(1, 1), (2, 3), (4, 2)])
 @pytest.mark.parametrize("budget", [None, 1])
-def test_kernel_strategies_match_torchvision(kernel_strategy, n, geometry, grouping, budget,
-                                            monkeypatch):
+def test_kernel_strategies_match_torchvision(kernel_strategy, n, geometry, grouping, budget, monkeypatch):
     """Wide channels (several channel blocks per image in the backward), conv groups crossing offset
     groups, a mask and a bias; in one chunk and in one-image chunks."""
     if budget is not None:
         monkeypatch.setattr(_torch_deform_conv, "_COLUMN_BUDGET", budget)
     kernel, stride, padding, dilation = geometry
     groups, G = grouping
-    case = make_case(n, 48, 8, (6, 7), kernel, stride, padding, dilation, groups, G, True, True, torch.float64)
+    case = make_case(
+        n, 48, 8, (6, 7), kernel, stride, padding, dilation, groups, G, True, True, torch.float64
+    )
 
     def ours(x, off, w, b, m):
         return deform_conv2d(x, off, w, b, stride, padding, dilation, m, backend="torch")
@@ -237,8 +239,9 @@ def test_kernel_strategies_agree_on_a_batch_of_large_images(monkeypatch):
     tiles path keeps its channels-last tables to ~16 MiB)."""
     if _cpu_kernel.load() is None:
         pytest.fail(f"the fused CPU kernel did not build: {_cpu_kernel._failed}")
-    case = make_case(5, 32, 4, (160, 160), (3, 3), (2, 2), (1, 1), (1, 1), 1, 2, True, True, torch.float64,
-                     far=0.0)
+    case = make_case(
+        5, 32, 4, (160, 160), (3, 3), (2, 2), (1, 1), (1, 1), 1, 2, True, True, torch.float64, far=0.0
+    )
     go = torch.randn(5, 4, 80, 80, dtype=torch.float64)
     fn = lambda *a: deform_conv2d(*a[:4], 2, 1, 1, a[4])  # noqa: E731
     threads = torch.get_num_threads()
@@ -277,8 +280,11 @@ def test_half_precision_on_cpu(dtype, fuse, monkeypatch):
     off, m = torch.randn(2, 18, 9, 8, generator=g), torch.rand(2, 9, 9, 8, generator=g)
     b, go = torch.randn(16, generator=g), torch.randn(2, 16, 9, 8, generator=g)
     ref_out, ref_grads = _grads(lambda *a: deform_conv2d(*a[:4], 1, 1, 1, a[4]), (x, off, w, b, m), go)
-    out, grads = _grads(lambda *a: deform_conv2d(*a[:4], 1, 1, 1, a[4]),
-                        [t.to(dtype) for t in (x, off, w, b, m)], go.to(dtype))
+    out, grads = _grads(
+        lambda *a: deform_conv2d(*a[:4], 1, 1, 1, a[4]),
+        [t.to(dtype) for t in (x, off, w, b, m)],
+        go.to(dtype),
+    )
     assert out.dtype == dtype and all(gr.dtype == dtype for gr in grads)
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
 
@@ -288,8 +294,11 @@ def test_half_precision_on_cpu(dtype, fuse, monkeypatch):
     assert rel(out, ref_out) < tol
     # The offset gradient (differences of neighbouring pixels) is ill-conditioned in 16 bits; the
     # others are sums of products.
-    for name, a, r in zip(("input", "weight", "bias", "mask"), [grads[i] for i in (0, 2, 3, 4)],
-                          [ref_grads[i] for i in (0, 2, 3, 4)]):
+    for name, a, r in zip(
+        ("input", "weight", "bias", "mask"),
+        [grads[i] for i in (0, 2, 3, 4)],
+        [ref_grads[i] for i in (0, 2, 3, 4)],
+    ):
         assert rel(a, r) < 2 * tol, name
     assert torch.isfinite(grads[1]).all()
 
@@ -340,11 +349,13 @@ def loop_reference(x, off, w, b, m, stride, padding, dilation):
 @pytest.mark.parametrize("mask", [False, True])
 def test_matches_loop_reference(mask):
     stride, padding, dilation = (2, 1), (1, 0), (2, 1)
-    x, off, w, b, m = make_case(2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, True,
-                                torch.float64, seed=3, far=0.2)
+    x, off, w, b, m = make_case(
+        2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, True, torch.float64, seed=3, far=0.2
+    )
     ours = deform_conv2d(x, off, w, b, stride, padding, dilation, m)
-    torch.testing.assert_close(ours, loop_reference(x, off, w, b, m, stride, padding, dilation),
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        ours, loop_reference(x, off, w, b, m, stride, padding, dilation), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_sample_window_boundaries():
@@ -390,7 +401,7 @@ def test_integer_offsets_equal_conv_on_shifted_input(dy, dx):
     H, W = x.shape[2:]
     P = 1 + max(abs(dy), abs(dx))
     big = F.pad(x, (P, P, P, P))  # big[P + y] == x[y], zero outside
-    window = big[:, :, P - 1 + dy:P - 1 + dy + H + 2, P - 1 + dx:P - 1 + dx + W + 2]
+    window = big[:, :, P - 1 + dy : P - 1 + dy + H + 2, P - 1 + dx : P - 1 + dx + W + 2]
     ref = F.conv2d(window, w)
     off = torch.zeros(2, 18, 8, 7, dtype=torch.float64)
     off[:, 0::2] = dy
@@ -404,8 +415,9 @@ def test_integer_offsets_equal_conv_on_shifted_input(dy, dx):
 @pytest.mark.parametrize("mask", [False, True])
 def test_gradcheck(mask, cpu_backward):
     stride, padding, dilation = (2, 1), (1, 0), (2, 1)
-    case = make_case(2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, True,
-                     torch.float64, seed=4, far=0.1)
+    case = make_case(
+        2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, True, torch.float64, seed=4, far=0.1
+    )
     leaves = [t.requires_grad_() if t is not None else None for t in case]
     fn = lambda x, o, w, b, m: deform_conv2d(x, o, w, b, stride, padding, dilation, m)  # noqa: E731
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5)
@@ -414,8 +426,9 @@ def test_gradcheck(mask, cpu_backward):
 @pytest.mark.parametrize("mask,bias", [(False, False), (True, True)])
 def test_opcheck(mask, bias):
     stride, padding, dilation = [2, 1], [1, 0], [2, 1]
-    x, off, w, b, m = make_case(2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, bias,
-                                torch.float64, seed=5)
+    x, off, w, b, m = make_case(
+        2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, bias, torch.float64, seed=5
+    )
     for t in (x, off, w, b, m):
         if t is not None:
             t.requires_grad_()
@@ -480,8 +493,7 @@ def test_inputs_unmodified(n, geometry, grouping, mask, bias, cpu_backward):
     """Forward and backward leave every input (and the incoming gradient) bit-identical."""
     kernel, stride, padding, dilation = geometry
     groups, G = grouping
-    case = make_case(n, 6, 4, (5, 7), kernel, stride, padding, dilation, groups, G, mask, bias,
-                     torch.float64)
+    case = make_case(n, 6, 4, (5, 7), kernel, stride, padding, dilation, groups, G, mask, bias, torch.float64)
     leaves = [t.clone().requires_grad_() if t is not None else None for t in case]
     out = deform_conv2d(leaves[0], leaves[1], leaves[2], leaves[3], stride, padding, dilation, leaves[4])
     go = torch.randn_like(out)
@@ -497,6 +509,7 @@ def test_inputs_unmodified(n, geometry, grouping, mask, bias, cpu_backward):
 def test_nonfinite_offsets(dtype, cpu_backward):
     """NaN offsets: NaN only at the outputs that sample them; +-inf: a sample outside the image.
     The same check runs on the CUDA kernels (tests/ops/cuda)."""
+
     def run(cfg, tensors, grad_out):
         out = _torch_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg))
         return out, _torch_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), [True] * 5)
@@ -534,8 +547,9 @@ def test_gradgradcheck(name):
     """The backward is differentiable (create_graph=True): second derivatives of every input,
     checked against finite differences of the first, away from the integer lines."""
     kernel, stride, padding, dilation, groups, G, mask, bias = DOUBLE_BACKWARD_CASES[name]
-    case = make_case(2, 4, 4, (5, 4), kernel, stride, padding, dilation, groups, G, mask, bias,
-                     torch.float64, far=0.0)
+    case = make_case(
+        2, 4, 4, (5, 4), kernel, stride, padding, dilation, groups, G, mask, bias, torch.float64, far=0.0
+    )
     x, off, w, b, m = (t.requires_grad_() if t is not None else None for t in case)
     inputs = [t for t in (x, off, w, b, m) if t is not None]
 
@@ -653,7 +667,10 @@ def test_cupy_backend_without_cuda_says_how_to_install():
     if cupy_unavailable_reason() is None:
         pytest.skip("CuPy backend is available here")
     x, off, w, b, m = _good()
-    with pytest.raises(RuntimeError, match=r"backend='cupy' is not available for deform_conv2d: .*pip install -e \.\[cuda13\]"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"backend='cupy' is not available for deform_conv2d: .*pip install -e \.\[cuda13\]",
+    ):
         deform_conv2d(x, off, w, b, 1, 1, 1, m, backend="cupy")
 
 
@@ -707,7 +724,9 @@ def test_module_is_a_drop_in_for_torchvision():
     torch.manual_seed(0)
     ours = DeformConv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2)
     torch.manual_seed(0)
-    theirs = torchvision.ops.DeformConv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2)
+    theirs = torchvision.ops.DeformConv2d(
+        6, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2
+    )
     assert set(ours.state_dict()) == set(theirs.state_dict()) == {"weight", "bias"}
     for k, v in theirs.state_dict().items():
         assert torch.equal(ours.state_dict()[k], v)
@@ -774,8 +793,9 @@ def test_checkpoints_written_before_the_pack_layers_still_load():
     from dcn.backbones import SeedNet
     from dcn.ops import DeformRoIPoolPack
 
-    saved = torch.load(Path(__file__).parents[1] / "fixtures" / "state_dicts_before_pack_layers.pt",
-                       weights_only=True)
+    saved = torch.load(
+        Path(__file__).parents[1] / "fixtures" / "state_dicts_before_pack_layers.pt", weights_only=True
+    )
     net = SeedNet(in_channels=1, deform={"enabled": True, "modulated": True})
     net.load_state_dict(saved["seed_net"])
     net.eval()

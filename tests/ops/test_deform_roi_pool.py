@@ -13,12 +13,19 @@ from collections import OrderedDict
 import pytest
 import torch
 import torchvision.ops
-from torchvision.ops import MultiScaleRoIAlign, RoIAlign, roi_align
-
-from dcn.ops import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, MultiScaleDeformRoIPool, deform_roi_pool
-from dcn.ops import _cpu_kernel, _torch_deform_roi_pool
 from cuda.roi_pool_cases import check_nonfinite_offsets
 from cuda.roi_pool_cases import make_case as roi_case
+from torchvision.ops import MultiScaleRoIAlign, RoIAlign, roi_align
+
+from dcn.ops import (
+    DeformRoIPool,
+    DeformRoIPoolPack,
+    ModulatedDeformRoIPoolPack,
+    MultiScaleDeformRoIPool,
+    _cpu_kernel,
+    _torch_deform_roi_pool,
+    deform_roi_pool,
+)
 from dcn.ops.deform_roi_pool import _deform_roi_pool_op
 
 
@@ -74,8 +81,12 @@ def _bilinear_ref(img, y, x):
         x_high = x_low + 1
     ly, lx = y - y_low, x - x_low
     hy, hx = 1 - ly, 1 - lx
-    return (hy * hx * img[:, y_low, x_low] + hy * lx * img[:, y_low, x_high]
-            + ly * hx * img[:, y_high, x_low] + ly * lx * img[:, y_high, x_high])
+    return (
+        hy * hx * img[:, y_low, x_low]
+        + hy * lx * img[:, y_low, x_high]
+        + ly * hx * img[:, y_high, x_low]
+        + ly * lx * img[:, y_high, x_high]
+    )
 
 
 def deform_roi_pool_ref(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned=True):
@@ -118,8 +129,14 @@ def _sample_coords(rois, offset, output_size, spatial_scale, sampling_ratio, gam
         for i, j in itertools.product(range(output_size[0]), range(output_size[1])):
             dy = float(gamma * geo.height[k] * offset[k, 1, i, j])
             dx = float(gamma * geo.width[k] * offset[k, 0, i, j])
-            ys += [float(geo.start_y[k] + i * geo.bin_h[k] + (iy + 0.5) * geo.bin_h[k] / gh) + dy for iy in range(gh)]
-            xs += [float(geo.start_x[k] + j * geo.bin_w[k] + (ix + 0.5) * geo.bin_w[k] / gw) + dx for ix in range(gw)]
+            ys += [
+                float(geo.start_y[k] + i * geo.bin_h[k] + (iy + 0.5) * geo.bin_h[k] / gh) + dy
+                for iy in range(gh)
+            ]
+            xs += [
+                float(geo.start_x[k] + j * geo.bin_w[k] + (ix + 0.5) * geo.bin_w[k] / gw) + dx
+                for ix in range(gw)
+            ]
     return ys, xs
 
 
@@ -129,7 +146,9 @@ def smooth_offset(rois, output_size, spatial_scale, sampling_ratio, gamma, scale
     so finite differences are valid. Draws seeds until one qualifies."""
     for seed in range(100):
         g = torch.Generator().manual_seed(seed)
-        off = (torch.rand((rois.shape[0], 2) + tuple(output_size), generator=g, dtype=torch.float64) * 2 - 1) * scale
+        off = (
+            torch.rand((rois.shape[0], 2) + tuple(output_size), generator=g, dtype=torch.float64) * 2 - 1
+        ) * scale
         ys, xs = _sample_coords(rois, off, output_size, spatial_scale, sampling_ratio, gamma)
         if min(abs(v - round(v)) for v in ys + xs) > 0.01:
             return off
@@ -144,7 +163,12 @@ def smooth_offset(rois, output_size, spatial_scale, sampling_ratio, gamma, scale
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize(
     "n,c,hw,output_size,spatial_scale",
-    [(2, 3, (9, 11), (3, 4), 0.5), (1, 5, (16, 16), (7, 7), 1 / 4), (3, 2, (1, 7), (2, 2), 1.0), (2, 4, (13, 6), (1, 5), 1 / 3)],
+    [
+        (2, 3, (9, 11), (3, 4), 0.5),
+        (1, 5, (16, 16), (7, 7), 1 / 4),
+        (3, 2, (1, 7), (2, 2), 1.0),
+        (2, 4, (13, 6), (1, 5), 1 / 3),
+    ],
 )
 def test_matches_roi_align(dtype, sampling_ratio, aligned, n, c, hw, output_size, spatial_scale, roi_path):
     x = torch.randn(n, c, *hw, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -153,9 +177,19 @@ def test_matches_roi_align(dtype, sampling_ratio, aligned, n, c, hw, output_size
     # torchvision's own adaptive roi_align allocate a negative-size buffer and fail.
     rois = make_rois(25, n, img_hw, dtype, seed=sampling_ratio, min_size=-0.5)
     ref = roi_align(x, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    out = deform_roi_pool(x, rois, None, output_size, spatial_scale, sampling_ratio, aligned=aligned, backend="torch")
-    zero = deform_roi_pool(x, rois, torch.zeros((25, 2) + output_size, dtype=dtype), output_size,
-                           spatial_scale, sampling_ratio, aligned=aligned, backend="torch")
+    out = deform_roi_pool(
+        x, rois, None, output_size, spatial_scale, sampling_ratio, aligned=aligned, backend="torch"
+    )
+    zero = deform_roi_pool(
+        x,
+        rois,
+        torch.zeros((25, 2) + output_size, dtype=dtype),
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        aligned=aligned,
+        backend="torch",
+    )
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     assert out.shape == (25, c) + output_size and out.dtype == dtype
     torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
@@ -301,8 +335,11 @@ def test_chunked_equals_unchunked(monkeypatch, aten_path):
     pieces = _torch_deform_roi_pool._chunks(geo, 9)
     assert any(p.partial for p in pieces) and len({p.lo for p in pieces}) == 12
     for p in pieces:
-        samples = ((p.iy[1] - p.iy[0]) * (p.ix[1] - p.ix[0]) if p.partial
-                   else int((geo.grid_h[p.lo:p.hi] * geo.grid_w[p.lo:p.hi]).sum()))
+        samples = (
+            (p.iy[1] - p.iy[0]) * (p.ix[1] - p.ix[0])
+            if p.partial
+            else int((geo.grid_h[p.lo : p.hi] * geo.grid_w[p.lo : p.hi]).sum())
+        )
         assert samples * 4 * 9 <= 36, p
     out_c = deform_roi_pool(x, rois, offset, 3, 1.0, 0)
     grads_c = torch.autograd.grad(out_c.square().sum(), (x, offset))
@@ -313,13 +350,15 @@ def test_chunked_equals_unchunked(monkeypatch, aten_path):
 
 def test_degenerate_and_far_outside_boxes_are_finite(roi_path):
     x = torch.randn(1, 2, 6, 6, requires_grad=True)
-    rois = torch.tensor([
-        [0, 1e6, 1e6, 1e6 + 10, 1e6 + 10],  # far outside
-        [0, -1e6, -1e6, -1e6 + 4, -1e6 + 4],
-        [0, 4.0, 4.0, 1.0, 1.0],  # x2 < x1
-        [0, 3.0, 3.0, 3.0, 3.0],  # empty
-        [0, -20.0, -20.0, 40.0, 40.0],  # bigger than the map
-    ])
+    rois = torch.tensor(
+        [
+            [0, 1e6, 1e6, 1e6 + 10, 1e6 + 10],  # far outside
+            [0, -1e6, -1e6, -1e6 + 4, -1e6 + 4],
+            [0, 4.0, 4.0, 1.0, 1.0],  # x2 < x1
+            [0, 3.0, 3.0, 3.0, 3.0],  # empty
+            [0, -20.0, -20.0, 40.0, 40.0],  # bigger than the map
+        ]
+    )
     offset = (torch.randn(5, 2, 3, 3) * 5).requires_grad_()
     for sr in (0, 2):
         out = deform_roi_pool(x, rois, offset, 3, 1.0, sr)
@@ -341,7 +380,12 @@ def test_empty_boxes_and_empty_channels(roi_path):
     assert out.shape == (0, 3, 2, 2)
     out.sum().backward()
     assert (x.grad == 0).all()
-    assert deform_roi_pool(torch.randn(1, 0, 4, 4), torch.tensor([[0, 0, 0, 2.0, 2.0]]), None, 2).shape == (1, 0, 2, 2)
+    assert deform_roi_pool(torch.randn(1, 0, 4, 4), torch.tensor([[0, 0, 0, 2.0, 2.0]]), None, 2).shape == (
+        1,
+        0,
+        2,
+        2,
+    )
     assert deform_roi_pool(x, [], None, 2).shape == (0, 3, 2, 2)
 
 
@@ -403,7 +447,11 @@ def test_opcheck(with_offset):
         (dict(boxes=torch.tensor([[-1.0, 0, 0, 1, 1]])), ValueError, "batch indices"),
         (dict(boxes=torch.tensor([[0.5, 0, 0, 1, 1]])), ValueError, "integer batch indices"),
         (dict(boxes=torch.tensor([[0.0, 0, 0, float("inf"), 1]])), ValueError, "non-finite"),
-        (dict(offset=torch.zeros(1, 2, 3, 3)), ValueError, r"offset must have shape \(K, 2, out_h, out_w\) = \(1, 2, 2, 2\)"),
+        (
+            dict(offset=torch.zeros(1, 2, 3, 3)),
+            ValueError,
+            r"offset must have shape \(K, 2, out_h, out_w\) = \(1, 2, 2, 2\)",
+        ),
         (dict(offset=torch.zeros(1, 2, 2, 2, dtype=torch.float64)), TypeError, "dtype"),
         (dict(spatial_scale=-0.5), ValueError, "spatial_scale must be a positive"),
         (dict(output_size=0), ValueError, "output_size must be positive"),
@@ -415,8 +463,14 @@ def test_opcheck(with_offset):
     ],
 )
 def test_bad_input(kwargs, exc, match):
-    args = dict(input=torch.randn(2, 3, 5, 5), boxes=torch.tensor([[0.0, 0, 0, 2, 2]]), offset=None,
-                output_size=2, spatial_scale=1.0, sampling_ratio=0)
+    args = dict(
+        input=torch.randn(2, 3, 5, 5),
+        boxes=torch.tensor([[0.0, 0, 0, 2, 2]]),
+        offset=None,
+        output_size=2,
+        spatial_scale=1.0,
+        sampling_ratio=0,
+    )
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         deform_roi_pool(**args)
@@ -435,7 +489,10 @@ def test_module_at_init_equals_roi_align(sampling_ratio):
     torch.manual_seed(0)
     layer = DeformRoIPoolPack(4, (3, 2), 0.25, sampling_ratio, hidden_channels=16)
     x = torch.randn(2, 4, 10, 12)
-    boxes = [make_rois(5, 1, (40, 48), torch.float32, seed=31)[:, 1:], make_rois(3, 1, (40, 48), torch.float32, seed=37)[:, 1:]]
+    boxes = [
+        make_rois(5, 1, (40, 48), torch.float32, seed=31)[:, 1:],
+        make_rois(3, 1, (40, 48), torch.float32, seed=37)[:, 1:],
+    ]
     ref = RoIAlign((3, 2), 0.25, sampling_ratio, aligned=True)(x, boxes)
     torch.testing.assert_close(layer(x, boxes), ref)
 
@@ -459,7 +516,9 @@ def test_module_learns_offsets_and_mask():
     out2 = layer(x, rois)
     pooled = deform_roi_pool(x, rois, None, 2, 0.5, 0)
     pred = layer.offset_head.fc(pooled.flatten(1))
-    expect = deform_roi_pool(x, rois, pred[:, :8].view(4, 2, 2, 2), 2, 0.5, 0) * torch.sigmoid(pred[:, 8:]).view(4, 1, 2, 2)
+    expect = deform_roi_pool(x, rois, pred[:, :8].view(4, 2, 2, 2), 2, 0.5, 0) * torch.sigmoid(
+        pred[:, 8:]
+    ).view(4, 1, 2, 2)
     torch.testing.assert_close(out2, expect)
 
 
@@ -540,11 +599,20 @@ def test_multiscale_with_offsets_pools_each_box_at_its_level():
     assert len(levels.unique()) >= 3  # the boxes really span several levels
     offset, _ = ours.offset_head(base)
     rois = torchvision.ops._utils.convert_boxes_to_roi_format(boxes)
-    expect = torch.stack([
-        deform_roi_pool(feats[names[lvl]], rois[k : k + 1], offset[k : k + 1], 3, ref_pooler.scales[lvl], 0,
-                        aligned=False)[0]
-        for k, lvl in enumerate(levels.tolist())
-    ])
+    expect = torch.stack(
+        [
+            deform_roi_pool(
+                feats[names[lvl]],
+                rois[k : k + 1],
+                offset[k : k + 1],
+                3,
+                ref_pooler.scales[lvl],
+                0,
+                aligned=False,
+            )[0]
+            for k, lvl in enumerate(levels.tolist())
+        ]
+    )
     torch.testing.assert_close(out, expect)
     assert not torch.allclose(out, base)
 
@@ -582,8 +650,11 @@ def test_per_level_offset_heads_start_as_roi_align_then_each_level_uses_its_own_
     expect = []
     for k, lvl in enumerate(levels.tolist()):
         offset, _ = ours.offset_heads[lvl](base[k : k + 1])
-        expect.append(deform_roi_pool(feats[names[lvl]], rois[k : k + 1], offset, 3, ref_pooler.scales[lvl], 0,
-                                      aligned=False)[0])  # fmt: skip
+        expect.append(
+            deform_roi_pool(
+                feats[names[lvl]], rois[k : k + 1], offset, 3, ref_pooler.scales[lvl], 0, aligned=False
+            )[0]
+        )
     torch.testing.assert_close(out, torch.stack(expect))
     # A shared head with level 0's weights gives other results for boxes of the other levels.
     shared = MultiScaleDeformRoIPool(names, 3, 0, in_channels=4, hidden_channels=16)
@@ -602,8 +673,9 @@ def test_per_level_modulated_heads_give_a_mask_per_box():
     torch.manual_seed(0)
     feats, boxes, shapes = _pyramid()
     names = ["p2", "p3", "p4", "p5"]
-    ours = MultiScaleDeformRoIPool(names, 3, 0, in_channels=4, hidden_channels=16, modulated=True,
-                                   offset_heads="per_level")  # fmt: skip
+    ours = MultiScaleDeformRoIPool(
+        names, 3, 0, in_channels=4, hidden_channels=16, modulated=True, offset_heads="per_level"
+    )
     ref = MultiScaleRoIAlign(names, 3, 0)(feats, boxes, shapes)
     torch.testing.assert_close(ours(feats, boxes, shapes), 0.5 * ref)  # sigmoid(0) = 0.5 at init
     with pytest.raises(ValueError, match="offset_heads must be one of \\['shared', 'per_level'\\]"):
@@ -619,8 +691,9 @@ def test_huge_roi_bounded_work_equals_roi_align(monkeypatch, roi_path):
     from torchvision.ops import roi_align
 
     x = torch.randn(1, 4, 64, 64, dtype=torch.float64, requires_grad=True)
-    boxes = torch.tensor([[0, -5000.0, -5000.0, 5000.0, 5000.0], [0, 3.0, 4.0, 40.0, 50.0]],
-                         dtype=torch.float64)
+    boxes = torch.tensor(
+        [[0, -5000.0, -5000.0, 5000.0, 5000.0], [0, 3.0, 4.0, 40.0, 50.0]], dtype=torch.float64
+    )
     geo = _torch_deform_roi_pool._geometry(boxes, (7, 7), 0.5, 0, True)
     pieces = _torch_deform_roi_pool._chunks(geo, 49)
     assert int(geo.grid_h[0] * geo.grid_w[0]) * 4 * 49 > 20 * _torch_deform_roi_pool._ENTRY_BUDGET
@@ -636,8 +709,9 @@ def test_huge_roi_bounded_work_equals_roi_align(monkeypatch, roi_path):
 def test_nonfinite_offsets(dtype, roi_path):
     """NaN offset: NaN bin and NaN offset gradient, nothing into the input gradient; +-inf: the
     bin is outside the map. The same check runs on the CUDA kernels (tests/ops/cuda)."""
-    check_nonfinite_offsets(_torch_deform_roi_pool.deform_roi_pool_forward,
-                            _torch_deform_roi_pool.deform_roi_pool_backward, dtype)
+    check_nonfinite_offsets(
+        _torch_deform_roi_pool.deform_roi_pool_forward, _torch_deform_roi_pool.deform_roi_pool_backward, dtype
+    )
 
 
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
@@ -647,5 +721,7 @@ def test_inputs_unmodified(sampling_ratio, roi_path):
     xs, offs = x.clone().requires_grad_(), off.clone().requires_grad_()
     out = deform_roi_pool(xs, rois, offs, (3, 2), 0.5, sampling_ratio)
     out.backward(grad)
-    for t, b, name in zip((xs.detach(), rois, offs.detach(), grad), before, ("input", "rois", "offset", "grad")):
+    for t, b, name in zip(
+        (xs.detach(), rois, offs.detach(), grad), before, ("input", "rois", "offset", "grad")
+    ):
         assert torch.equal(t, b), f"{name} was modified"

@@ -17,9 +17,13 @@ def test_resolve_backend_rules(monkeypatch):
     assert _dispatch.resolve_backend("auto", cpu, "deform_roi_pool") == "torch"
     with pytest.raises(ValueError, match="backend='cupy' needs CUDA tensors, got tensors on cpu"):
         _dispatch.resolve_backend("cupy", cpu)
-    monkeypatch.setattr(_dispatch, "cupy_unavailable_reason", lambda op="deform_conv2d": "CuPy is not installed")
+    monkeypatch.setattr(
+        _dispatch, "cupy_unavailable_reason", lambda op="deform_conv2d": "CuPy is not installed"
+    )
     assert _dispatch.resolve_backend("auto", cuda) == "torch"
-    with pytest.raises(RuntimeError, match=r"not available for deform_roi_pool: CuPy is not installed\. .*cuda13"):
+    with pytest.raises(
+        RuntimeError, match=r"not available for deform_roi_pool: CuPy is not installed\. .*cuda13"
+    ):
         _dispatch.resolve_backend("cupy", cuda, "deform_roi_pool")
     with pytest.raises(ValueError, match="unknown backend 'triton'"):
         _dispatch.resolve_backend("triton", cpu)

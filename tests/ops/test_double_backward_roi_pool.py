@@ -3,15 +3,17 @@ gradient-penalty step, as for deform_conv2d."""
 
 import pytest
 import torch
-
 from cuda.roi_pool_cases import make_case
+
 from dcn.ops import DeformRoIPoolPack, _composite_deform_roi_pool, deform_roi_pool
 
 
 @pytest.mark.parametrize("sampling_ratio,aligned", [(2, True), (0, True), (0, False)])
 def test_composite_equals_the_op(sampling_ratio, aligned):
     x, rois, off, _ = make_case(seed=5)
-    composed = _composite_deform_roi_pool.deform_roi_pool(x, rois, off, (3, 2), 0.5, sampling_ratio, 0.2, aligned)
+    composed = _composite_deform_roi_pool.deform_roi_pool(
+        x, rois, off, (3, 2), 0.5, sampling_ratio, 0.2, aligned
+    )
     fused = deform_roi_pool(x, rois, off, (3, 2), 0.5, sampling_ratio, 0.2, aligned=aligned, backend="torch")
     torch.testing.assert_close(composed, fused, rtol=1e-12, atol=1e-12)
 

@@ -17,8 +17,14 @@ ort = pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from dcn.ops import (DeformConv2d, DeformConv2dPack, DeformRoIPoolPack, ModulatedDeformConv2dPack,  # noqa: E402
-                     deform_conv2d, deform_roi_pool)
+from dcn.ops import (
+    DeformConv2d,
+    DeformConv2dPack,
+    DeformRoIPoolPack,
+    ModulatedDeformConv2dPack,  # noqa: E402
+    deform_conv2d,
+    deform_roi_pool,
+)
 from dcn.ops.onnx import MIN_OPSET, ONNXExportError, export_onnx, translation_table  # noqa: E402
 
 
@@ -54,8 +60,9 @@ def _offsets(shape, hw, padding, generator, dtype):
     return offset.to(dtype)
 
 
-def _conv_case(n, c_in, c_out, hw, kernel, stride, padding, dilation, groups, offset_groups, mask, bias, dtype,
-               seed=0):
+def _conv_case(
+    n, c_in, c_out, hw, kernel, stride, padding, dilation, groups, offset_groups, mask, bias, dtype, seed=0
+):
     g = torch.Generator().manual_seed(seed)
     h_out = _out_size(hw[0], kernel[0], stride[0], padding[0], dilation[0])
     w_out = _out_size(hw[1], kernel[1], stride[1], padding[1], dilation[1])
@@ -86,7 +93,16 @@ CONV_CASES = [
     ((3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True),
     ((3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, False),  # optional B left out before the mask
     ((3, 3), (1, 1), (0, 0), (1, 1), 1, 1, False, False),
-    ((3, 2), (2, 1), (1, 0), (1, 2), 1, 2, True, True),  # non-square kernel, stride, dilation, asymmetric pads
+    (
+        (3, 2),
+        (2, 1),
+        (1, 0),
+        (1, 2),
+        1,
+        2,
+        True,
+        True,
+    ),  # non-square kernel, stride, dilation, asymmetric pads
     ((1, 3), (1, 2), (0, 2), (3, 1), 2, 1, False, True),
     ((3, 3), (2, 2), (2, 2), (2, 2), 2, 2, True, True),  # conv groups = offset groups
     ((3, 3), (1, 1), (1, 1), (1, 1), 4, 2, True, True),  # conv groups finer than offset groups
@@ -99,8 +115,9 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"case{i}" for i in range(len(CONV_CASES))])
 def test_deform_conv2d_matches_in_onnx_runtime(tmp_path, case, dtype):
     kernel, stride, padding, dilation, groups, offset_groups, mask, bias = case
-    module, args = _conv_case(3, 8, 8, (7, 9), kernel, stride, padding, dilation, groups, offset_groups, mask,
-                              bias, dtype)  # fmt: skip
+    module, args = _conv_case(
+        3, 8, 8, (7, 9), kernel, stride, padding, dilation, groups, offset_groups, mask, bias, dtype
+    )
     path = tmp_path / "conv.onnx"
     export_onnx(module, args, path, dynamic_batch=True)
 
@@ -108,7 +125,12 @@ def test_deform_conv2d_matches_in_onnx_runtime(tmp_path, case, dtype):
     (node,) = [n for n in graph.node if n.op_type == "DeformConv"]
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert attributes["group"] == groups and attributes["offset_group"] == offset_groups
-    assert list(attributes["pads"]) == [padding[0], padding[1], padding[0], padding[1]]  # top, left, bottom, right
+    assert list(attributes["pads"]) == [
+        padding[0],
+        padding[1],
+        padding[0],
+        padding[1],
+    ]  # top, left, bottom, right
     assert list(attributes["strides"]) == list(stride) and list(attributes["dilations"]) == list(dilation)
     assert list(attributes["kernel_shape"]) == list(kernel)
 
@@ -124,8 +146,9 @@ def test_deform_conv2d_matches_in_onnx_runtime(tmp_path, case, dtype):
 def test_far_outside_and_border_samples_read_zero_as_in_pytorch(tmp_path):
     """Every sample outside (-1, H) x (-1, W), at +-inf, or exactly on the lines -1 and H: the output
     is the bias alone, in both runtimes."""
-    module, (x, offset) = _conv_case(2, 4, 4, (5, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, False, True,
-                                     torch.float64)  # fmt: skip
+    module, (x, offset) = _conv_case(
+        2, 4, 4, (5, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, False, True, torch.float64
+    )
     path = tmp_path / "conv.onnx"
     export_onnx(module, (x, offset), path)
     session = _session(path)
@@ -143,7 +166,9 @@ def test_far_outside_and_border_samples_read_zero_as_in_pytorch(tmp_path):
 
 
 def test_a_static_export_keeps_its_batch_size(tmp_path):
-    module, args = _conv_case(1, 4, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, torch.float32)
+    module, args = _conv_case(
+        1, 4, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, torch.float32
+    )
     path = tmp_path / "static.onnx"
     export_onnx(module, args, path)
     session = _session(path)
@@ -164,8 +189,9 @@ def test_layers_export_with_their_offset_predictors(tmp_path, layer):
     else:
         kind = ModulatedDeformConv2dPack if layer == "ModulatedDeformConv2dPack" else DeformConv2dPack
         # padding="same" with an even kernel pads one more pixel right/bottom, outside the op.
-        module = kind(6, 4, 3 if layer != "same" else (2, 4), padding=1 if layer != "same" else "same",
-                      offset_groups=3)  # fmt: skip
+        module = kind(
+            6, 4, 3 if layer != "same" else (2, 4), padding=1 if layer != "same" else "same", offset_groups=3
+        )
         nn.init.normal_(module.conv_offset.weight, std=0.5)  # non-trivial offsets
         args = (torch.randn(2, 6, 8, 9),)
     module.eval()
@@ -179,12 +205,15 @@ def test_layers_export_with_their_offset_predictors(tmp_path, layer):
 
 @pytest.mark.parametrize("mask,bias", [(True, True), (True, False), (False, True), (False, False)])
 def test_the_torchscript_exporter_writes_the_same_deform_conv(tmp_path, mask, bias):
-    module, args = _conv_case(2, 4, 6, (6, 7), (3, 3), (1, 2), (1, 1), (1, 1), 2, 2, mask, bias, torch.float32)
+    module, args = _conv_case(
+        2, 4, 6, (6, 7), (3, 3), (1, 2), (1, 1), (1, 1), 2, 2, mask, bias, torch.float32
+    )
     path = tmp_path / "ts.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's deprecation of its TorchScript exporter
-        export_onnx(module, args, path, dynamo=False, dynamic_batch=True, opset_version=MIN_OPSET,
-                    output_names=["y"])  # fmt: skip
+        export_onnx(
+            module, args, path, dynamo=False, dynamic_batch=True, opset_version=MIN_OPSET, output_names=["y"]
+        )
     assert "DeformConv" in [n.op_type for n in onnx.load(str(path)).graph.node]
     session = _session(path)
     for batch in (2, 1):
@@ -200,8 +229,14 @@ def test_opsets_without_deform_conv_are_refused_with_the_reason(tmp_path):
         export_onnx(layer, (x,), tmp_path / "a.onnx", opset_version=18)
     # Straight through torch.onnx.export with the translation table: the same message, as the cause.
     with pytest.raises(Exception) as caught:
-        torch.onnx.export(layer, (x,), dynamo=True, opset_version=18, custom_translation_table=translation_table(),
-                          verbose=False)  # fmt: skip
+        torch.onnx.export(
+            layer,
+            (x,),
+            dynamo=True,
+            opset_version=18,
+            custom_translation_table=translation_table(),
+            verbose=False,
+        )
     chain, error = [], caught.value
     while error is not None:
         chain.append(str(error))
@@ -223,27 +258,34 @@ class _Pool(nn.Module):
         self.with_offset = with_offset
 
     def forward(self, input, rois, offset):
-        return deform_roi_pool(input, rois, offset if self.with_offset else None, *self.args, aligned=self.aligned)
+        return deform_roi_pool(
+            input, rois, offset if self.with_offset else None, *self.args, aligned=self.aligned
+        )
 
 
 def _rois(dtype):
     """Boxes inside, across the border, far outside, degenerate (x2 < x1), tiny, large, on image 1 and 0."""
-    return torch.tensor([
-        [0, 1.0, 2.0, 15.0, 17.0],
-        [1, -5.0, -3.0, 30.0, 8.0],
-        [1, 3.0, 3.0, 3.5, 3.2],
-        [0, 20.0, 20.0, 10.0, 10.0],
-        [1, -60.0, -40.0, -30.0, -20.0],
-        [0, 0.0, 0.0, 23.0, 19.0],
-        [1, 7.3, 1.1, 40.7, 35.9],
-    ], dtype=dtype)  # fmt: skip
+    return torch.tensor(
+        [
+            [0, 1.0, 2.0, 15.0, 17.0],
+            [1, -5.0, -3.0, 30.0, 8.0],
+            [1, 3.0, 3.0, 3.5, 3.2],
+            [0, 20.0, 20.0, 10.0, 10.0],
+            [1, -60.0, -40.0, -30.0, -20.0],
+            [0, 0.0, 0.0, 23.0, 19.0],
+            [1, 7.3, 1.1, 40.7, 35.9],
+        ],
+        dtype=dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("sampling_ratio,aligned,with_offset",
-                         list(itertools.product([2, 0], [True, False], [True, False])))  # fmt: skip
-def test_deform_roi_pool_decomposition_matches_in_onnx_runtime(tmp_path, dtype, sampling_ratio, aligned,
-                                                               with_offset):  # fmt: skip
+@pytest.mark.parametrize(
+    "sampling_ratio,aligned,with_offset", list(itertools.product([2, 0], [True, False], [True, False]))
+)
+def test_deform_roi_pool_decomposition_matches_in_onnx_runtime(
+    tmp_path, dtype, sampling_ratio, aligned, with_offset
+):
     g = torch.Generator().manual_seed(0)
     module = _Pool((3, 4), 0.5, sampling_ratio, aligned, with_offset).eval()
     x = torch.randn(2, 5, 10, 12, generator=g, dtype=dtype)
@@ -252,8 +294,7 @@ def test_deform_roi_pool_decomposition_matches_in_onnx_runtime(tmp_path, dtype, 
     offset[0, :, 0, 0] = 40.0  # a bin moved far outside: zero
     path = tmp_path / "pool.onnx"
     dims = torch.export.Dim("images"), torch.export.Dim("rois")
-    export_onnx(module, (x, rois, offset), path,
-                dynamic_shapes=({0: dims[0]}, {0: dims[1]}, {0: dims[1]}))  # fmt: skip
+    export_onnx(module, (x, rois, offset), path, dynamic_shapes=({0: dims[0]}, {0: dims[1]}, {0: dims[1]}))
     assert not {"DeformConv", "GridSample"} & {n.op_type for n in onnx.load(str(path)).graph.node}
     session = _session(path)
     for keep in (slice(None), slice(2, 3), slice(0, 0)):  # all RoIs, one, none
@@ -288,7 +329,9 @@ def test_deform_roi_pool_pack_exports_with_its_offset_head(tmp_path):
     x = torch.randn(2, 5, 10, 12)
     rois = _rois(torch.float32)
     path = tmp_path / "pack.onnx"
-    export_onnx(module, (x, rois), path, dynamic_shapes=({0: torch.export.Dim("n")}, {0: torch.export.Dim("k")}))
+    export_onnx(
+        module, (x, rois), path, dynamic_shapes=({0: torch.export.Dim("n")}, {0: torch.export.Dim("k")})
+    )
     (got,) = _run(_session(path), (x, rois[:3]))
     torch.testing.assert_close(got, module(x, rois[:3]).detach(), rtol=1e-5, atol=1e-5)
 

@@ -31,10 +31,12 @@ from hypothesis import strategies as st  # noqa: E402
 
 from dcn.ops import _cpu_kernel, deform_conv2d  # noqa: E402
 
-settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=500, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -57,8 +59,12 @@ class Case:
 
     @property
     def out_hw(self):
-        return tuple((size + 2 * p - (d * (k - 1) + 1)) // s + 1 for size, k, s, p, d in
-                     zip((self.h, self.w), self.kernel, self.stride, self.padding, self.dilation))
+        return tuple(
+            (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+            for size, k, s, p, d in zip(
+                (self.h, self.w), self.kernel, self.stride, self.padding, self.dilation
+            )
+        )
 
 
 @st.composite
@@ -74,9 +80,22 @@ def cases(draw, min_n=0):
     # Input at least as large as the dilated kernel minus the padding: a non-empty output.
     h = draw(st.integers(max(1, dilation[0] * (kernel[0] - 1) + 1 - 2 * padding[0]), 9))
     w = draw(st.integers(max(1, dilation[1] * (kernel[1] - 1) + 1 - 2 * padding[1]), 9))
-    return Case(draw(st.integers(min_n, 5)), c_in, c_out, h, w, kernel, stride, padding, dilation,
-                groups, offset_groups, draw(st.booleans()), draw(st.booleans()),
-                draw(st.integers(0, 2**31 - 1)))
+    return Case(
+        draw(st.integers(min_n, 5)),
+        c_in,
+        c_out,
+        h,
+        w,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+        offset_groups,
+        draw(st.booleans()),
+        draw(st.booleans()),
+        draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 def make_tensors(case: Case, offset_kind: str):
@@ -89,16 +108,22 @@ def make_tensors(case: Case, offset_kind: str):
     x = torch.randn(case.n, case.c_in, case.h, case.w, generator=g, dtype=torch.float64)
     weight = torch.randn(case.c_out, case.c_in // case.groups, kh, kw, generator=g, dtype=torch.float64)
     bias = torch.randn(case.c_out, generator=g, dtype=torch.float64) if case.bias else None
-    mask = (torch.rand(case.n, case.offset_groups * K, ho, wo, generator=g, dtype=torch.float64)
-            if case.mask else None)
+    mask = (
+        torch.rand(case.n, case.offset_groups * K, ho, wo, generator=g, dtype=torch.float64)
+        if case.mask
+        else None
+    )
     shape = (case.n, 2 * case.offset_groups * K, ho, wo)
     if offset_kind == "integer":
         offset = torch.randint(-3, 4, shape, generator=g).double()
     else:
         # Integer part + a fraction in [0.1, 0.9]: every sample coordinate (grid + offset) stays
         # at least 0.1 away from an integer, since the grid itself is integer.
-        offset = torch.randint(-3, 4, shape, generator=g).double() + 0.1 + 0.8 * torch.rand(
-            shape, generator=g, dtype=torch.float64)
+        offset = (
+            torch.randint(-3, 4, shape, generator=g).double()
+            + 0.1
+            + 0.8 * torch.rand(shape, generator=g, dtype=torch.float64)
+        )
         if offset_kind == "mixed":
             far = torch.rand(shape, generator=g) < 0.15
             offset = torch.where(far, offset + 40.0 * torch.sign(torch.randn(shape, generator=g)), offset)
@@ -113,8 +138,11 @@ def run(case: Case, tensors, op):
     g = torch.Generator().manual_seed(case.seed + 1)
     grad_out = torch.randn(out.shape, generator=g, dtype=out.dtype)
     present = [t for t in leaves if t is not None]
-    grads = torch.autograd.grad(out, present, grad_out, allow_unused=True) if out.numel() else [
-        torch.zeros_like(t) for t in present]
+    grads = (
+        torch.autograd.grad(out, present, grad_out, allow_unused=True)
+        if out.numel()
+        else [torch.zeros_like(t) for t in present]
+    )
     return out.detach(), [gr if gr is not None else torch.zeros_like(t) for gr, t in zip(grads, present)]
 
 
@@ -153,7 +181,9 @@ def test_integer_offsets_forward_matches_torchvision(case):
     """On the integer lines the value is continuous (only derivatives are one-sided)."""
     x, offset, weight, bias, mask = make_tensors(case, "integer")
     out = deform_conv2d(x, offset, weight, bias, case.stride, case.padding, case.dilation, mask)
-    ref = torchvision.ops.deform_conv2d(x, offset, weight, bias, case.stride, case.padding, case.dilation, mask)
+    ref = torchvision.ops.deform_conv2d(
+        x, offset, weight, bias, case.stride, case.padding, case.dilation, mask
+    )
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
 
 

@@ -30,22 +30,45 @@ def _as_hydra_hands_them_over(**kwargs):
 
 def _segmentation(**kwargs):
     backbone = ResNetBackbone("resnet18", output_stride=16, deform={"enabled": True})
-    return SegmentationTask(backbone, num_classes=3, optimizer=SGD, aspp_channels=8, decoder_channels=8,
-                            low_level_channels=4, **kwargs)
+    return SegmentationTask(
+        backbone,
+        num_classes=3,
+        optimizer=SGD,
+        aspp_channels=8,
+        decoder_channels=8,
+        low_level_channels=4,
+        **kwargs,
+    )
 
 
 TASKS = {
-    "classification": lambda **kw: ClassificationTask(SeedNet(in_channels=1), num_classes=3, optimizer=SGD, **kw),
+    "classification": lambda **kw: ClassificationTask(
+        SeedNet(in_channels=1), num_classes=3, optimizer=SGD, **kw
+    ),
     "segmentation": _segmentation,
-    "detection": lambda **kw: DetectionTask(ResNetBackbone("resnet18"), num_classes=3, optimizer=SGD,
-                                            fpn_channels=16, representation_size=32, min_size=64, max_size=64, **kw),
-    "tracking": lambda **kw: TrackingTask(ResNetBackbone("resnet18", output_stride=8), optimizer=SGD, channels=16, **kw),
+    "detection": lambda **kw: DetectionTask(
+        ResNetBackbone("resnet18"),
+        num_classes=3,
+        optimizer=SGD,
+        fpn_channels=16,
+        representation_size=32,
+        min_size=64,
+        max_size=64,
+        **kw,
+    ),
+    "tracking": lambda **kw: TrackingTask(
+        ResNetBackbone("resnet18", output_stride=8), optimizer=SGD, channels=16, **kw
+    ),
 }
 LIST_OVERRIDES = {
     "classification": dict(class_names=["a", "b", "c"]),
     "segmentation": dict(class_names=["bg", "x", "y"], aspp_rates=[2, 4, 6]),
-    "detection": dict(class_names=["bg", "x", "y"], fpn_features=["layer3", "layer4"], rpn={"pre_nms_top_n_test": 50},
-                      metrics=["voc"]),
+    "detection": dict(
+        class_names=["bg", "x", "y"],
+        fpn_features=["layer3", "layer4"],
+        rpn={"pre_nms_top_n_test": 50},
+        metrics=["voc"],
+    ),
     "tracking": dict(ratios=[0.5, 1.0, 2.0], tracker={"penalty_k": 0.1}),
 }
 
@@ -83,15 +106,27 @@ def test_lightning_checkpoint_round_trip_with_list_overrides(tmp_path):
     restores the task with the same hyper-parameters and class names."""
     task = TASKS["classification"](**_as_hydra_hands_them_over(class_names=["a", "b", "c"]), num_val_images=0)
     data = TensorDataset(torch.rand(8, 1, 12, 12), torch.randint(0, 3, (8,)))
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
     path = tmp_path / "task.ckpt"
     trainer.save_checkpoint(path)
     saved = torch.load(path, weights_only=True)
-    assert saved["class_names"] == ["a", "b", "c"] and saved["hyper_parameters"]["class_names"] == ["a", "b", "c"]
-    restored = ClassificationTask.load_from_checkpoint(path, backbone=SeedNet(in_channels=1), optimizer=SGD,
-                                                       weights_only=True)
+    assert saved["class_names"] == ["a", "b", "c"] and saved["hyper_parameters"]["class_names"] == [
+        "a",
+        "b",
+        "c",
+    ]
+    restored = ClassificationTask.load_from_checkpoint(
+        path, backbone=SeedNet(in_channels=1), optimizer=SGD, weights_only=True
+    )
     assert dict(restored.hparams) == dict(task.hparams)
     assert restored.checkpoint_class_names == ["a", "b", "c"]
 
@@ -108,16 +143,20 @@ def test_learning_rate_multipliers_and_groups():
     assert [g["name"] for g in groups] == ["head"]
     single = TASKS["classification"]().configure_optimizers()["optimizer"].param_groups
     assert len(single) == 1 and sum(p.numel() for p in single[0]["params"]) == sum(
-        p.numel() for p in TASKS["classification"]().parameters())
+        p.numel() for p in TASKS["classification"]().parameters()
+    )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(monitor_mode="best"), "monitor_mode must be 'max' or 'min'"),
-    (dict(monitor=""), "task.monitor must name a logged metric"),
-    (dict(scheduler_interval="batch"), "scheduler_interval must be 'epoch' or 'step'"),
-    (dict(num_val_images=-1), "num_val_images must be an integer >= 0"),
-    (dict(class_names=["only", "two"]), "class_names lists 2 names for num_classes=3"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(monitor_mode="best"), "monitor_mode must be 'max' or 'min'"),
+        (dict(monitor=""), "task.monitor must name a logged metric"),
+        (dict(scheduler_interval="batch"), "scheduler_interval must be 'epoch' or 'step'"),
+        (dict(num_val_images=-1), "num_val_images must be an integer >= 0"),
+        (dict(class_names=["only", "two"]), "class_names lists 2 names for num_classes=3"),
+    ],
+)
 @pytest.mark.parametrize("name", ["classification", "segmentation", "detection"])
 def test_shared_constructor_checks(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -145,8 +184,10 @@ def test_validation_picture(name):
     if name == "classification":
         items = [(torch.rand(1, 12, 12), 1), (torch.rand(1, 12, 12), 2)]
     elif name == "segmentation":  # different sizes: rows are padded to the widest
-        items = [(torch.rand(3, 32, 32), torch.randint(0, 3, (32, 32))),
-                 (torch.rand(3, 32, 48), torch.randint(0, 3, (32, 48)))]
+        items = [
+            (torch.rand(3, 32, 32), torch.randint(0, 3, (32, 32))),
+            (torch.rand(3, 32, 48), torch.randint(0, 3, (32, 48))),
+        ]
     else:
         target = {"boxes": torch.tensor([[2.0, 3.0, 20.0, 30.0]]), "labels": torch.tensor([1])}
         items = [(torch.rand(3, 48, 40), target), (torch.rand(3, 40, 48), target)]

@@ -154,6 +154,7 @@ def make_deformable(root: nn.Module, names: Sequence[str], options: DeformOption
     Returns:
         Qualified names (``"layer4.0.conv2"``) of the converted convs, in module order.
     """
+
     def selected(name: str) -> bool:
         return any(name == n or name.startswith(n + ".") for n in names)
 
@@ -165,7 +166,9 @@ def make_deformable(root: nn.Module, names: Sequence[str], options: DeformOption
                 f"deform.offset_groups={options.offset_groups} must divide the input channels of every "
                 f"deformable conv, but {name} has {conv.in_channels}"
             )
-        new = DeformConv2dPack.from_conv(conv, modulated=options.modulated, offset_groups=options.offset_groups)
+        new = DeformConv2dPack.from_conv(
+            conv, modulated=options.modulated, offset_groups=options.offset_groups
+        )
         _set_submodule(root, name, new)
     return [name for name, _ in targets]
 

@@ -145,7 +145,9 @@ def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
     return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (src / in_channels)
 
 
-def load_pretrained(model: nn.Module, source: Union[str, os.PathLike], *, torchvision_arch: str = "") -> LoadReport:
+def load_pretrained(
+    model: nn.Module, source: Union[str, os.PathLike], *, torchvision_arch: str = ""
+) -> LoadReport:
     """Load ``source`` (``"torchvision"`` or a path) into ``model`` in place; see the module docstring.
 
     ``model`` is a :class:`~dcn.backbones.features.Backbone`; it names its stem conv weight
@@ -178,7 +180,12 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike], *, torchv
             continue
         want = target[key].shape
         if value.shape != want:
-            if key == stem_key and value.dim() == 4 and value.shape[0] == want[0] and value.shape[2:] == want[2:]:
+            if (
+                key == stem_key
+                and value.dim() == 4
+                and value.shape[0] == want[0]
+                and value.shape[2:] == want[2:]
+            ):
                 value = adapt_input_conv(value, want[1]).to(target[key].dtype)
                 report.adapted_keys.append(key)
             elif key in replaced:
@@ -195,9 +202,12 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike], *, torchv
     if mismatched or missing or unexpected:
         from dcn.checkpoints import key_differences
 
-        parts = key_differences(missing, unexpected, mismatched, source="the file", model=type(model).__name__)
+        parts = key_differences(
+            missing, unexpected, mismatched, source="the file", model=type(model).__name__
+        )
         raise ValueError(
-            f"pretrained weights {label!r} do not fit {_describe(model)}: " + parts
+            f"pretrained weights {label!r} do not fit {_describe(model)}: "
+            + parts
             + ". Is this a checkpoint of the same architecture and deform settings?"
         )
     # Strict=False only because `new` keys are legitimately absent; everything else was checked.

@@ -8,5 +8,13 @@ from dcn.callbacks.offset_viz import OffsetVisualization
 from dcn.callbacks.rng_state import RNGStateCheckpoint
 from dcn.callbacks.validation_pictures import ValidationPictures
 
-__all__ = ["EpochLog", "GracefulShutdown", "LogProgress", "ModelSummary", "OffsetVisualization", "RNGStateCheckpoint",
-           "ValidationPictures", "progress_bar"]
+__all__ = [
+    "EpochLog",
+    "GracefulShutdown",
+    "LogProgress",
+    "ModelSummary",
+    "OffsetVisualization",
+    "RNGStateCheckpoint",
+    "ValidationPictures",
+    "progress_bar",
+]

@@ -63,8 +63,9 @@ class LogProgress(ProgressBar):
         self._start = time.perf_counter()
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         done = batch_idx + 1
         total = self.total_train_batches
         if not self._enabled or (done % self.refresh_steps and done != total):
@@ -90,8 +91,10 @@ class EpochLog(Callback):
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        log.info(f"epoch {trainer.current_epoch + 1}{epochs} (step {trainer.global_step}): "
-                 f"{format_metrics(trainer.callback_metrics)}")
+        log.info(
+            f"epoch {trainer.current_epoch + 1}{epochs} (step {trainer.global_step}): "
+            f"{format_metrics(trainer.callback_metrics)}"
+        )
 
 
 class ModelSummary(LightningModelSummary):
@@ -100,23 +103,37 @@ class ModelSummary(LightningModelSummary):
     when nothing was measured (a module without ``example_input_array``)."""
 
     @staticmethod
-    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
-                  total_flops, **kwargs) -> None:
+    def summarize(
+        summary_data,
+        total_parameters,
+        trainable_parameters,
+        model_size,
+        total_training_modes,
+        total_flops,
+        **kwargs,
+    ) -> None:
         from lightning.pytorch.utilities.model_summary import get_human_readable_count
         from torchmetrics import Metric, MetricCollection
 
-        metric_types = {cls.__name__ for cls in _all_subclasses(Metric)} | {Metric.__name__, MetricCollection.__name__}
+        metric_types = {cls.__name__ for cls in _all_subclasses(Metric)} | {
+            Metric.__name__,
+            MetricCollection.__name__,
+        }
         columns = dict(summary_data)
         keep = [i for i, t in enumerate(columns.get("Type", [])) if t not in metric_types]
-        names = [n for n, _ in summary_data if n not in (" ", "Mode") and not (n == "FLOPs" and not total_flops)]
+        names = [
+            n for n, _ in summary_data if n not in (" ", "Mode") and not (n == "FLOPs" and not total_flops)
+        ]
         rows = [[str(i)] + [columns[n][k] for n in names] for i, k in enumerate(keep)]
         header = [" "] + names
         widths = [max(len(str(x)) for x in [h] + [r[j] for r in rows]) for j, h in enumerate(header)]
         lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip()]
         lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
-        lines.append(f"trainable params {get_human_readable_count(int(trainable_parameters))}, "
-                     f"total {get_human_readable_count(int(total_parameters))}, {model_size:.1f} MB"
-                     + (f", {get_human_readable_count(int(total_flops))} FLOPs" if total_flops else ""))
+        lines.append(
+            f"trainable params {get_human_readable_count(int(trainable_parameters))}, "
+            f"total {get_human_readable_count(int(total_parameters))}, {model_size:.1f} MB"
+            + (f", {get_human_readable_count(int(total_flops))} FLOPs" if total_flops else "")
+        )
         log.info("\n".join(lines))
 
 

@@ -43,7 +43,9 @@ class GracefulShutdown(Callback):
         handle_sigint: route Ctrl+C through the same orderly stop (a second Ctrl+C aborts).
     """
 
-    def __init__(self, dirpath: os.PathLike | str, filename: str = "last", handle_sigint: bool = True) -> None:
+    def __init__(
+        self, dirpath: os.PathLike | str, filename: str = "last", handle_sigint: bool = True
+    ) -> None:
         super().__init__()
         if not filename or filename.endswith(".ckpt") or "/" in filename:
             raise ValueError(f"filename must be a bare name without '.ckpt' or '/', got {filename!r}")
@@ -76,7 +78,9 @@ class GracefulShutdown(Callback):
 
         signal.signal(signal.SIGINT, on_sigint)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         if not isinstance(exception, SIGTERMException):
             return  # a genuine error: the state may be inconsistent, so no checkpoint
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or trainer.global_step == 0:

@@ -45,13 +45,17 @@ class OffsetVisualization(Callback):
     ) -> None:
         super().__init__()
         if every_n_epochs < 1 or num_images < 1:
-            raise ValueError(f"every_n_epochs and num_images must be >= 1, got {every_n_epochs} and {num_images}")
+            raise ValueError(
+                f"every_n_epochs and num_images must be >= 1, got {every_n_epochs} and {num_images}"
+            )
         if point is not None and len(point) != 2:
             raise ValueError(f"point must be [y, x] in image pixels or null, got {point!r}")
         self.dirpath = Path(dirpath)
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
-        self.point: Optional[Tuple[float, float]] = None if point is None else (float(point[0]), float(point[1]))
+        self.point: Optional[Tuple[float, float]] = (
+            None if point is None else (float(point[0]), float(point[1]))
+        )
         self.key = key
         self.written: List[Path] = []
         self._images: Optional[List[torch.Tensor]] = None
@@ -78,5 +82,7 @@ class OffsetVisualization(Callback):
         titles = [f"val[{i}]: {len(r.points)} points" for i, r in enumerate(results)]
         fig = render_figure([image.cpu() for image in images], results, titles)
         fig.suptitle(f"epoch {epoch}, step {trainer.global_step}", fontsize=9)
-        path = publish_figure(trainer, fig, self.dirpath / f"epoch_{epoch:03d}.png", self.key, f"epoch {epoch}")
+        path = publish_figure(
+            trainer, fig, self.dirpath / f"epoch_{epoch:03d}.png", self.key, f"epoch {epoch}"
+        )
         self.written.append(path)

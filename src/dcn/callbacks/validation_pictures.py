@@ -36,8 +36,13 @@ class ValidationPictures(Callback):
         key: the name under which loggers receive the picture.
     """
 
-    def __init__(self, dirpath: os.PathLike | str, every_n_epochs: int = 1, num_images: Optional[int] = None,
-                 key: str = "val/examples") -> None:
+    def __init__(
+        self,
+        dirpath: os.PathLike | str,
+        every_n_epochs: int = 1,
+        num_images: Optional[int] = None,
+        key: str = "val/examples",
+    ) -> None:
         super().__init__()
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -58,7 +63,11 @@ class ValidationPictures(Callback):
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         count = self._count(pl_module)
-        if not count or not hasattr(pl_module, "validation_picture") or not is_drawing_epoch(trainer, self.every_n_epochs):
+        if (
+            not count
+            or not hasattr(pl_module, "validation_picture")
+            or not is_drawing_epoch(trainer, self.every_n_epochs)
+        ):
             return
         if self._items is None:
             self._items = first_validation_items(trainer, count)
@@ -67,5 +76,7 @@ class ValidationPictures(Callback):
         if picture is None:
             return
         epoch = trainer.current_epoch
-        path = publish_figure(trainer, picture, self.dirpath / f"epoch_{epoch:03d}.png", self.key, f"epoch {epoch}")
+        path = publish_figure(
+            trainer, picture, self.dirpath / f"epoch_{epoch:03d}.png", self.key, f"epoch {epoch}"
+        )
         self.written.append(path)

@@ -11,30 +11,30 @@ the configs.
 """
 
 from dcn.datamodules.classification import (
-                                            ClassificationDataModule,
-                                            DeformedImageDataset,
-                                            DigitsDataModule,
-                                            GeometricDeformation,
-                                            ImageFolderDataModule,
-                                            MNISTDataModule,
-                                            ScaledMNISTDataModule,
+    ClassificationDataModule,
+    DeformedImageDataset,
+    DigitsDataModule,
+    GeometricDeformation,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    ScaledMNISTDataModule,
 )
 from dcn.datamodules.detection import (
-                                            CocoDetDataModule,
-                                            DetectionLoaders,
-                                            SyntheticDetDataModule,
-                                            SyntheticDetGenerator,
-                                            VOCDetDataModule,
+    CocoDetDataModule,
+    DetectionLoaders,
+    SyntheticDetDataModule,
+    SyntheticDetGenerator,
+    VOCDetDataModule,
 )
 from dcn.datamodules.segmentation import SyntheticSegDataModule, VOCSegDataModule
 from dcn.datamodules.synthetic import SyntheticShapesGenerator, SyntheticTracksGenerator
 from dcn.datamodules.tracking import (
-                                            DetectionPairsDataModule,
-                                            GOT10kDataModule,
-                                            PairSampling,
-                                            SyntheticVOTDataModule,
-                                            TrackingDataModule,
-                                            VOTDataModule,
+    DetectionPairsDataModule,
+    GOT10kDataModule,
+    PairSampling,
+    SyntheticVOTDataModule,
+    TrackingDataModule,
+    VOTDataModule,
 )
 
 __all__ = [

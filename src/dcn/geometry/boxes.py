@@ -80,7 +80,9 @@ def box_overlap(a: Tensor, b: Tensor) -> Tensor:
     area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
     area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
     union = area_a + area_b - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
+    return torch.where(
+        union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter)
+    )
 
 
 def box_iou_pairwise(a: Tensor, b: Tensor) -> Tensor:

@@ -61,7 +61,13 @@ class CropWindow:
         c = self.out_size / 2
         s = self.scale
         return torch.stack(
-            [(box[..., 0] - self.cx) * s + c, (box[..., 1] - self.cy) * s + c, box[..., 2] * s, box[..., 3] * s], -1
+            [
+                (box[..., 0] - self.cx) * s + c,
+                (box[..., 1] - self.cy) * s + c,
+                box[..., 2] * s,
+                box[..., 3] * s,
+            ],
+            -1,
         )
 
     def box_to_image(self, box: Tensor) -> Tensor:
@@ -69,7 +75,13 @@ class CropWindow:
         c = self.out_size / 2
         s = self.scale
         return torch.stack(
-            [(box[..., 0] - c) / s + self.cx, (box[..., 1] - c) / s + self.cy, box[..., 2] / s, box[..., 3] / s], -1
+            [
+                (box[..., 0] - c) / s + self.cx,
+                (box[..., 1] - c) / s + self.cy,
+                box[..., 2] / s,
+                box[..., 3] / s,
+            ],
+            -1,
         )
 
 
@@ -119,5 +131,7 @@ def crop_patch(image: Tensor, window: CropWindow, fill: Optional[Tensor] = None)
     grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None].to(image.device)
     # Sample (image - fill) with zero padding, then add fill back: outside pixels become exactly fill
     # and border pixels blend towards it, as mean padding does.
-    patch = F.grid_sample((image - fill)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    patch = F.grid_sample(
+        (image - fill)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return patch[0] + fill

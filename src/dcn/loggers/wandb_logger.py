@@ -23,7 +23,13 @@ __all__ = ["WandbLogger", "wandb_credentials_available", "wandb_run_id_of"]
 _MODES = ("auto", "online", "offline", "disabled")
 _SUMMARY_MODES = ("max", "min", "mean", "last")
 # WANDB_MODE values wandb accepts for a run of its own, with dcn's name for each ("dryrun" and "run" are old aliases).
-_ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "dryrun": "offline", "run": "online"}
+_ENV_MODES = {
+    "online": "online",
+    "offline": "offline",
+    "disabled": "disabled",
+    "dryrun": "offline",
+    "run": "online",
+}
 # wandb names its run directories <save_dir>/wandb/[offline-]run-<YYYYmmdd_HHMMSS>-<run id>.
 _RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-([a-z0-9]+)$")
 
@@ -98,7 +104,9 @@ class WandbLogger(_LightningWandbLogger):
             self._summary[str(entry["metric"])] = str(entry["mode"])
         mode = _resolve_mode(mode)
         if mode != "online" and log_model:
-            rank_zero_warn(f"W&B runs {mode}: log_model={log_model} ignored (checkpoints stay in the run directory)")
+            rank_zero_warn(
+                f"W&B runs {mode}: log_model={log_model} ignored (checkpoints stay in the run directory)"
+            )
             log_model = False
 
         run_id = kwargs.pop("id", None)
@@ -151,7 +159,9 @@ def _resolve_mode(mode: str) -> str:
             return env
         return "online" if wandb_credentials_available() else "offline"
     if env and env != mode:
-        rank_zero_warn(f"W&B runs {mode} (logger.wandb.mode={mode}), not {env} as WANDB_MODE in the environment asks")
+        rank_zero_warn(
+            f"W&B runs {mode} (logger.wandb.mode={mode}), not {env} as WANDB_MODE in the environment asks"
+        )
     return mode
 
 

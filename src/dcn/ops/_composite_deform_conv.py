@@ -75,8 +75,9 @@ def deform_conv2d(
         idx = (base + delta).expand(n, G, c_in // G, K * L)
         term = torch.gather(table, 3, idx) * w.reshape(n, G, 1, K * L)
         sample = term if sample is None else sample + term
-    sample = torch.where(nan.reshape(n, G, 1, K * L), torch.full((), float("nan"), dtype=dtype,
-                                                                  device=device), sample)
+    sample = torch.where(
+        nan.reshape(n, G, 1, K * L), torch.full((), float("nan"), dtype=dtype, device=device), sample
+    )
     if mask is not None:
         sample = sample * mask.reshape(n, G, 1, K * L)
 

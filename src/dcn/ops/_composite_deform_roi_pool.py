@@ -19,8 +19,16 @@ import torch
 from torch import Tensor
 
 
-def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size: Sequence[int],
-                    spatial_scale: float, sampling_ratio: int, gamma: float, aligned: bool) -> Tensor:
+def deform_roi_pool(
+    input: Tensor,
+    rois: Tensor,
+    offset: Optional[Tensor],
+    output_size: Sequence[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+) -> Tensor:
     """Same contract as the backends' ``deform_roi_pool_forward``, differentiable by autograd.
 
     Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w).

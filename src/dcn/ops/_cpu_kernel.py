@@ -112,8 +112,14 @@ def load():
                     name=name,
                     sources=[str(path) for path in _SOURCES],
                     # torch rebuilds when a source or a flag changes; the hash covers the headers.
-                    extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
-                                  f"-DDCN_CSRC_HASH={csrc_hash}", *_ISA_FLAGS.get(isa, [])],
+                    extra_cflags=[
+                        "-O3",
+                        "-fopenmp",
+                        "-fno-math-errno",
+                        "-fno-trapping-math",
+                        f"-DDCN_CSRC_HASH={csrc_hash}",
+                        *_ISA_FLAGS.get(isa, []),
+                    ],
                     extra_ldflags=["-fopenmp"],
                     is_python_module=False,  # registers torch.ops.dcn_cpu.* on load
                     verbose=False,

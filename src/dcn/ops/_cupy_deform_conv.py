@@ -130,8 +130,17 @@ def _batch_chunks(batch: int, per_image: int) -> list[tuple[int, int]]:
 class _Geometry:
     """Shapes of one call and the integer arguments shared by both kernels."""
 
-    def __init__(self, input: Tensor, offset: Tensor, weight: Tensor, stride, padding, dilation,
-                 groups: int, offset_groups: int) -> None:
+    def __init__(
+        self,
+        input: Tensor,
+        offset: Tensor,
+        weight: Tensor,
+        stride,
+        padding,
+        dilation,
+        groups: int,
+        offset_groups: int,
+    ) -> None:
         self.n, self.c_in, self.h, self.w = input.shape
         self.c_out, _, self.kh, self.kw = weight.shape
         self.h_out, self.w_out = offset.shape[-2:]
@@ -141,28 +150,57 @@ class _Geometry:
 
     def kernel_ints(self, batch: int, channels_per_thread: int) -> tuple[int, ...]:
         return (
-            batch, self.c_in, self.h, self.w, self.h_out, self.w_out, self.kh, self.kw,
-            self.stride[0], self.stride[1], self.padding[0], self.padding[1],
-            self.dilation[0], self.dilation[1], self.G, channels_per_thread,
+            batch,
+            self.c_in,
+            self.h,
+            self.w,
+            self.h_out,
+            self.w_out,
+            self.kh,
+            self.kw,
+            self.stride[0],
+            self.stride[1],
+            self.padding[0],
+            self.padding[1],
+            self.dilation[0],
+            self.dilation[1],
+            self.G,
+            channels_per_thread,
         )
 
     def launch_config(self, batch: int) -> LaunchConfig:
         return sample_launch_config(batch * self.G * self.K * self.L, self.c_in // self.G)
 
 
-def _im2col(launch: Launch, geo: _Geometry, x: Tensor, off: Tensor, m: Optional[Tensor],
-            cols: Tensor) -> None:
+def _im2col(
+    launch: Launch, geo: _Geometry, x: Tensor, off: Tensor, m: Optional[Tensor], cols: Tensor
+) -> None:
     """Fill ``cols`` (C_in * K * b * L elements, layout (C_in, K, b, L)) with the (masked) samples
     of the b images of ``x``."""
     b = x.shape[0]
     cfg = geo.launch_config(b)
-    launch("deform_conv2d_im2col", x.dtype, cfg.grid, cfg.block,
-           (x, off, m, cols, *geo.kernel_ints(b, cfg.channels_per_thread)))
+    launch(
+        "deform_conv2d_im2col",
+        x.dtype,
+        cfg.grid,
+        cfg.block,
+        (x, off, m, cols, *geo.kernel_ints(b, cfg.channels_per_thread)),
+    )
 
 
-def forward(launch: Launch, input: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor,
-            bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
-            dilation: Sequence[int], groups: int, offset_groups: int) -> Tensor:
+def forward(
+    launch: Launch,
+    input: Tensor,
+    offset: Tensor,
+    mask: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    offset_groups: int,
+) -> Tensor:
     """Forward pass with a given kernel launcher; same contract as :func:`deform_conv2d_forward`."""
     geo = _Geometry(input, offset, weight, stride, padding, dilation, groups, offset_groups)
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
@@ -185,16 +223,28 @@ def forward(launch: Launch, input: Tensor, offset: Tensor, mask: Optional[Tensor
             continue
         res = torch.matmul(w_g, cols)  # (groups, C_out/groups, b * L)
         out[s:e].view(b, groups, c_out_g, geo.L).copy_(
-            res.view(groups, c_out_g, b, geo.L).permute(2, 0, 1, 3))
+            res.view(groups, c_out_g, b, geo.L).permute(2, 0, 1, 3)
+        )
     if bias is not None:
         out += bias.view(1, -1, 1, 1)
     return out
 
 
-def backward(launch: Launch, grad_out: Tensor, input: Tensor, offset: Tensor,
-             mask: Optional[Tensor], weight: Tensor, bias: Optional[Tensor],
-             stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
-             offset_groups: int, needs_input_grad: Sequence[bool]):
+def backward(
+    launch: Launch,
+    grad_out: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    mask: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    offset_groups: int,
+    needs_input_grad: Sequence[bool],
+):
     """Backward pass with a given kernel launcher; same contract as :func:`deform_conv2d_backward`."""
     need_in, need_off, need_mask, need_w, need_b = needs_input_grad
     need_mask = bool(need_mask) and mask is not None
@@ -233,19 +283,31 @@ def backward(launch: Launch, grad_out: Tensor, input: Tensor, offset: Tensor,
             b = e - s
             cols = col_buffer[: b * per_image].view(groups, -1, b * geo.L)  # (groups, Cg*K, b*L)
             # grad_out in the columns' batch-inside order: (groups, C_out/groups, b * L).
-            go = (grad_out[s:e].view(b, groups, c_out_g, geo.L).permute(1, 2, 0, 3)
-                  .reshape(groups, c_out_g, b * geo.L))
+            go = (
+                grad_out[s:e]
+                .view(b, groups, c_out_g, geo.L)
+                .permute(1, 2, 0, 3)
+                .reshape(groups, c_out_g, b * geo.L)
+            )
             m = mask[s:e] if mask is not None else None
             if sampling:
                 torch.matmul(w_g.transpose(1, 2), go, out=cols)  # grad_cols
                 cfg = geo.launch_config(b)
                 launch(
-                    "deform_conv2d_backward_sample", dtype, cfg.grid, cfg.block,
-                    (input[s:e], offset[s:e], m, cols,
-                     g_in[s:e] if need_in else None,
-                     g_off[s:e] if need_off else None,
-                     g_mask[s:e] if need_mask else None,
-                     *geo.kernel_ints(b, cfg.channels_per_thread)),
+                    "deform_conv2d_backward_sample",
+                    dtype,
+                    cfg.grid,
+                    cfg.block,
+                    (
+                        input[s:e],
+                        offset[s:e],
+                        m,
+                        cols,
+                        g_in[s:e] if need_in else None,
+                        g_off[s:e] if need_off else None,
+                        g_mask[s:e] if need_mask else None,
+                        *geo.kernel_ints(b, cfg.channels_per_thread),
+                    ),
                 )
             if need_w:
                 # Recompute the (masked) columns into the same buffer; grad_cols is consumed.
@@ -264,28 +326,60 @@ def backward(launch: Launch, grad_out: Tensor, input: Tensor, offset: Tensor,
 # --------------------------------------------------------------------------------------
 # Backend interface used by dcn.ops.deform_conv (same as dcn.ops._torch_deform_conv)
 # --------------------------------------------------------------------------------------
-def deform_conv2d_forward(input: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor,
-                          bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
-                          dilation: Sequence[int], groups: int, offset_groups: int) -> Tensor:
+def deform_conv2d_forward(
+    input: Tensor,
+    offset: Tensor,
+    mask: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    offset_groups: int,
+) -> Tensor:
     """Forward pass on CUDA tensors; arguments already validated by :func:`dcn.ops.deform_conv2d`.
 
     Shapes: input (N, C_in, H, W), offset (N, 2*G*K, H_out, W_out), mask (N, G*K, H_out, W_out)
     or None, weight (C_out, C_in/groups, kh, kw), bias (C_out,) or None -> (N, C_out, H_out, W_out).
     """
     launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
-    return forward(launch, input, offset, mask, weight, bias, stride, padding, dilation, groups,
-                   offset_groups)
+    return forward(
+        launch, input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups
+    )
 
 
-def deform_conv2d_backward(grad_out: Tensor, input: Tensor, offset: Tensor, mask: Optional[Tensor],
-                           weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
-                           padding: Sequence[int], dilation: Sequence[int], groups: int,
-                           offset_groups: int,
-                           needs_input_grad: Sequence[bool] = (True, True, True, True, True)):
+def deform_conv2d_backward(
+    grad_out: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    mask: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    offset_groups: int,
+    needs_input_grad: Sequence[bool] = (True, True, True, True, True),
+):
     """Gradients (input, offset, mask, weight, bias); ``None`` where not needed or not applicable.
 
     ``needs_input_grad`` is ordered like the return value.
     """
     launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
-    return backward(launch, grad_out, input, offset, mask, weight, bias, stride, padding, dilation,
-                    groups, offset_groups, needs_input_grad)
+    return backward(
+        launch,
+        grad_out,
+        input,
+        offset,
+        mask,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        offset_groups,
+        needs_input_grad,
+    )

@@ -66,8 +66,15 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _roi_tensors(rois: Tensor, output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
-                 gamma: float, aligned: bool, acc: torch.dtype) -> Tuple[Tensor, Tensor]:
+def _roi_tensors(
+    rois: Tensor,
+    output_size: Sequence[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+    acc: torch.dtype,
+) -> Tuple[Tensor, Tensor]:
     """geometry (K, 6) [start_x, start_y, bin_w, bin_h, shift_x, shift_y] in ``acc`` and
     roi_index (K, 3) int64 [batch, grid_h, grid_w], the kernels' view of the RoIs."""
     geo = _geometry(rois.to(acc), output_size, spatial_scale, sampling_ratio, aligned)
@@ -78,9 +85,17 @@ def _roi_tensors(rois: Tensor, output_size: Sequence[int], spatial_scale: float,
     return geometry, roi_index
 
 
-def forward(launch: Launch, input: Tensor, rois: Tensor, offset: Optional[Tensor],
-            output_size: Sequence[int], spatial_scale: float, sampling_ratio: int, gamma: float,
-            aligned: bool) -> Tensor:
+def forward(
+    launch: Launch,
+    input: Tensor,
+    rois: Tensor,
+    offset: Optional[Tensor],
+    output_size: Sequence[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+) -> Tensor:
     """Forward pass with a given kernel launcher; same contract as :func:`deform_roi_pool_forward`."""
     out_h, out_w = output_size
     n, c, h, w = input.shape
@@ -90,17 +105,33 @@ def forward(launch: Launch, input: Tensor, rois: Tensor, offset: Optional[Tensor
         return out
     input = input.contiguous()
     offset = offset.contiguous() if offset is not None else None
-    geometry, roi_index = _roi_tensors(rois, output_size, spatial_scale, sampling_ratio, gamma, aligned,
-                                       _acc_dtype(input.dtype))
+    geometry, roi_index = _roi_tensors(
+        rois, output_size, spatial_scale, sampling_ratio, gamma, aligned, _acc_dtype(input.dtype)
+    )
     grid, block = launch_config(out.numel())
-    launch("deform_roi_pool_forward", input.dtype, grid, block,
-           (input, geometry, roi_index, offset, out, k, c, h, w, out_h, out_w))
+    launch(
+        "deform_roi_pool_forward",
+        input.dtype,
+        grid,
+        block,
+        (input, geometry, roi_index, offset, out, k, c, h, w, out_h, out_w),
+    )
     return out
 
 
-def backward(launch: Launch, grad_out: Tensor, input: Tensor, rois: Tensor, offset: Optional[Tensor],
-             output_size: Sequence[int], spatial_scale: float, sampling_ratio: int, gamma: float,
-             aligned: bool, needs_input_grad: Sequence[bool] = (True, True)):
+def backward(
+    launch: Launch,
+    grad_out: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Optional[Tensor],
+    output_size: Sequence[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+    needs_input_grad: Sequence[bool] = (True, True),
+):
     """Backward pass with a given kernel launcher; same contract as :func:`deform_roi_pool_backward`."""
     need_in, need_off = needs_input_grad
     need_off = bool(need_off) and offset is not None
@@ -112,23 +143,47 @@ def backward(launch: Launch, grad_out: Tensor, input: Tensor, rois: Tensor, offs
     g_off = torch.zeros(offset.shape, dtype=acc, device=input.device) if need_off else None
     threads = k * c * out_h * out_w
     if threads > 0 and (need_in or need_off):
-        geometry, roi_index = _roi_tensors(rois, output_size, spatial_scale, sampling_ratio, gamma,
-                                           aligned, acc)
+        geometry, roi_index = _roi_tensors(
+            rois, output_size, spatial_scale, sampling_ratio, gamma, aligned, acc
+        )
         grid, block = launch_config(threads)
-        launch("deform_roi_pool_backward", dtype, grid, block,
-               (grad_out.contiguous(), input.contiguous(), geometry, roi_index,
-                offset.contiguous() if offset is not None else None, g_in, g_off,
-                k, c, h, w, out_h, out_w))
-    return (g_in.to(dtype) if g_in is not None else None,
-            g_off.to(dtype) if g_off is not None else None)
+        launch(
+            "deform_roi_pool_backward",
+            dtype,
+            grid,
+            block,
+            (
+                grad_out.contiguous(),
+                input.contiguous(),
+                geometry,
+                roi_index,
+                offset.contiguous() if offset is not None else None,
+                g_in,
+                g_off,
+                k,
+                c,
+                h,
+                w,
+                out_h,
+                out_w,
+            ),
+        )
+    return (g_in.to(dtype) if g_in is not None else None, g_off.to(dtype) if g_off is not None else None)
 
 
 # --------------------------------------------------------------------------------------
 # Backend interface used by dcn.ops.deform_roi_pool (same as dcn.ops._torch_deform_roi_pool)
 # --------------------------------------------------------------------------------------
-def deform_roi_pool_forward(input: Tensor, rois: Tensor, offset: Optional[Tensor],
-                            output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
-                            gamma: float, aligned: bool) -> Tensor:
+def deform_roi_pool_forward(
+    input: Tensor,
+    rois: Tensor,
+    offset: Optional[Tensor],
+    output_size: Sequence[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+) -> Tensor:
     """Forward pass on CUDA tensors; arguments already validated by :func:`dcn.ops.deform_roi_pool`.
 
     Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w).
@@ -137,11 +192,30 @@ def deform_roi_pool_forward(input: Tensor, rois: Tensor, offset: Optional[Tensor
     return forward(launch, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned)
 
 
-def deform_roi_pool_backward(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Optional[Tensor],
-                             output_size: Sequence[int], spatial_scale: float, sampling_ratio: int,
-                             gamma: float, aligned: bool,
-                             needs_input_grad: Sequence[bool] = (True, True)):
+def deform_roi_pool_backward(
+    grad_out: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Optional[Tensor],
+    output_size: Sequence[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+    needs_input_grad: Sequence[bool] = (True, True),
+):
     """Gradients (input, offset); ``None`` where not needed (or offset is None)."""
     launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
-    return backward(launch, grad_out, input, rois, offset, output_size, spatial_scale, sampling_ratio,
-                    gamma, aligned, needs_input_grad)
+    return backward(
+        launch,
+        grad_out,
+        input,
+        rois,
+        offset,
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        gamma,
+        aligned,
+        needs_input_grad,
+    )

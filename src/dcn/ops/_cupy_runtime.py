@@ -170,7 +170,8 @@ def _function(source: KernelSource, device_index: int, name_expression: str):
         if module is None:
             # CuPy adds -arch for this device; the module compiles on first get_function.
             module = cupy.RawModule(
-                code=source.code(), options=source.options(),
+                code=source.code(),
+                options=source.options(),
                 name_expressions=list(source.name_expressions()),
             )
             _modules[(source.filename, device_index)] = module
@@ -196,8 +197,7 @@ def cupy_launcher(source: KernelSource, device: torch.device) -> Launch:
         raise ValueError(f"CuPy kernels need CUDA tensors, got device {device}")
     index = device.index if device.index is not None else torch.cuda.current_device()
 
-    def launch(kernel: str, dtype: torch.dtype, grid: Dim3, block: Dim3,
-               args: Sequence[KernelArg]) -> None:
+    def launch(kernel: str, dtype: torch.dtype, grid: Dim3, block: Dim3, args: Sequence[KernelArg]) -> None:
         fn = _function(source, index, source.name_expression(kernel, dtype))
         cupy = _import_cupy()
         with cupy.cuda.Device(index), _stream(index):

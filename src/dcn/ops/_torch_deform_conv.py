@@ -114,8 +114,11 @@ def _sample_positions(
     # (n, G, K, 2, Ho, Wo) -> (2, n, Ho, Wo, K, G) in one copy. Always a copy: when the permuted
     # view is already contiguous (1x1 kernel, one offset group, one image) .contiguous() would
     # return the caller's offset tensor itself, and the in-place adds below would modify it.
-    off = offset.reshape(n, G, K, 2, h_out, w_out).permute(3, 0, 4, 5, 2, 1).clone(
-        memory_format=torch.contiguous_format)
+    off = (
+        offset.reshape(n, G, K, 2, h_out, w_out)
+        .permute(3, 0, 4, 5, 2, 1)
+        .clone(memory_format=torch.contiguous_format)
+    )
     y = off[0].add_((oy.view(-1, 1, 1) + ky.view(1, 1, -1)).unsqueeze(-1))
     x = off[1].add_((ox.view(1, -1, 1) + kx.view(1, 1, -1)).unsqueeze(-1))
     return y, x
@@ -206,7 +209,7 @@ def _group_columns(cols: Tensor, groups: int, K: int, c_in: int) -> list[Tensor]
         return [cols]
     c3 = cols.view(-1, K, c_in)
     cg = c_in // groups
-    return [c3[:, :, i * cg:(i + 1) * cg].reshape(-1, K * cg) for i in range(groups)]
+    return [c3[:, :, i * cg : (i + 1) * cg].reshape(-1, K * cg) for i in range(groups)]
 
 
 def deform_conv2d_forward(
@@ -233,8 +236,19 @@ def deform_conv2d_forward(
     kernel = _fused_kernel(input)
     if kernel is not None:
         return kernel.deform_conv2d_forward(
-            input, offset, mask, weight, bias, list(stride), list(padding), list(dilation), groups,
-            offset_groups, _chunk_images(c_in * K * L), _COLUMN_ORDER, _FUSE,
+            input,
+            offset,
+            mask,
+            weight,
+            bias,
+            list(stride),
+            list(padding),
+            list(dilation),
+            groups,
+            offset_groups,
+            _chunk_images(c_in * K * L),
+            _COLUMN_ORDER,
+            _FUSE,
         )
     out = input.new_empty((n, c_out, h_out, w_out))
     if n == 0:
@@ -243,10 +257,14 @@ def deform_conv2d_forward(
     for s, e in _chunks(n, c_in * K * L):
         y, x = _sample_positions(offset[s:e], (kh, kw), stride, padding, dilation, offset_groups)
         bags = _bilinear_bags(y, x, (H, W), None if mask is None else mask[s:e])
-        cols = _columns(input[s:e], bags.rows, bags.sample_weights(), offset_groups, K * c_in)  # (b*L, K*C_in)
-        res = torch.cat(
-            [torch.mm(c, w_mat[i]) for i, c in enumerate(_group_columns(cols, groups, K, c_in))], 1
-        ) if groups > 1 else torch.mm(cols, w_mat[0])  # (b*L, C_out)
+        cols = _columns(
+            input[s:e], bags.rows, bags.sample_weights(), offset_groups, K * c_in
+        )  # (b*L, K*C_in)
+        res = (
+            torch.cat([torch.mm(c, w_mat[i]) for i, c in enumerate(_group_columns(cols, groups, K, c_in))], 1)
+            if groups > 1
+            else torch.mm(cols, w_mat[0])
+        )  # (b*L, C_out)
         out[s:e] = res.view(e - s, h_out, w_out, c_out).permute(0, 3, 1, 2)
     if bias is not None:
         out += bias.view(1, -1, 1, 1)
@@ -309,8 +327,19 @@ def deform_conv2d_backward(
     kernel = _fused_kernel(input)
     if kernel is not None:
         g_in, g_off, g_mask, g_w = kernel.deform_conv2d_backward(
-            grad_out, input, offset, mask, weight, list(stride), list(padding), list(dilation), groups,
-            offset_groups, _chunk_images(c_in * K * L), _COLUMN_ORDER, _FUSE,
+            grad_out,
+            input,
+            offset,
+            mask,
+            weight,
+            list(stride),
+            list(padding),
+            list(dilation),
+            groups,
+            offset_groups,
+            _chunk_images(c_in * K * L),
+            _COLUMN_ORDER,
+            _FUSE,
             [need_in, need_off, need_mask, need_w],
         )
         return g_in, g_off, g_mask, g_w, grad_b
@@ -329,7 +358,7 @@ def deform_conv2d_backward(
         y, x = _sample_positions(offset[s:e], (kh, kw), stride, padding, dilation, G)
         # Channels-last grad_out: (b*L, C_out), matching the column matrix's rows.
         go_cl = grad_out[s:e].permute(0, 2, 3, 1).reshape(b * L, c_out)
-        go_groups = [go_cl[:, i * c_out_g:(i + 1) * c_out_g] for i in range(groups)]
+        go_groups = [go_cl[:, i * c_out_g : (i + 1) * c_out_g] for i in range(groups)]
 
         # Fallback path (other devices/dtypes, or no C++ toolchain): ATen kernels only.
         if need_w or need_mask:
@@ -368,8 +397,13 @@ def deform_conv2d_backward(
         )  # (b, Ho, Wo, K, G, 2) -> (b*G, K, L, 2)
         grid = grid.permute(0, 4, 3, 1, 2, 5).reshape(b * G, K, L, 2)
         gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
-            gcols.reshape(b * G, cg, K, L), x_in.reshape(b * G, cg, H, W), grid,
-            _BILINEAR, _ZEROS, False, [need_in, True],
+            gcols.reshape(b * G, cg, K, L),
+            x_in.reshape(b * G, cg, H, W),
+            grid,
+            _BILINEAR,
+            _ZEROS,
+            False,
+            [need_in, True],
         )
         if need_in:
             grad_in[s:e] = gx.view(b, c_in, H, W)
@@ -383,7 +417,7 @@ def deform_conv2d_backward(
     grad_w = None
     if need_w:
         # (groups, K*C_in/groups, C_out/groups) with rows (k, c) -> (C_out, C_in/groups, kh, kw)
-        grad_w = grad_w_mat.view(groups, K, c_in_g, c_out_g).permute(0, 3, 2, 1).reshape(
-            c_out, c_in_g, kh, kw
+        grad_w = (
+            grad_w_mat.view(groups, K, c_in_g, c_out_g).permute(0, 3, 2, 1).reshape(c_out, c_in_g, kh, kw)
         )
     return grad_in, grad_off, grad_mask, grad_w, grad_b

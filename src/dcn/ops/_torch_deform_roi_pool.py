@@ -164,8 +164,12 @@ class _Bags(NamedTuple):
 
 
 def _sample_coordinates(
-    geo: _RoIGeometry, piece: _Piece, offset: Optional[Tensor], gamma: float,
-    output_size: Sequence[int], uniform_grid: bool,
+    geo: _RoIGeometry,
+    piece: _Piece,
+    offset: Optional[Tensor],
+    gamma: float,
+    output_size: Sequence[int],
+    uniform_grid: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sample coordinates of ``piece`` in bag-entry order (roi, bin, iy, ix).
 
@@ -267,8 +271,9 @@ def _bags(
             op(a, b, out=out[..., j])
         return out.view(-1)
 
-    index = entries(torch.add, ((row_low, x_low), (row_low, x_high), (row_high, x_low), (row_high, x_high)),
-                    torch.int64)
+    index = entries(
+        torch.add, ((row_low, x_low), (row_low, x_high), (row_high, x_low), (row_high, x_high)), torch.int64
+    )
     hy, ly = hy * wy, ly * wy
     hx, lx = hx * wx, lx * wx
     weight = entries(torch.mul, ((hy, hx), (hy, lx), (ly, hx), (ly, lx)), dtype)
@@ -282,8 +287,12 @@ def _bags(
         d_dx = entries(torch.mul, ((-hy, gx), (hy, gx), (-ly, gx), (ly, gx)), dtype)
 
     if piece.partial:
-        per_bin = torch.full((1,), (piece.iy[1] - piece.iy[0]) * (piece.ix[1] - piece.ix[0]),
-                             dtype=torch.int64, device=index.device)
+        per_bin = torch.full(
+            (1,),
+            (piece.iy[1] - piece.iy[0]) * (piece.ix[1] - piece.ix[0]),
+            dtype=torch.int64,
+            device=index.device,
+        )
     else:
         per_bin = geo.grid_h[lo:hi] * geo.grid_w[lo:hi]
     offsets = torch.zeros((hi - lo) * bins + 1, dtype=torch.int64, device=index.device)
@@ -374,7 +383,7 @@ def deform_roi_pool_forward(
             break
         if rows is None:
             rows = table.new_zeros((K * bins, c))
-        target = rows[piece.lo * bins: piece.hi * bins]
+        target = rows[piece.lo * bins : piece.hi * bins]
         target.add_(part) if piece.partial else target.copy_(part)
     # (K*bins, C) -> (K, C, out_h, out_w): a transposing copy, as roi_align's layout is channel-major.
     return rows.view(K, out_h, out_w, c).permute(0, 3, 1, 2).contiguous().to(out_dtype)
@@ -403,8 +412,7 @@ def deform_roi_pool_backward(
     K = rois.shape[0]
     bins = out_h * out_w
     if K == 0 or c == 0 or not (need_in or need_off):
-        return (torch.zeros_like(input) if need_in else None,
-                torch.zeros_like(offset) if need_off else None)
+        return (torch.zeros_like(input) if need_in else None, torch.zeros_like(offset) if need_off else None)
 
     cdt = _compute_dtype(input.dtype)
     x, rois_c = input.to(cdt), rois.to(cdt)
@@ -412,8 +420,18 @@ def deform_roi_pool_backward(
     kernel = _fused_kernel(x)
     if kernel is not None:
         g_in, g_off = kernel.deform_roi_pool_backward(
-            grad_out.to(cdt), x, rois_c, off_c, out_h, out_w, spatial_scale, sampling_ratio, gamma, aligned,
-            need_in, need_off,
+            grad_out.to(cdt),
+            x,
+            rois_c,
+            off_c,
+            out_h,
+            out_w,
+            spatial_scale,
+            sampling_ratio,
+            gamma,
+            aligned,
+            need_in,
+            need_off,
         )
         return (g_in.to(input.dtype) if need_in else None, g_off.to(offset.dtype) if need_off else None)
     geo = _geometry(rois_c, output_size, spatial_scale, sampling_ratio, aligned)

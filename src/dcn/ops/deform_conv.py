@@ -29,8 +29,14 @@ from torch.utils.flop_counter import register_flop_formula
 from dcn.ops import _composite_deform_conv
 from dcn.ops._dispatch import BACKENDS, cupy_unavailable_reason, implementation, resolve_backend
 
-__all__ = ["deform_conv2d", "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "BACKENDS",
-           "cupy_unavailable_reason"]
+__all__ = [
+    "deform_conv2d",
+    "DeformConv2d",
+    "DeformConv2dPack",
+    "ModulatedDeformConv2dPack",
+    "BACKENDS",
+    "cupy_unavailable_reason",
+]
 
 IntPair = Union[int, Tuple[int, int], Sequence[int]]
 
@@ -89,16 +95,39 @@ def _deform_conv2d_backward_op(
     """Returns [grad_input, grad_offset, grad_mask, grad_weight, grad_bias]; an empty tensor
     stands for a gradient that was not requested (custom ops cannot return None)."""
     grads = _impl(backend).deform_conv2d_backward(
-        grad_out.contiguous(), input, offset, mask, weight, bias,
-        stride, padding, dilation, groups, offset_groups, needs_input_grad,
+        grad_out.contiguous(),
+        input,
+        offset,
+        mask,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        offset_groups,
+        needs_input_grad,
     )
     # Contiguous outputs: the fake implementation promises contiguous strides to the compiler.
     return [g.contiguous() if g is not None else input.new_empty(0) for g in grads]
 
 
 @_deform_conv2d_backward_op.register_fake
-def _(grad_out, input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups,
-      backend, needs_input_grad):
+def _(
+    grad_out,
+    input,
+    offset,
+    mask,
+    weight,
+    bias,
+    stride,
+    padding,
+    dilation,
+    groups,
+    offset_groups,
+    backend,
+    needs_input_grad,
+):
     like = [input, offset, mask, weight, bias]
     return [
         t.new_empty(t.shape) if (need and t is not None) else input.new_empty(0)
@@ -141,11 +170,23 @@ def _backward(ctx, grad_out):
         # backward(create_graph=True) / autograd.grad(..., create_graph=True): the gradients must
         # themselves be differentiable, which the fused kernels' are not.
         g_in, g_off, g_mask, g_w, g_b = _differentiable_backward(
-            grad_out, (input, offset, mask, weight, bias), needs, ctx.conf)
+            grad_out, (input, offset, mask, weight, bias), needs, ctx.conf
+        )
         return g_in, g_off, g_mask, g_w, g_b, None, None, None, None, None, None
     grads = _deform_conv2d_backward_op(
-        grad_out, input, offset, mask, weight, bias, stride, padding, dilation, groups,
-        offset_groups, backend, needs,
+        grad_out,
+        input,
+        offset,
+        mask,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        offset_groups,
+        backend,
+        needs,
     )
     g_in, g_off, g_mask, g_w, g_b = (g if need else None for g, need in zip(grads, needs))
     return g_in, g_off, g_mask, g_w, g_b, None, None, None, None, None, None
@@ -157,7 +198,9 @@ _deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------
 # FLOP counting (torch.utils.flop_counter, which Lightning's model summary uses)
 # --------------------------------------------------------------------------------------
-def _deform_conv2d_flops(input_shape, offset_shape, mask_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+def _deform_conv2d_flops(
+    input_shape, offset_shape, mask_shape, weight_shape, *args, out_shape=None, **kwargs
+) -> int:
     """Forward FLOPs: the GEMM of a convolution of the same shape (2 per multiply-add) plus the
     bilinear sampling (4 corner weights, 4 multiply-adds and the mask: about 12 per sample and channel)."""
     n, c_in = input_shape[0], input_shape[1]
@@ -166,12 +209,19 @@ def _deform_conv2d_flops(input_shape, offset_shape, mask_shape, weight_shape, *a
     return 2 * n * c_out * offset_shape[-2] * offset_shape[-1] * c_in_g * kh * kw + 12 * samples
 
 
-def _deform_conv2d_backward_flops(grad_shape, input_shape, offset_shape, mask_shape, weight_shape, *args,
-                                  out_shape=None, **kwargs) -> int:
+def _deform_conv2d_backward_flops(
+    grad_shape, input_shape, offset_shape, mask_shape, weight_shape, *args, out_shape=None, **kwargs
+) -> int:
     """Backward FLOPs: two GEMMs (column and weight gradients), the recomputed sampling and its
     backward (scatter and position derivatives, about twice the forward sampling)."""
     return 2 * _deform_conv2d_flops(input_shape, offset_shape, mask_shape, weight_shape) + 24 * (
-        input_shape[0] * input_shape[1] * weight_shape[2] * weight_shape[3] * offset_shape[-2] * offset_shape[-1])
+        input_shape[0]
+        * input_shape[1]
+        * weight_shape[2]
+        * weight_shape[3]
+        * offset_shape[-2]
+        * offset_shape[-1]
+    )
 
 
 register_flop_formula(torch.ops.dcn.deform_conv2d)(_deform_conv2d_flops)
@@ -181,8 +231,16 @@ register_flop_formula(torch.ops.dcn.deform_conv2d_backward)(_deform_conv2d_backw
 # --------------------------------------------------------------------------------------
 # Public functional op
 # --------------------------------------------------------------------------------------
-def _check_args(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
-                mask: Optional[Tensor], stride, padding, dilation) -> Tuple[int, int]:
+def _check_args(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    mask: Optional[Tensor],
+    stride,
+    padding,
+    dilation,
+) -> Tuple[int, int]:
     """Validate shapes, dtypes and devices; return (groups, offset_groups)."""
     for name, t in (("input", input), ("offset", offset), ("weight", weight), ("mask", mask)):
         if t is not None and not isinstance(t, Tensor):
@@ -192,9 +250,7 @@ def _check_args(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Te
     if input.dim() != 4:
         raise ValueError(f"input must be 4-D (N, C_in, H, W), got shape {tuple(input.shape)}")
     if weight.dim() != 4:
-        raise ValueError(
-            f"weight must be 4-D (C_out, C_in/groups, kh, kw), got shape {tuple(weight.shape)}"
-        )
+        raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kh, kw), got shape {tuple(weight.shape)}")
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
     for name, t in (("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask)):
@@ -304,20 +360,42 @@ def deform_conv2d(
         mask = mask.to(dtype) if mask is not None else None
         with torch.autocast(input.device.type, enabled=False):
             return _deform_conv2d_op(
-                input, offset, mask, weight, bias, list(stride), list(padding), list(dilation),
-                groups, offset_groups, resolved,
+                input,
+                offset,
+                mask,
+                weight,
+                bias,
+                list(stride),
+                list(padding),
+                list(dilation),
+                groups,
+                offset_groups,
+                resolved,
             )
     return _deform_conv2d_op(
-        input, offset, mask, weight, bias, list(stride), list(padding), list(dilation),
-        groups, offset_groups, resolved,
+        input,
+        offset,
+        mask,
+        weight,
+        bias,
+        list(stride),
+        list(padding),
+        list(dilation),
+        groups,
+        offset_groups,
+        resolved,
     )
 
 
 # --------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------
-def _conv_padding(padding: Union[str, IntPair], kernel_size: Tuple[int, int], stride: Tuple[int, int],
-                  dilation: Tuple[int, int]) -> Tuple[Tuple[int, int], Optional[Tuple[int, int, int, int]]]:
+def _conv_padding(
+    padding: Union[str, IntPair],
+    kernel_size: Tuple[int, int],
+    stride: Tuple[int, int],
+    dilation: Tuple[int, int],
+) -> Tuple[Tuple[int, int], Optional[Tuple[int, int, int, int]]]:
     """nn.Conv2d's padding argument -> (symmetric padding for the op, explicit (left, right, top,
     bottom) input padding or None). ``'same'`` with an even dilated kernel pads one more pixel at
     the right/bottom, as nn.Conv2d does; that part is applied to the input explicitly."""
@@ -339,8 +417,14 @@ def _conv_padding(padding: Union[str, IntPair], kernel_size: Tuple[int, int], st
     return (0, 0), (tw // 2, tw - tw // 2, th // 2, th - th // 2)
 
 
-def _check_geometry(in_channels: int, out_channels: int, kernel_size: Tuple[int, int],
-                    stride: Tuple[int, int], dilation: Tuple[int, int], groups: int) -> None:
+def _check_geometry(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Tuple[int, int],
+    stride: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+) -> None:
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -410,11 +494,20 @@ class DeformConv2d(nn.Module):
         if self._input_padding is not None:
             input = nn.functional.pad(input, self._input_padding)
         return deform_conv2d(
-            input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask,
+            input,
+            offset,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            mask,
             backend=self.backend,
         )
 
-    def forward(self, input: Tensor, offset: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, input: Tensor, offset: Optional[Tensor] = None, mask: Optional[Tensor] = None
+    ) -> Tensor:
         if offset is None:
             raise TypeError(
                 "DeformConv2d.forward(input, offset, mask=None) needs the offsets (as torchvision's "
@@ -423,10 +516,7 @@ class DeformConv2d(nn.Module):
         return self._deform(input, offset, mask)
 
     def extra_repr(self) -> str:
-        s = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
-        )
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding_mode is not None:
             s += f", padding={self.padding_mode!r}"
         elif self.padding != (0, 0):
@@ -472,10 +562,15 @@ class DeformConv2dPack(DeformConv2d):
         *,
         backend: str = "auto",
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         backend=backend)
-        if isinstance(offset_groups, bool) or not isinstance(offset_groups, int) or offset_groups < 1 or (
-                in_channels % offset_groups != 0):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, backend=backend
+        )
+        if (
+            isinstance(offset_groups, bool)
+            or not isinstance(offset_groups, int)
+            or offset_groups < 1
+            or (in_channels % offset_groups != 0)
+        ):
             raise ValueError(
                 f"in_channels={in_channels} must be divisible by offset_groups={offset_groups} (>= 1)"
             )
@@ -486,8 +581,13 @@ class DeformConv2dPack(DeformConv2d):
         # Same geometry as the deformable conv (padding='same' included), so the predicted
         # offsets have its output size.
         self.conv_offset = nn.Conv2d(
-            in_channels, n_pred, self.kernel_size, self.stride,
-            padding if isinstance(padding, str) else self.padding, self.dilation, bias=True,
+            in_channels,
+            n_pred,
+            self.kernel_size,
+            self.stride,
+            padding if isinstance(padding, str) else self.padding,
+            self.dilation,
+            bias=True,
         )
         self.reset_offset_predictor()
 
@@ -525,8 +625,15 @@ class DeformConv2dPack(DeformConv2d):
         if conv.padding_mode != "zeros":
             raise ValueError(f"only padding_mode='zeros' convs can be converted, got {conv.padding_mode!r}")
         layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, bias=conv.bias is not None, **deform_options,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=conv.bias is not None,
+            **deform_options,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(conv.weight)

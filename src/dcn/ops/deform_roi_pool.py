@@ -30,8 +30,13 @@ from torchvision.ops.poolers import _filter_input, _setup_scales
 from dcn.ops import _composite_deform_roi_pool
 from dcn.ops._dispatch import BACKENDS, implementation, resolve_backend
 
-__all__ = ["deform_roi_pool", "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
-           "MultiScaleDeformRoIPool"]
+__all__ = [
+    "deform_roi_pool",
+    "DeformRoIPool",
+    "DeformRoIPoolPack",
+    "ModulatedDeformRoIPoolPack",
+    "MultiScaleDeformRoIPool",
+]
 
 Boxes = Union[Tensor, Sequence[Tensor]]
 IntPair = Union[int, Tuple[int, int], Sequence[int]]
@@ -84,15 +89,34 @@ def _deform_roi_pool_backward_op(
     """Returns [grad_input, grad_offset]; an empty tensor stands for a gradient that was not
     requested (custom ops cannot return None)."""
     grads = _impl(backend).deform_roi_pool_backward(
-        grad_out.contiguous(), input, rois, offset, output_size, spatial_scale, sampling_ratio,
-        gamma, aligned, needs_input_grad,
+        grad_out.contiguous(),
+        input,
+        rois,
+        offset,
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        gamma,
+        aligned,
+        needs_input_grad,
     )
     return [g if g is not None else input.new_empty(0) for g in grads]
 
 
 @_deform_roi_pool_backward_op.register_fake
-def _(grad_out, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned,
-      backend, needs_input_grad):
+def _(
+    grad_out,
+    input,
+    rois,
+    offset,
+    output_size,
+    spatial_scale,
+    sampling_ratio,
+    gamma,
+    aligned,
+    backend,
+    needs_input_grad,
+):
     return [
         t.new_empty(t.shape) if (need and t is not None) else input.new_empty(0)
         for t, need in zip((input, offset), needs_input_grad)
@@ -162,9 +186,7 @@ def _to_rois(boxes: Boxes, input: Tensor) -> Tensor:
             [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)], dim=0
         )
     else:
-        raise TypeError(
-            f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
-        )
+        raise TypeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
     if not rois.is_floating_point():
         raise TypeError(f"boxes must be floating point, got {rois.dtype}")
     if rois.device != input.device:
@@ -173,10 +195,12 @@ def _to_rois(boxes: Boxes, input: Tensor) -> Tensor:
     if rois.shape[0] and not torch.compiler.is_compiling():
         # One host sync in eager mode, to turn silent garbage into an error.
         idx = rois[:, 0]
-        bad_index, bad_coords = torch.stack((
-            ((idx < 0) | (idx >= input.shape[0]) | (idx != idx.floor())).any(),
-            ~torch.isfinite(rois[:, 1:]).all(),
-        )).tolist()
+        bad_index, bad_coords = torch.stack(
+            (
+                ((idx < 0) | (idx >= input.shape[0]) | (idx != idx.floor())).any(),
+                ~torch.isfinite(rois[:, 1:]).all(),
+            )
+        ).tolist()
         if bad_index:
             raise ValueError(
                 f"boxes[:, 0] must hold integer batch indices in [0, {input.shape[0] - 1}] "
@@ -187,8 +211,14 @@ def _to_rois(boxes: Boxes, input: Tensor) -> Tensor:
     return rois
 
 
-def _check_args(input: Tensor, offset: Optional[Tensor], output_size: Tuple[int, int],
-                spatial_scale: float, sampling_ratio: int, k: int) -> None:
+def _check_args(
+    input: Tensor,
+    offset: Optional[Tensor],
+    output_size: Tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    k: int,
+) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
     if input.dim() != 4:
@@ -274,7 +304,14 @@ def deform_roi_pool(
     rois = _to_rois(boxes, input)
     _check_args(input, offset, output_size, spatial_scale, sampling_ratio, rois.shape[0])
     resolved = resolve_backend(backend, input.device, "deform_roi_pool")
-    args = (list(output_size), float(spatial_scale), int(sampling_ratio), float(gamma), bool(aligned), resolved)
+    args = (
+        list(output_size),
+        float(spatial_scale),
+        int(sampling_ratio),
+        float(gamma),
+        bool(aligned),
+        resolved,
+    )
     if torch.is_autocast_enabled(input.device.type):
         # Like torchvision: the PyTorch path computes in float32; the CUDA kernels take the
         # autocast dtype (float16/bfloat16) and accumulate in float32 internally.
@@ -298,8 +335,9 @@ class _OffsetHead(nn.Module):
     mask logits at 0 (mask = sigmoid(0) = 0.5, DCN v2's initialisation).
     """
 
-    def __init__(self, in_channels: int, output_size: Tuple[int, int], hidden_channels: int,
-                 modulated: bool) -> None:
+    def __init__(
+        self, in_channels: int, output_size: Tuple[int, int], hidden_channels: int, modulated: bool
+    ) -> None:
         super().__init__()
         self.output_size = output_size
         self.modulated = modulated
@@ -328,8 +366,9 @@ class _OffsetHead(nn.Module):
         return offset, torch.sigmoid(pred[:, 2 * h * w :]).reshape(k, 1, h, w)
 
 
-def _check_module_args(in_channels: int, output_size: Tuple[int, int], sampling_ratio: int,
-                       hidden_channels: int, backend: str) -> None:
+def _check_module_args(
+    in_channels: int, output_size: Tuple[int, int], sampling_ratio: int, hidden_channels: int, backend: str
+) -> None:
     if in_channels < 1:
         raise ValueError(f"in_channels must be positive, got {in_channels}")
     if min(output_size) < 1:
@@ -382,8 +421,15 @@ class DeformRoIPool(nn.Module):
 
     def _pool(self, input: Tensor, rois: Boxes, offset: Optional[Tensor]) -> Tensor:
         return deform_roi_pool(
-            input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
-            self.gamma, aligned=self.aligned, backend=self.backend,
+            input,
+            rois,
+            offset,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.gamma,
+            aligned=self.aligned,
+            backend=self.backend,
         )
 
     def forward(self, input: Tensor, rois: Boxes, offset: Optional[Tensor] = None) -> Tensor:
@@ -533,19 +579,29 @@ class MultiScaleDeformRoIPool(nn.Module):
         self.scales: Optional[List[float]] = None
         self.map_levels = None
 
-    def _pool_levels(self, features: List[Tensor], rois: Tensor, level_index: List[Tensor],
-                     offset: Optional[Tensor]) -> Tensor:
+    def _pool_levels(
+        self, features: List[Tensor], rois: Tensor, level_index: List[Tensor], offset: Optional[Tensor]
+    ) -> Tensor:
         out = features[0].new_zeros((rois.shape[0], self.in_channels) + self.output_size)
         for feat, scale, idx in zip(features, self.scales, level_index):
             if idx.numel() == 0:
                 continue
             out[idx] = deform_roi_pool(
-                feat, rois[idx], offset[idx] if offset is not None else None, self.output_size,
-                scale, self.sampling_ratio, self.gamma, aligned=self.aligned, backend=self.backend,
+                feat,
+                rois[idx],
+                offset[idx] if offset is not None else None,
+                self.output_size,
+                scale,
+                self.sampling_ratio,
+                self.gamma,
+                aligned=self.aligned,
+                backend=self.backend,
             )
         return out
 
-    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
+    def forward(
+        self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]
+    ) -> Tensor:
         missing = [name for name in self.featmap_names if name not in x]
         if missing:
             raise ValueError(f"feature maps {missing} (featmap_names) are missing from x (keys {list(x)})")
@@ -567,7 +623,9 @@ class MultiScaleDeformRoIPool(nn.Module):
         else:
             levels = self.map_levels(list(boxes))
         level_index = [torch.where(levels == lvl)[0] for lvl in range(len(features))]
-        offset, mask = self._predict_offsets(self._pool_levels(features, rois, level_index, None), level_index)
+        offset, mask = self._predict_offsets(
+            self._pool_levels(features, rois, level_index, None), level_index
+        )
         out = self._pool_levels(features, rois, level_index, offset)
         return out * mask if mask is not None else out
 

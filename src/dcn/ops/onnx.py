@@ -37,8 +37,16 @@ from torch import nn
 import dcn.ops.deform_conv  # noqa: F401  (registers torch.ops.dcn.deform_conv2d)
 import dcn.ops.deform_roi_pool  # noqa: F401  (registers torch.ops.dcn.deform_roi_pool)
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ONNXExportError", "deform_conv2d_to_onnx", "deform_roi_pool_to_onnx",
-           "export_onnx", "register_symbolics", "translation_table"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "ONNXExportError",
+    "deform_conv2d_to_onnx",
+    "deform_roi_pool_to_onnx",
+    "export_onnx",
+    "register_symbolics",
+    "translation_table",
+]
 
 MIN_OPSET = 19  # ONNX DeformConv appeared in opset 19
 DEFAULT_OPSET = 20  # torch.onnx.export's default; DeformConv-19 and -22 differ only in the types they list
@@ -72,16 +80,20 @@ def _require_opset(opset: Optional[int], what: str) -> None:
 # --------------------------------------------------------------------------------------
 # The default exporter (torch.export -> onnxscript translations)
 # --------------------------------------------------------------------------------------
-def deform_conv2d_to_onnx(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups,
-                          backend):
+def deform_conv2d_to_onnx(
+    input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups, backend
+):
     """Translation of ``dcn::deform_conv2d`` (same arguments) into one ONNX ``DeformConv`` node."""
     from onnxscript import opset19 as op
 
     _require_opset(_target_opset(), "dcn::deform_conv2d")
     attributes: Dict[str, Any] = dict(
-        strides=list(stride), pads=[padding[0], padding[1], padding[0], padding[1]], dilations=list(dilation),
-        group=int(groups), offset_group=int(offset_groups),
-    )  # fmt: skip
+        strides=list(stride),
+        pads=[padding[0], padding[1], padding[0], padding[1]],
+        dilations=list(dilation),
+        group=int(groups),
+        offset_group=int(offset_groups),
+    )
     kernel = getattr(weight, "shape", None)
     if kernel is not None and len(kernel) == 4 and all(isinstance(k, int) for k in (kernel[2], kernel[3])):
         attributes["kernel_shape"] = [kernel[2], kernel[3]]
@@ -89,8 +101,9 @@ def deform_conv2d_to_onnx(input, offset, mask, weight, bias, stride, padding, di
     return op.DeformConv(input, weight, offset, bias, mask, **attributes)
 
 
-def deform_roi_pool_to_onnx(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned,
-                            backend):
+def deform_roi_pool_to_onnx(
+    input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned, backend
+):
     """Translation of ``dcn::deform_roi_pool`` (same arguments) into standard ONNX operators.
 
     Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w).
@@ -150,8 +163,15 @@ def deform_roi_pool_to_onnx(input, rois, offset, output_size, spatial_scale, sam
 
         def arange_to_max(grid, shape):
             largest = op.ReduceMax(op.Concat(op.Reshape(grid, ints([-1])), one, axis=0), keepdims=0)
-            return op.Reshape(op.CastLike(op.Range(op.Constant(value_int=0), op.Cast(largest, to=INT64.dtype),
-                                                   op.Constant(value_int=1)), input), ints(shape))
+            return op.Reshape(
+                op.CastLike(
+                    op.Range(
+                        op.Constant(value_int=0), op.Cast(largest, to=INT64.dtype), op.Constant(value_int=1)
+                    ),
+                    input,
+                ),
+                ints(shape),
+            )
 
         index_y = arange_to_max(grid_h, [1, 1, 1, -1, 1])
         index_x = arange_to_max(grid_w, [1, 1, 1, 1, -1])
@@ -162,8 +182,12 @@ def deform_roi_pool_to_onnx(input, rois, offset, output_size, spatial_scale, sam
         samples = op.Mul(op.Shape(index_y, start=3, end=4), op.Shape(index_x, start=4, end=5))
 
     # Same operation order as the PyTorch path (and torchvision's roi_align) for the coordinates.
-    y = op.Add(op.Add(start_y, op.Mul(bin_y, bin_h)), op.Div(op.Mul(iy, bin_h), grid_h))  # (K, out_h, 1, Gh, 1)
-    x = op.Add(op.Add(start_x, op.Mul(bin_x, bin_w)), op.Div(op.Mul(ix, bin_w), grid_w))  # (K, 1, out_w, 1, Gw)
+    y = op.Add(
+        op.Add(start_y, op.Mul(bin_y, bin_h)), op.Div(op.Mul(iy, bin_h), grid_h)
+    )  # (K, out_h, 1, Gh, 1)
+    x = op.Add(
+        op.Add(start_x, op.Mul(bin_x, bin_w)), op.Div(op.Mul(ix, bin_w), grid_w)
+    )  # (K, 1, out_w, 1, Gw)
     if offset is not None:
         g = const([gamma])
         per_bin = ints([-1, out_h, out_w, 1, 1])
@@ -205,8 +229,12 @@ def deform_roi_pool_to_onnx(input, rois, offset, output_size, spatial_scale, sam
     pooled = None
     # One corner at a time: each gathers (K, bins, samples, C) rows and reduces them at once (MatMul),
     # so the peak memory is one corner's samples, not four.
-    for row, col, wgt_y, wgt_x in ((row_low, x_low, hy, hx), (row_low, x_high, hy, lx),
-                                   (row_high, x_low, ly, hx), (row_high, x_high, ly, lx)):
+    for row, col, wgt_y, wgt_x in (
+        (row_low, x_low, hy, hx),
+        (row_low, x_high, hy, lx),
+        (row_high, x_low, ly, hx),
+        (row_high, x_high, ly, lx),
+    ):
         index = op.Reshape(op.Add(row, col), flat)
         weight = op.Reshape(op.Mul(wgt_y, wgt_x), weights_shape)
         corner = op.MatMul(weight, op.Gather(table, index, axis=0))  # (K, bins, 1, C)
@@ -226,8 +254,9 @@ def translation_table() -> Dict[Callable, Callable]:
 # --------------------------------------------------------------------------------------
 # The TorchScript exporter (torch.onnx.export(..., dynamo=False))
 # --------------------------------------------------------------------------------------
-def _deform_conv2d_symbolic(g, input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups,
-                            backend):
+def _deform_conv2d_symbolic(
+    g, input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups, backend
+):
     from torch.onnx import symbolic_helper as sh
     from torch.onnx._internal.torchscript_exporter import _type_utils
 
@@ -244,9 +273,12 @@ def _deform_conv2d_symbolic(g, input, offset, mask, weight, bias, stride, paddin
     if has_mask:
         inputs.append(mask)
     attributes: Dict[str, Any] = dict(
-        strides_i=list(stride), pads_i=[padding[0], padding[1], padding[0], padding[1]],
-        dilations_i=list(dilation), group_i=int(groups), offset_group_i=int(offset_groups),
-    )  # fmt: skip
+        strides_i=list(stride),
+        pads_i=[padding[0], padding[1], padding[0], padding[1]],
+        dilations_i=list(dilation),
+        group_i=int(groups),
+        offset_group_i=int(offset_groups),
+    )
     if sizes and len(sizes) == 4 and None not in sizes[2:]:
         attributes["kernel_shape_i"] = list(sizes[2:])
     return g.op("DeformConv", *inputs, **attributes)
@@ -328,10 +360,16 @@ def export_onnx(
             # torch names a shared dynamic dimension once and says so for every other input using it.
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
             program = torch.onnx.export(
-                model, tuple(args), dynamo=True, opset_version=opset_version, input_names=input_names,
-                output_names=output_names, custom_translation_table=translation_table(),
-                verbose=export_options.pop("verbose", False), **export_options,
-            )  # fmt: skip
+                model,
+                tuple(args),
+                dynamo=True,
+                opset_version=opset_version,
+                input_names=input_names,
+                output_names=output_names,
+                custom_translation_table=translation_table(),
+                verbose=export_options.pop("verbose", False),
+                **export_options,
+            )
         if f is not None:
             program.save(f, external_data=external_data)
         return program
@@ -345,7 +383,13 @@ def export_onnx(
         # dcn's argument checks compare shapes in Python; the traced shapes are the example's, as meant.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
-            model, tuple(args), f, dynamo=False, opset_version=opset_version, input_names=input_names,
-            output_names=output_names, **export_options,
-        )  # fmt: skip
+            model,
+            tuple(args),
+            f,
+            dynamo=False,
+            opset_version=opset_version,
+            input_names=input_names,
+            output_names=output_names,
+            **export_options,
+        )
     return None

@@ -85,7 +85,9 @@ class DcnTask(L.LightningModule):
             if num_classes is None:
                 raise ValueError("task.class_names is set but the task has no classes (num_classes is None)")
             if len(class_names) != num_classes:
-                raise ValueError(f"task.class_names lists {len(class_names)} names for num_classes={num_classes}")
+                raise ValueError(
+                    f"task.class_names lists {len(class_names)} names for num_classes={num_classes}"
+                )
         # Collects the arguments of this and every subclass __init__ up the call chain (Lightning
         # walks the frames), then makes them plain: checkpoints must load with weights_only=True.
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
@@ -107,8 +109,9 @@ class DcnTask(L.LightningModule):
         optimizer = self.optimizer_factory(params=groups)
         for group, mult in zip(optimizer.param_groups, multipliers):
             group["lr"] *= mult
-        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self,
-                                self.hparams.monitor)
+        return optimizer_config(
+            optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self, self.hparams.monitor
+        )
 
     # -- class names ---------------------------------------------------------------------------------
     def class_names(self) -> List[str]:

@@ -21,8 +21,10 @@ def resolve_class_names(module: L.LightningModule) -> List[str]:
         return list(configured)
     num_classes = module.hparams.num_classes
     trainer = module._trainer  # None outside a Trainer (module.trainer would raise)
-    for names in (getattr(getattr(trainer, "datamodule", None), "class_names", None),
-                  getattr(module, "checkpoint_class_names", None)):  # fmt: skip
+    for names in (
+        getattr(getattr(trainer, "datamodule", None), "class_names", None),
+        getattr(module, "checkpoint_class_names", None),
+    ):
         if names is not None and len(names) == num_classes:
             return list(names)
     return [f"class_{k}" for k in range(num_classes)]

@@ -84,7 +84,9 @@ def test_gaussian_matrix_matches_a_replicate_padded_convolution():
     v = torch.rand(size)
     radius = math.ceil(3 * sigma)
     taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1).float() / sigma) ** 2)
-    ref = F.conv1d(F.pad(v.view(1, 1, -1), (radius, radius), mode="replicate"), (taps / taps.sum()).view(1, 1, -1))
+    ref = F.conv1d(
+        F.pad(v.view(1, 1, -1), (radius, radius), mode="replicate"), (taps / taps.sum()).view(1, 1, -1)
+    )
     torch.testing.assert_close(_gaussian_matrix(size, sigma) @ v, ref.flatten())
 
 

@@ -21,8 +21,12 @@ def test_loads_class_folders_at_the_configured_size(image_folder_root):
 
 
 def test_normalisation_uses_the_given_statistics(image_folder_root):
-    plain = ImageFolderDataModule(image_folder_root, image_size=8, mean=[0, 0, 0], std=[1, 1, 1], train_augment=False)
-    shifted = ImageFolderDataModule(image_folder_root, image_size=8, mean=[0.5] * 3, std=[0.25] * 3, train_augment=False)
+    plain = ImageFolderDataModule(
+        image_folder_root, image_size=8, mean=[0, 0, 0], std=[1, 1, 1], train_augment=False
+    )
+    shifted = ImageFolderDataModule(
+        image_folder_root, image_size=8, mean=[0.5] * 3, std=[0.25] * 3, train_augment=False
+    )
     plain.setup("test")
     shifted.setup("test")
     x, y = plain.test_set[0][0], shifted.test_set[0][0]
@@ -64,7 +68,9 @@ def test_empty_class_folder_names_split_and_path(tmp_path, image_folder_root):
     shutil.copytree(image_folder_root, root)
     for image in (root / "val" / "emu").iterdir():
         image.unlink()
-    with pytest.raises(FileNotFoundError, match=rf"the val split's class folder {root / 'val' / 'emu'} holds no images"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"the val split's class folder {root / 'val' / 'emu'} holds no images"
+    ):
         ImageFolderDataModule(root).setup("fit")
 
 

@@ -13,19 +13,29 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from dcn.datamodules.detection.coco import CocoDetDataModule
 from dcn.datamodules.detection.base import check_target
+from dcn.datamodules.detection.coco import CocoDetDataModule
 
 CONF = Path(__file__).resolve().parents[3] / "src" / "dcn" / "conf" / "data"
 
 # Two categories with non-contiguous ids: sorted by id, 3 ("disc") becomes label 1, 7 ("ring") label 2.
-CATEGORIES = [{"id": 7, "name": "ring", "supercategory": "shape"}, {"id": 3, "name": "disc", "supercategory": "shape"}]
+CATEGORIES = [
+    {"id": 7, "name": "ring", "supercategory": "shape"},
+    {"id": 3, "name": "disc", "supercategory": "shape"},
+]
 # COCO image id -> (file, height, width). torchvision orders samples by image id: 5, 12, 40.
 IMAGES = {12: ("first.jpg", 30, 40), 5: ("empty.jpg", 24, 20), 40: ("crowd_only.jpg", 16, 18)}
 ANNOTATIONS = [
     # On image 12 (40x30):
     {"id": 1, "image_id": 12, "category_id": 7, "bbox": [5, 4, 10, 8], "iscrowd": 0, "area": 80},
-    {"id": 2, "image_id": 12, "category_id": 3, "bbox": [35, 25, 10, 10], "iscrowd": 0, "area": 100},  # crosses the corner
+    {
+        "id": 2,
+        "image_id": 12,
+        "category_id": 3,
+        "bbox": [35, 25, 10, 10],
+        "iscrowd": 0,
+        "area": 100,
+    },  # crosses the corner
     {"id": 3, "image_id": 12, "category_id": 3, "bbox": [0, 0, 20, 10], "iscrowd": 1, "area": 200},
     {"id": 4, "image_id": 12, "category_id": 7, "bbox": [1, 1, 0, 5], "iscrowd": 0, "area": 0},  # zero width
     # Image 40 holds only a crowd region: empty in training, one flagged box in evaluation.
@@ -43,7 +53,9 @@ def write_coco(root: Path, split: str = "2017") -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for file, height, width in IMAGES.values():
             # PNG content in a .jpg file (PIL sniffs the format): exact pixels.
-            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / file, format="PNG")
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+                folder / file, format="PNG"
+            )
         images = [{"id": i, "file_name": f, "height": h, "width": w} for i, (f, h, w) in IMAGES.items()]
         document = {"images": images, "annotations": ANNOTATIONS, "categories": CATEGORIES}
         (root / "annotations" / f"instances_{stage}{split}.json").write_text(json.dumps(document))
@@ -73,7 +85,9 @@ def test_training_targets_convert_boxes_and_leave_out_crowds(coco_root):
     train = dm.train_dataset
     assert len(train) == 3 and [train.coco_image_id(i) for i in range(3)] == [5, 12, 40]
     image, target = train[1]  # COCO image 12, 40x30
-    assert image.dtype == torch.float32 and image.shape == (3, 30, 40) and 0 <= image.min() and image.max() <= 1
+    assert (
+        image.dtype == torch.float32 and image.shape == (3, 30, 40) and 0 <= image.min() and image.max() <= 1
+    )
     raw = np.array(Image.open(coco_root / "train2017" / "first.jpg"), dtype=np.float32) / 255
     torch.testing.assert_close(image, torch.from_numpy(raw).permute(2, 0, 1))
     # xywh -> xyxy: [5, 4, 10, 8] -> (5, 4, 15, 12); [35, 25, 10, 10] -> (35, 25, 45, 35) clipped to
@@ -96,7 +110,11 @@ def test_evaluation_targets_flag_crowds(coco_root):
     _, target = dm.val_dataset[1]
     assert target["boxes"].tolist() == [[5, 4, 15, 12], [35, 25, 40, 30], [0, 0, 20, 10]]
     assert target["labels"].tolist() == [2, 1, 1]
-    assert target["iscrowd"].tolist() == [False, False, True] and target["difficult"].tolist() == [False, False, True]
+    assert target["iscrowd"].tolist() == [False, False, True] and target["difficult"].tolist() == [
+        False,
+        False,
+        True,
+    ]
     _, crowd_only = dm.val_dataset[2]
     assert crowd_only["boxes"].tolist() == [[2, 3, 6, 8]] and crowd_only["iscrowd"].tolist() == [True]
     dm.setup("test")
@@ -107,7 +125,9 @@ def test_batches_are_lists_and_training_flips(coco_root):
     dm = make_dm(coco_root)
     dm.setup()
     images, targets = next(iter(dm.val_dataloader()))
-    assert [tuple(i.shape) for i in images] == [(3, 24, 20), (3, 30, 40)] and [t["image_id"] for t in targets] == [0, 1]
+    assert [tuple(i.shape) for i in images] == [(3, 24, 20), (3, 30, 40)] and [
+        t["image_id"] for t in targets
+    ] == [0, 1]
     torch.manual_seed(0)
     first_boxes = set()
     for _ in range(12):

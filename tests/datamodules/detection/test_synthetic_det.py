@@ -16,8 +16,8 @@ import torch
 from hydra.utils import instantiate
 
 from dcn.datamodules.detection.synthetic import SyntheticDetDataModule, SyntheticDetGenerator
-from dcn.datamodules.synthetic.shapes import ShapesRendering, SyntheticShapesGenerator
 from dcn.datamodules.detection.voc import VOCDetDataModule
+from dcn.datamodules.synthetic.shapes import ShapesRendering, SyntheticShapesGenerator
 
 TINY = dict(num_train=3, num_val=2, num_test=2, image_size=64)
 
@@ -102,9 +102,16 @@ def hand_rendering() -> ShapesRendering:
         instances=instances,
         classes=[0, 1, 2, 3, 4, 0, 1],
         full_areas=[100, 100, 60, 100, 80, 9, 0],
-        full_boxes=[(0, 0, 9, 9), (20, 20, 29, 29), (0, 0, 5, 9), (2, 12, 11, 21), (2, 12, 9, 21), (5, 25, 7, 27),
-                    (-1, -1, -1, -1)],
-    )  # fmt: skip
+        full_boxes=[
+            (0, 0, 9, 9),
+            (20, 20, 29, 29),
+            (0, 0, 5, 9),
+            (2, 12, 11, 21),
+            (2, 12, 9, 21),
+            (5, 25, 7, 27),
+            (-1, -1, -1, -1),
+        ],
+    )
 
 
 @pytest.fixture
@@ -126,9 +133,15 @@ def test_annotation_rules_on_a_hand_made_scene(hand_made):
 def test_annotation_thresholds_are_inclusive_where_documented(hand_made):
     # min_visible 0.2: object 4 (exactly 0.2 visible) passes, but its visible part (cols 10-11) is 2 px
     # wide, so it also needs min_box_size <= 2 (which lets the 3x3 object 6 in too); it is difficult.
-    kept = {o.instance: o for o in SyntheticDetGenerator(image_size=32, min_visible=0.2, min_box_size=3).annotations(0)}
+    kept = {
+        o.instance: o
+        for o in SyntheticDetGenerator(image_size=32, min_visible=0.2, min_box_size=3).annotations(0)
+    }
     assert set(kept) == {1, 2, 3, 5, 6}
-    kept = {o.instance: o for o in SyntheticDetGenerator(image_size=32, min_visible=0.2, min_box_size=2).annotations(0)}
+    kept = {
+        o.instance: o
+        for o in SyntheticDetGenerator(image_size=32, min_visible=0.2, min_box_size=2).annotations(0)
+    }
     assert set(kept) == {1, 2, 3, 4, 5, 6} and kept[4].difficult and kept[4].box == (11, 13, 12, 22)
     # difficult_below 0.4: object 1 (exactly 0.4) is no longer difficult; min_box_size 3 keeps object 6.
     generator = SyntheticDetGenerator(image_size=32, difficult_below=0.4, min_box_size=3)
@@ -158,7 +171,9 @@ def test_boxes_are_tight_around_the_visible_pixels_and_hidden_objects_are_droppe
             xmin, ymin, xmax, ymax = obj.box
             inside = mask[ymin - 1 : ymax, xmin - 1 : xmax]  # 1-based inclusive -> 0-based slice
             assert inside.sum() == mask.sum()  # the box holds every visible pixel...
-            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()  # ...tightly
+            assert (
+                inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+            )  # ...tightly
             seen["difficult"] += obj.difficult
             seen["truncated"] += obj.truncated
     # These parameters and indices do produce every case (else the loop above tested less than it says).
@@ -191,7 +206,9 @@ def test_writes_voc_xml_annotations_that_match_the_generator(tmp_path):
     generator = SyntheticDetGenerator(**TINY)
     voc = generator.write(tmp_path)
     assert voc == tmp_path / "VOCdevkit" / "VOC2012"
-    splits = {s: (voc / "ImageSets" / "Main" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    splits = {
+        s: (voc / "ImageSets" / "Main" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")
+    }
     assert [len(v) for v in splits.values()] == [3, 2, 2]
     ids: List[str] = sum(splits.values(), [])
     assert len(set(ids)) == 7
@@ -226,7 +243,12 @@ def test_detection_defaults_and_bad_parameters_name_the_key():
     assert (g.image_size, g.objects, g.size_range, g.border_width) == (128, (1, 4), (0.08, 0.22), 0)
     assert (g.min_visible, g.difficult_below, g.min_box_size) == (0.25, 0.5, 4)
     assert isinstance(g, SyntheticShapesGenerator) and {"min_visible", "min_box_size"} <= set(g.params())
-    for key, value in (("min_visible", 1.5), ("difficult_below", -0.1), ("min_box_size", 0), ("objects", (3, 1))):
+    for key, value in (
+        ("min_visible", 1.5),
+        ("difficult_below", -0.1),
+        ("min_box_size", 0),
+        ("objects", (3, 1)),
+    ):
         with pytest.raises(ValueError, match=f"data.generator.{key}"):
             SyntheticDetGenerator(**{key: value})
 
@@ -238,9 +260,10 @@ def test_config_lists_every_generator_parameter(compose_train):
     assert set(cfg.generator) - {"_target_"} == fields
     dm = instantiate(cfg)  # constructing generates nothing yet
     assert isinstance(dm, SyntheticDetDataModule) and isinstance(dm.generator, SyntheticDetGenerator)
-    assert dm.generator.shapes == tuple(cfg.generator.shapes) and dm.num_classes == len(cfg.generator.shapes) + 1
+    assert (
+        dm.generator.shapes == tuple(cfg.generator.shapes) and dm.num_classes == len(cfg.generator.shapes) + 1
+    )
     assert not dm.cache_dir.exists()
-
 
 
 # --- the datamodule: the cache read through the VOC detection loader ------------------------------
@@ -263,7 +286,11 @@ def test_datamodule_generates_once_and_reads_the_cache_with_the_voc_loader(tmp_p
     images, targets = next(iter(dm.train_dataloader()))
     assert len(images) == len(targets) == 2
     for image, target in zip(images, targets):
-        assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+        assert (
+            image.shape == (3, 64, 64)
+            and image.dtype == torch.float32
+            and 0 <= image.min() <= image.max() <= 1
+        )
         labels = target["labels"]
         assert labels.dtype == torch.int64 and len(labels) == len(target["boxes"]) >= 1
         assert ((1 <= labels) & (labels <= 5)).all()

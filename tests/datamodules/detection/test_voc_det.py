@@ -40,7 +40,9 @@ def voc_xml(filename: str, size: Optional[Tuple[int, int]], objects: Sequence[Ob
             parts.append(f"<truncated>{truncated}</truncated>")
         if difficult is not None:
             parts.append(f"<difficult>{difficult}</difficult>")
-        parts.append(f"<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox>")
+        parts.append(
+            f"<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox>"
+        )
         parts.append("</object>")
     parts.append("</annotation>")
     return "".join(parts)
@@ -62,7 +64,9 @@ IMAGES: Dict[str, Tuple[int, int, List[Obj]]] = {
 }
 
 
-def write_voc(root: Path, year: str, ids: Sequence[str], splits: Dict[str, Sequence[str]], prefix: str = "") -> Path:
+def write_voc(
+    root: Path, year: str, ids: Sequence[str], splits: Dict[str, Sequence[str]], prefix: str = ""
+) -> Path:
     """VOC<year> under ``root/VOCdevkit`` with the ``IMAGES`` entries ``ids`` (image ids get ``prefix``)."""
     voc = root / "VOCdevkit" / f"VOC{year}"
     (voc / "Annotations").mkdir(parents=True, exist_ok=True)
@@ -70,7 +74,9 @@ def write_voc(root: Path, year: str, ids: Sequence[str], splits: Dict[str, Seque
     for k, key in enumerate(ids):
         height, width, objects = IMAGES[key]
         write_image(voc / "JPEGImages" / f"{prefix}{key}.jpg", height, width, seed=k)
-        (voc / "Annotations" / f"{prefix}{key}.xml").write_text(voc_xml(f"{prefix}{key}.jpg", (width, height), objects))
+        (voc / "Annotations" / f"{prefix}{key}.xml").write_text(
+            voc_xml(f"{prefix}{key}.jpg", (width, height), objects)
+        )
     for split, members in splits.items():
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{prefix}{m}\n" for m in members))
     return voc
@@ -79,16 +85,22 @@ def write_voc(root: Path, year: str, ids: Sequence[str], splits: Dict[str, Seque
 @pytest.fixture
 def voc_root(tmp_path) -> Path:
     """VOC2007 (trainval a, b; test a, b, c) and VOC2012 (trainval: its own a, b, c)."""
-    write_voc(tmp_path, "2007", ["a", "b", "c"], {"trainval": ["a", "b"], "test": ["a", "b", "c"]}, prefix="07_")
+    write_voc(
+        tmp_path, "2007", ["a", "b", "c"], {"trainval": ["a", "b"], "test": ["a", "b", "c"]}, prefix="07_"
+    )
     write_voc(tmp_path, "2012", ["a", "b", "c"], {"trainval": ["a", "b", "c"]}, prefix="12_")
     return tmp_path
 
 
 def make_dm(root: Path, **kwargs) -> VOCDetDataModule:
     options = dict(
-        train_sets=["2007/trainval", "2012/trainval"], val_sets=["2007/test"], test_sets=["2007/test"],
-        batch_size=2, val_batch_size=2, num_workers=0,
-    )  # fmt: skip
+        train_sets=["2007/trainval", "2012/trainval"],
+        val_sets=["2007/test"],
+        test_sets=["2007/test"],
+        batch_size=2,
+        val_batch_size=2,
+        num_workers=0,
+    )
     options.update(kwargs)
     return VOCDetDataModule(root, **options)
 
@@ -118,7 +130,9 @@ def test_parse_converts_voc_pixels_to_continuous_coordinates(tmp_path):
 
 def test_boxes_outside_the_image_are_clipped(tmp_path):
     xml = tmp_path / "clip.xml"
-    xml.write_text(voc_xml("clip.jpg", (40, 30), [("cat", (-5, 3, 50, 35), 0, 0), ("cat", (2.5, 3, 7.5, 9), 0, 0)]))
+    xml.write_text(
+        voc_xml("clip.jpg", (40, 30), [("cat", (-5, 3, 50, 35), 0, 0), ("cat", (2.5, 3, 7.5, 9), 0, 0)])
+    )
     ann = parse_voc_xml(xml, VOC_DET_CLASSES)
     # (-5 - 1, 3 - 1, 50, 35) clipped to [0, 40] x [0, 30]; fractional coordinates (some tools write them) kept.
     assert ann.boxes.tolist() == [[0, 2, 40, 30], [1.5, 2, 7.5, 9]]
@@ -145,17 +159,30 @@ def test_degenerate_boxes_are_dropped_with_a_warning(tmp_path):
     "text, match",
     [
         ("<annotation><size><width>40</width>", "malformed XML"),
-        (voc_xml("x.jpg", (40, 30), [("cat", (1, 1, 5, 5), 0, 0), ("zebra", (1, 1, 5, 5), 0, 0)]),
-         r"object 1: unknown class 'zebra'.*'aeroplane'.*data\.class_names"),
-        (voc_xml("x.jpg", (40, 30), [("cat", (1, 1, 5, 5), 0, 0)]).replace("<xmax>5</xmax>", ""), "object 0.*no <xmax>"),
-        (voc_xml("x.jpg", (40, 30), [("cat", (1, 1, 5, 5), 0, 0)]).replace("<ymin>1</ymin>", "<ymin>one</ymin>"),
-         "object 0.*<ymin> is not a number: 'one'"),
+        (
+            voc_xml("x.jpg", (40, 30), [("cat", (1, 1, 5, 5), 0, 0), ("zebra", (1, 1, 5, 5), 0, 0)]),
+            r"object 1: unknown class 'zebra'.*'aeroplane'.*data\.class_names",
+        ),
+        (
+            voc_xml("x.jpg", (40, 30), [("cat", (1, 1, 5, 5), 0, 0)]).replace("<xmax>5</xmax>", ""),
+            "object 0.*no <xmax>",
+        ),
+        (
+            voc_xml("x.jpg", (40, 30), [("cat", (1, 1, 5, 5), 0, 0)]).replace(
+                "<ymin>1</ymin>", "<ymin>one</ymin>"
+            ),
+            "object 0.*<ymin> is not a number: 'one'",
+        ),
         (voc_xml("x.jpg", (0, 30), []), "size must be positive"),
-        (voc_xml("x.jpg", (40, 30), [("cat", (1, 1, 5, 5), 0, 0)]).replace("<difficult>0</difficult>", "<difficult>x</difficult>"),
-         "object 0: <difficult> is not a number"),
+        (
+            voc_xml("x.jpg", (40, 30), [("cat", (1, 1, 5, 5), 0, 0)]).replace(
+                "<difficult>0</difficult>", "<difficult>x</difficult>"
+            ),
+            "object 0: <difficult> is not a number",
+        ),
     ],
     ids=["malformed", "unknown-class", "missing-coordinate", "non-numeric", "zero-size", "bad-flag"],
-)  # fmt: skip
+)
 def test_bad_xml_is_refused_naming_the_file(tmp_path, text, match):
     xml = tmp_path / "bad_annotation.xml"
     xml.write_text(text)
@@ -181,7 +208,9 @@ def test_missing_size_is_read_from_the_image_header(tmp_path):
     xml = voc / "Annotations" / "s.xml"
     xml.write_text(voc_xml("s.jpg", None, [("cat", (1, 1, 50, 50), 0, 0)]))
     ann = parse_voc_xml(xml, VOC_DET_CLASSES)  # default image path: ../JPEGImages/<stem>.jpg
-    assert (ann.width, ann.height) == (40, 30) and ann.boxes.tolist() == [[0, 0, 40, 30]]  # clipped to the header size
+    assert (ann.width, ann.height) == (40, 30) and ann.boxes.tolist() == [
+        [0, 0, 40, 30]
+    ]  # clipped to the header size
     (voc / "JPEGImages" / "s.jpg").unlink()
     with pytest.raises(ValueError, match=r"s\.xml: no <size>.*s\.jpg"):
         parse_voc_xml(xml, VOC_DET_CLASSES)
@@ -189,7 +218,9 @@ def test_missing_size_is_read_from_the_image_header(tmp_path):
 
 def test_custom_class_names_give_their_own_labels(tmp_path):
     xml = tmp_path / "custom.xml"
-    xml.write_text(voc_xml("custom.jpg", (40, 30), [("disc", (1, 1, 5, 5), 0, 0), ("ring", (2, 2, 6, 6), 0, 0)]))
+    xml.write_text(
+        voc_xml("custom.jpg", (40, 30), [("disc", (1, 1, 5, 5), 0, 0), ("ring", (2, 2, 6, 6), 0, 0)])
+    )
     assert parse_voc_xml(xml, ["ring", "disc"]).labels.tolist() == [2, 1]
 
 
@@ -198,7 +229,13 @@ def test_custom_class_names_give_their_own_labels(tmp_path):
 
 def test_dataset_samples_have_the_documented_form(voc_root):
     voc = voc_root / "VOCdevkit" / "VOC2007"
-    items = [(voc / "JPEGImages" / f"07_{k}.jpg", parse_voc_xml(voc / "Annotations" / f"07_{k}.xml", VOC_DET_CLASSES)) for k in "abc"]
+    items = [
+        (
+            voc / "JPEGImages" / f"07_{k}.jpg",
+            parse_voc_xml(voc / "Annotations" / f"07_{k}.xml", VOC_DET_CLASSES),
+        )
+        for k in "abc"
+    ]
     dataset = VOCDetDataset(items, use_difficult=True)
     image, target = dataset[0]
     assert image.dtype == torch.float32 and image.shape == (3, 30, 40)
@@ -216,9 +253,14 @@ def test_dataset_samples_have_the_documented_form(voc_root):
 
 def test_use_difficult_false_drops_difficult_objects(voc_root):
     voc = voc_root / "VOCdevkit" / "VOC2007"
-    items = [(voc / "JPEGImages" / "07_b.jpg", parse_voc_xml(voc / "Annotations" / "07_b.xml", VOC_DET_CLASSES))]
+    items = [
+        (voc / "JPEGImages" / "07_b.jpg", parse_voc_xml(voc / "Annotations" / "07_b.xml", VOC_DET_CLASSES))
+    ]
     kept = VOCDetDataset(items, use_difficult=True)[0][1]
-    assert kept["labels"].tolist() == [label_of("dog"), label_of("cat")] and kept["difficult"].tolist() == [True, False]
+    assert kept["labels"].tolist() == [label_of("dog"), label_of("cat")] and kept["difficult"].tolist() == [
+        True,
+        False,
+    ]
     dropped = VOCDetDataset(items, use_difficult=False)[0][1]
     assert dropped["labels"].tolist() == [label_of("cat")] and dropped["difficult"].tolist() == [False]
     assert dropped["boxes"].tolist() == [[1, 1, 19, 23]]
@@ -240,11 +282,17 @@ def test_image_and_xml_size_mismatch_names_both(voc_root):
 def test_flip_moves_boxes_with_their_pixels():
     torch.manual_seed(0)
     image = torch.rand(3, 30, 40)
-    target = make_target(np.array([[5, 2, 12, 9], [0, 0, 40, 30]]), np.array([3, 4]), np.array([False, True]), 7)
+    target = make_target(
+        np.array([[5, 2, 12, 9], [0, 0, 40, 30]]), np.array([3, 4]), np.array([False, True]), 7
+    )
     flipped_image, flipped = horizontal_flip(image, target)
     # x1' = W - x2, x2' = W - x1 with W = 40: [5, 12] -> [28, 35]; the full-image box stays full.
     assert flipped["boxes"].tolist() == [[28, 2, 35, 9], [0, 0, 40, 30]]
-    assert flipped["labels"].tolist() == [3, 4] and flipped["image_id"] == 7 and flipped["difficult"].tolist() == [False, True]
+    assert (
+        flipped["labels"].tolist() == [3, 4]
+        and flipped["image_id"] == 7
+        and flipped["difficult"].tolist() == [False, True]
+    )
     # The box's pixels in the flipped image are the original box's pixels, mirrored.
     assert torch.equal(flipped_image[:, 2:9, 28:35], image[:, 2:9, 5:12].flip(-1))
     twice_image, twice = horizontal_flip(flipped_image, flipped)
@@ -274,7 +322,10 @@ def test_random_flip_uses_the_global_rng():
 def test_collate_keeps_lists():
     samples = [(torch.zeros(3, 4, 5), {"image_id": 0}), (torch.zeros(3, 6, 2), {"image_id": 1})]
     images, targets = detection_collate(samples)
-    assert [tuple(i.shape) for i in images] == [(3, 4, 5), (3, 6, 2)] and targets == [{"image_id": 0}, {"image_id": 1}]
+    assert [tuple(i.shape) for i in images] == [(3, 4, 5), (3, 6, 2)] and targets == [
+        {"image_id": 0},
+        {"image_id": 1},
+    ]
 
 
 def test_check_target_refuses_out_of_range_labels_and_boxes():
@@ -295,7 +346,13 @@ def test_07_plus_12_concatenates_years(voc_root):
     dm.prepare_data()  # no download: only checks the layout
     dm.setup("fit")
     assert len(dm.train_dataset) == 2 + 3 and len(dm.val_dataset) == 3 and dm.test_dataset is None
-    assert [p.name for p, _ in dm.train_dataset.items] == ["07_a.jpg", "07_b.jpg", "12_a.jpg", "12_b.jpg", "12_c.jpg"]
+    assert [p.name for p, _ in dm.train_dataset.items] == [
+        "07_a.jpg",
+        "07_b.jpg",
+        "12_a.jpg",
+        "12_b.jpg",
+        "12_c.jpg",
+    ]
     # Training drops difficult objects (07_b's dog); evaluation keeps them, flagged.
     assert dm.train_dataset.use_difficult is False and dm.train_dataset[1][1]["boxes"].shape == (1, 4)
     assert dm.val_dataset[1][1]["difficult"].tolist() == [True, False]
@@ -376,7 +433,9 @@ def test_root_may_be_the_voc_folder_itself(voc_root):
 
 
 def test_hydra_config_instantiates_and_reads_07_plus_12(voc_root):
-    cfg = OmegaConf.create({"paths": {"data_dir": str(voc_root)}, "data": OmegaConf.load(CONF / "voc_det.yaml")})
+    cfg = OmegaConf.create(
+        {"paths": {"data_dir": str(voc_root)}, "data": OmegaConf.load(CONF / "voc_det.yaml")}
+    )
     dm = hydra.utils.instantiate(cfg.data)
     assert isinstance(dm, VOCDetDataModule) and dm.root == voc_root and dm.num_classes == 21
     assert dm.download is False and dm.flip is True and dm.num_workers == 4

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dcn.datamodules.voc.label_png import read_label_png
 from dcn.datamodules.segmentation.synthetic import SyntheticSegDataModule
-from dcn.datamodules.synthetic.shapes import SHAPES, SyntheticShapesGenerator
 from dcn.datamodules.segmentation.voc import VOCSegDataModule
+from dcn.datamodules.synthetic.shapes import SHAPES, SyntheticShapesGenerator
+from dcn.datamodules.voc.label_png import read_label_png
 
 TINY = dict(num_train=4, num_val=2, num_test=2, image_size=48)
 
@@ -22,7 +22,10 @@ def test_writes_a_voc_tree_with_palette_labels_and_255_borders(tmp_path):
     generator = SyntheticShapesGenerator(**TINY, objects=(2, 3))
     voc = generator.write(tmp_path)
     assert voc == tmp_path / "VOCdevkit" / "VOC2012"
-    splits = {s: (voc / "ImageSets" / "Segmentation" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    splits = {
+        s: (voc / "ImageSets" / "Segmentation" / f"{s}.txt").read_text().split()
+        for s in ("train", "val", "test")
+    }
     assert [len(v) for v in splits.values()] == [4, 2, 2]
     assert len(set(sum(splits.values(), []))) == 8  # no image in two splits
     for image_id in sum(splits.values(), []):
@@ -56,9 +59,16 @@ def test_samples_are_a_pure_function_of_the_parameters():
 
 def test_undeformed_disc_has_the_area_of_a_disc():
     g = SyntheticShapesGenerator(
-        **{**TINY, "image_size": 128}, shapes=("disc",), objects=(1, 1), size_range=(0.3, 0.3), aspect_range=(1, 1),
-        rotation=0, shear=0, elastic_alpha=0, border_width=0,
-    )  # fmt: skip
+        **{**TINY, "image_size": 128},
+        shapes=("disc",),
+        objects=(1, 1),
+        size_range=(0.3, 0.3),
+        aspect_range=(1, 1),
+        rotation=0,
+        shear=0,
+        elastic_alpha=0,
+        border_width=0,
+    )
     _, label = g.sample(0)
     radius = 0.8 * 0.3 * 128  # the canonical disc has radius 0.8 in the unit frame
     assert (label == 1).sum() == pytest.approx(math.pi * radius**2, rel=0.03)
@@ -79,7 +89,9 @@ def test_cache_is_reused_and_regenerated_when_parameters_change(tmp_path):
     assert marker["image_size"] == 48 and marker["generator_version"] >= 1
     label = folder / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "train_00000.png"
     stamp = label.stat().st_mtime_ns
-    assert SyntheticSegDataModule.generate(tmp_path, g) == folder and label.stat().st_mtime_ns == stamp  # not rewritten
+    assert (
+        SyntheticSegDataModule.generate(tmp_path, g) == folder and label.stat().st_mtime_ns == stamp
+    )  # not rewritten
     other = SyntheticSegDataModule.generate(tmp_path, SyntheticShapesGenerator(**{**TINY, "shear": 0.1}))
     assert other != folder and (other / "generator.json").is_file()
     # An incomplete folder (no marker, e.g. a killed run) is regenerated.
@@ -90,7 +102,9 @@ def test_cache_is_reused_and_regenerated_when_parameters_change(tmp_path):
 
 
 def test_datamodule_reads_the_cache_with_the_voc_loader(tmp_path):
-    dm = SyntheticSegDataModule(tmp_path, SyntheticShapesGenerator(**TINY), crop_size=32, batch_size=2, val_batch_size=2)
+    dm = SyntheticSegDataModule(
+        tmp_path, SyntheticShapesGenerator(**TINY), crop_size=32, batch_size=2, val_batch_size=2
+    )
     assert isinstance(dm, VOCSegDataModule)
     assert dm.num_classes == 6 and dm.class_names[0] == "background" and dm.in_channels == 3
     dm.prepare_data()

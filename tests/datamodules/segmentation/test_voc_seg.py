@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
-from dcn.datamodules.voc.label_png import LabelError, read_label_png, voc_palette, write_label_png
 from dcn.datamodules.segmentation.transforms import eval_transform, pad_collate, train_transform
 from dcn.datamodules.segmentation.voc import VOC_CLASSES, VOCSegDataModule
+from dcn.datamodules.voc.label_png import LabelError, read_label_png, voc_palette, write_label_png
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -35,7 +35,9 @@ def write_fake_voc(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for k, (name, (h, w)) in enumerate(SIZES.items()):
         # PNG content in a .jpg file: decoders sniff the format; keeps pixel values exact for the test.
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{name}.jpg", format="PNG")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            voc / "JPEGImages" / f"{name}.jpg", format="PNG"
+        )
         write_label_png(voc / "SegmentationClass" / f"{name}.png", fake_label(h, w, cls=k + 1))
     for split, ids in SPLITS.items():
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
@@ -72,7 +74,9 @@ def test_reads_images_and_labels_exactly(voc_root):
     voc = voc_root / "VOCdevkit" / "VOC2012"
     image, mask = dm.val_set[0]  # "c": full image, no augmentation
     raw = np.array(Image.open(voc / "JPEGImages" / "c.jpg"), dtype=np.float32) / 255
-    expected = (torch.from_numpy(raw).permute(2, 0, 1) - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    expected = (torch.from_numpy(raw).permute(2, 0, 1) - torch.tensor(MEAN)[:, None, None]) / torch.tensor(
+        STD
+    )[:, None, None]
     torch.testing.assert_close(image, expected)
     assert mask.dtype == torch.int64 and torch.equal(mask, torch.from_numpy(fake_label(22, 22, 3)).long())
     assert set(mask.unique().tolist()) == {0, 3, 255}
@@ -102,7 +106,9 @@ def test_training_crops_pad_the_label_with_255_never_0():
     padded = out_image[:, out_mask == 255]
     assert padded.abs().max() < 1 / 255 / min(STD)
     # A fixed validation crop pads the same way.
-    val_image, val_mask = eval_transform(crop_size=16, mean=MEAN, std=STD)(tv_tensors.Image(image), tv_tensors.Mask(label))
+    val_image, val_mask = eval_transform(crop_size=16, mean=MEAN, std=STD)(
+        tv_tensors.Image(image), tv_tensors.Mask(label)
+    )
     assert val_mask.shape == (16, 16) and (val_mask == 255).sum() == 16 * 16 - 10 * 12
 
 
@@ -113,7 +119,9 @@ def test_random_scale_keeps_masks_as_class_indices():
     label = torch.from_numpy(fake_label(20, 24, 7))
     transform = train_transform(crop_size=8, scale_range=(0.5, 2.0), flip=True, mean=MEAN, std=STD)
     for _ in range(10):
-        _, mask = transform(tv_tensors.Image(torch.zeros(3, 20, 24, dtype=torch.uint8)), tv_tensors.Mask(label))
+        _, mask = transform(
+            tv_tensors.Image(torch.zeros(3, 20, 24, dtype=torch.uint8)), tv_tensors.Mask(label)
+        )
         assert set(mask.unique().tolist()) <= {0, 7, 255}  # nearest-neighbour: no blended values
 
 

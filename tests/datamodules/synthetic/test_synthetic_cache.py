@@ -36,7 +36,9 @@ def test_folder_name_is_the_prefix_and_the_key_hash_as_before_the_refactor(tmp_p
     # sha256(json.dumps(key, sort_keys=True))[:12] for KEY: unchanged naming keeps existing caches valid.
     assert cache_folder(tmp_path, "shapes", KEY) == tmp_path / "shapes-dccf4b205fcb"
     # Key order does not matter; prefix and values do.
-    assert cache_folder(tmp_path, "shapes", dict(reversed(list(KEY.items())))) == cache_folder(tmp_path, "shapes", KEY)
+    assert cache_folder(tmp_path, "shapes", dict(reversed(list(KEY.items())))) == cache_folder(
+        tmp_path, "shapes", KEY
+    )
     assert cache_folder(tmp_path, "det", KEY).name == "det-dccf4b205fcb"
     assert cache_folder(tmp_path, "shapes", {**KEY, "seed": 1}) != cache_folder(tmp_path, "shapes", KEY)
 
@@ -58,7 +60,9 @@ def test_a_changed_key_generates_a_new_folder_and_keeps_the_old(tmp_path):
     first = ensure_generated(tmp_path, "shapes", KEY, CountingWriter("a"), "a")
     second = ensure_generated(tmp_path, "shapes", {**KEY, "seed": 7}, CountingWriter("b"), "b")
     assert first != second
-    assert (first / "sub" / "data.txt").read_text() == "a" and (second / "sub" / "data.txt").read_text() == "b"
+    assert (first / "sub" / "data.txt").read_text() == "a" and (
+        second / "sub" / "data.txt"
+    ).read_text() == "b"
 
 
 @pytest.mark.parametrize("marker", [None, "{truncated", json.dumps({**KEY, "seed": 99})])

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_vot import write_sequence
 
 from dcn.datamodules.tracking.got10k import GOT10kDataModule, read_got10k_sequence, read_got10k_split
-from test_vot import write_sequence
 
 
 def write_got10k(root: Path, frames=6):
@@ -53,7 +53,9 @@ def test_test_split_has_only_its_first_box(tmp_path):
 
 def test_datamodule_trains_on_train_and_tests_on_val(tmp_path):
     root = write_got10k(tmp_path)
-    dm = GOT10kDataModule(root, pairs={"template_size": 31, "search_size": 63}, batch_size=2, train_pairs=4, val_pairs=2)
+    dm = GOT10kDataModule(
+        root, pairs={"template_size": 31, "search_size": 63}, batch_size=2, train_pairs=4, val_pairs=2
+    )
     dm.setup("fit")
     assert [s.name for s in dm.sequences["train"]][0] == "GOT-10k_Train_000001"
     template, search, box, negative = next(iter(dm.train_dataloader()))

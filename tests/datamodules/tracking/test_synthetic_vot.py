@@ -9,7 +9,9 @@ from dcn.datamodules.synthetic.tracks import SyntheticTracksGenerator
 from dcn.datamodules.tracking.synthetic import SyntheticVOTDataModule
 from dcn.datamodules.tracking.vot import read_vot_root
 
-TINY = dict(num_train=1, num_val=1, num_test=1, num_frames=6, image_size=(128, 96), distractors=(0, 0), noise=0.0)
+TINY = dict(
+    num_train=1, num_val=1, num_test=1, num_frames=6, image_size=(128, 96), distractors=(0, 0), noise=0.0
+)
 
 
 def test_writes_vot_roots_whose_boxes_enclose_the_target(tmp_path):
@@ -47,14 +49,22 @@ def test_same_parameters_reuse_the_cache_and_new_ones_regenerate(tmp_path):
     stamp = (folder / "generator.json").stat().st_mtime_ns
     assert SyntheticVOTDataModule.generate(tmp_path, SyntheticTracksGenerator(**TINY)) == folder
     assert (folder / "generator.json").stat().st_mtime_ns == stamp
-    assert SyntheticVOTDataModule.generated_folder(tmp_path, SyntheticTracksGenerator(**{**TINY, "seed": 1})) != folder
+    assert (
+        SyntheticVOTDataModule.generated_folder(tmp_path, SyntheticTracksGenerator(**{**TINY, "seed": 1}))
+        != folder
+    )
 
 
 def test_datamodule_yields_pairs_and_test_sequences(tmp_path):
     dm = SyntheticVOTDataModule(
-        tmp_path, SyntheticTracksGenerator(**TINY), pairs={"template_size": 31, "search_size": 63},
-        train_pairs=2, val_pairs=2, batch_size=2, max_test_frames=4,
-    )  # fmt: skip
+        tmp_path,
+        SyntheticTracksGenerator(**TINY),
+        pairs={"template_size": 31, "search_size": 63},
+        train_pairs=2,
+        val_pairs=2,
+        batch_size=2,
+        max_test_frames=4,
+    )
     assert (dm.in_channels, dm.num_classes) == (3, None)
     dm.prepare_data()
     dm.setup("fit")

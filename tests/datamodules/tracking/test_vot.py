@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dcn.geometry.boxes import box_overlap, xywh_to_cxcywh
 from dcn.datamodules.tracking.pairs import PairSampling, TrackingPairDataset
 from dcn.datamodules.tracking.vot import VOTDataModule, read_vot_root, read_vot_sequence
+from dcn.geometry.boxes import box_overlap, xywh_to_cxcywh
 
 
 def write_sequence(folder: Path, boxes, size=(64, 48), color_dir=False, lines=None, sep=","):
@@ -31,7 +31,9 @@ def write_root(root: Path, count=5, frames=6):
     names = []
     for i in range(count):
         name = f"seq{i}"
-        write_sequence(root / name, [(8 + 2 * t, 10 + t, 16, 12) for t in range(frames)], color_dir=i % 2 == 1)
+        write_sequence(
+            root / name, [(8 + 2 * t, 10 + t, 16, 12) for t in range(frames)], color_dir=i % 2 == 1
+        )
         names.append(name)
     (root / "list.txt").write_text("\n".join(names) + "\n")
     return root
@@ -98,7 +100,9 @@ def test_pairs_put_the_box_where_the_object_is_in_the_search_patch(tmp_path):
         # The white rectangle, thresholded, has the box's position and size (up to resampling blur).
         mask = search.mean(0) > 0.6
         ys, xs = mask.nonzero(as_tuple=True)
-        found = torch.tensor([xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()], dtype=torch.float32)
+        found = torch.tensor(
+            [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()], dtype=torch.float32
+        )
         assert float(box_overlap(xywh_to_cxcywh(found), box)) > 0.8
     again = TrackingPairDataset(read_vot_root(root), length=8, sampling=sampling, seed=3)
     torch.testing.assert_close(again[5][1], dataset[5][1])  # a seeded item is always the same pair
@@ -106,8 +110,13 @@ def test_pairs_put_the_box_where_the_object_is_in_the_search_patch(tmp_path):
 
 def test_negative_pairs_and_a_datamodule_batch(tmp_path):
     root = write_root(tmp_path, count=5, frames=6)
-    dm = VOTDataModule(root, pairs={"template_size": 31, "search_size": 63, "negative": 1.0}, batch_size=3,
-                       train_pairs=3, val_pairs=3)  # fmt: skip
+    dm = VOTDataModule(
+        root,
+        pairs={"template_size": 31, "search_size": 63, "negative": 1.0},
+        batch_size=3,
+        train_pairs=3,
+        val_pairs=3,
+    )
     dm.setup("fit")
     template, search, box, negative = next(iter(dm.train_dataloader()))
     assert template.shape == (3, 3, 31, 31) and search.shape == (3, 3, 63, 63) and box.shape == (3, 4)

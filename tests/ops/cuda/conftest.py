@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import host_kernels
 import pytest
 
-import host_kernels
 from dcn.ops import _cupy_deform_conv
 
 

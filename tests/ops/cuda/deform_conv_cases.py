@@ -35,8 +35,10 @@ class Config:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        return (_out_size(self.h, self.kh, self.stride[0], self.padding[0], self.dilation[0]),
-                _out_size(self.w, self.kw, self.stride[1], self.padding[1], self.dilation[1]))
+        return (
+            _out_size(self.h, self.kh, self.stride[0], self.padding[0], self.dilation[0]),
+            _out_size(self.w, self.kw, self.stride[1], self.padding[1], self.dilation[1]),
+        )
 
 
 CONFIGS = {
@@ -45,8 +47,9 @@ CONFIGS = {
     "groups": Config(c_in=6, c_out=4, groups=2),
     "offset_groups": Config(c_in=6, offset_groups=3),
     "groups_and_offset_groups": Config(c_in=8, c_out=4, groups=2, offset_groups=4),
-    "stride_dilation_odd": Config(n=3, c_in=3, c_out=5, h=9, w=8, kh=3, kw=2, stride=(2, 1),
-                                  padding=(2, 0), dilation=(2, 3), mask=False),
+    "stride_dilation_odd": Config(
+        n=3, c_in=3, c_out=5, h=9, w=8, kh=3, kw=2, stride=(2, 1), padding=(2, 0), dilation=(2, 3), mask=False
+    ),
     "1x1_kernel": Config(kh=1, kw=1, padding=(0, 0), c_in=5, c_out=3),
     "single_pixel_rows": Config(h=1, w=5, kh=1, kw=3, padding=(0, 1)),
     "far_outside": Config(offset_scale=8.0),
@@ -62,10 +65,23 @@ def _random_config(seed: int) -> Config:
     h = r.randint(dilation[0] * (kh - 1) + 1, 9)
     w = r.randint(dilation[1] * (kw - 1) + 1, 9)
     c_in = groups * offset_groups * r.randint(1, 2)
-    return Config(n=r.randint(1, 3), c_in=c_in, c_out=groups * r.randint(1, 3), h=h, w=w, kh=kh,
-                  kw=kw, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                  offset_groups=offset_groups, mask=r.random() < 0.6, bias=r.random() < 0.5,
-                  offset_scale=r.choice([0.5, 2.0, 4.0]))
+    return Config(
+        n=r.randint(1, 3),
+        c_in=c_in,
+        c_out=groups * r.randint(1, 3),
+        h=h,
+        w=w,
+        kh=kh,
+        kw=kw,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        offset_groups=offset_groups,
+        mask=r.random() < 0.6,
+        bias=r.random() < 0.5,
+        offset_scale=r.choice([0.5, 2.0, 4.0]),
+    )
 
 
 CONFIGS.update({f"random{seed}": _random_config(seed) for seed in range(6)})
@@ -83,8 +99,11 @@ def make_inputs(cfg: Config, dtype: torch.dtype, seed: int = 0, device="cpu"):
 
     x = rand(cfg.n, cfg.c_in, cfg.h, cfg.w)
     offset = rand(cfg.n, 2 * cfg.offset_groups * K, ho, wo, scale=cfg.offset_scale)
-    mask = (torch.rand(cfg.n, cfg.offset_groups * K, ho, wo, generator=g, dtype=torch.float64)
-            .to(dtype) if cfg.mask else None)
+    mask = (
+        torch.rand(cfg.n, cfg.offset_groups * K, ho, wo, generator=g, dtype=torch.float64).to(dtype)
+        if cfg.mask
+        else None
+    )
     weight = rand(cfg.c_out, cfg.c_in // cfg.groups, cfg.kh, cfg.kw)
     bias = rand(cfg.c_out) if cfg.bias else None
     return tuple(t.to(device) if t is not None else None for t in (x, offset, mask, weight, bias))
@@ -103,8 +122,9 @@ def run_kernels(kernels, cfg, tensors, grad_out, needs=(True,) * 5):
     """The CuPy backend's orchestration with the given kernel launcher: (out, grads)."""
     x, offset, mask, weight, bias = tensors
     out = cupy_backend.forward(kernels, x, offset, mask, weight, bias, *conv_args(cfg))
-    grads = cupy_backend.backward(kernels, grad_out, x, offset, mask, weight, bias, *conv_args(cfg),
-                                  list(needs))
+    grads = cupy_backend.backward(
+        kernels, grad_out, x, offset, mask, weight, bias, *conv_args(cfg), list(needs)
+    )
     return out, grads
 
 
@@ -112,17 +132,14 @@ def run_reference(cfg, tensors, grad_out):
     """The PyTorch backend in float64."""
     t64 = [t.double() if t is not None else None for t in tensors]
     out = torch_backend.deform_conv2d_forward(*t64, *conv_args(cfg))
-    grads = torch_backend.deform_conv2d_backward(grad_out.double(), *t64, *conv_args(cfg),
-                                                 [True] * 5)
+    grads = torch_backend.deform_conv2d_backward(grad_out.double(), *t64, *conv_args(cfg), [True] * 5)
     return out, grads
 
 
 def run_torchvision(cfg, tensors, grad_out):
     """torchvision's CPU op in float64 (forward and autograd gradients)."""
-    x, offset, mask, weight, bias = (t.double().requires_grad_() if t is not None else None
-                                     for t in tensors)
-    out = torchvision.ops.deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding,
-                                        cfg.dilation, mask)
+    x, offset, mask, weight, bias = (t.double().requires_grad_() if t is not None else None for t in tensors)
+    out = torchvision.ops.deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding, cfg.dilation, mask)
     out.backward(grad_out.double())
     grads = tuple(t.grad if t is not None else None for t in (x, offset, mask, weight, bias))
     return out.detach(), grads
@@ -171,9 +188,9 @@ def check_nonfinite_offsets(run, dtype, device="cpu"):
     torch.testing.assert_close(out[~hit], base_out[~hit], rtol=1e-6, atol=1e-6)
     g_in, g_off, g_mask, g_w, g_b = grads
     assert torch.isfinite(g_in).all(), "no input gradient flows through a NaN sample"
-    assert torch.isnan(g_off[b, 2 * k: 2 * k + 2, i, j]).all() and torch.isnan(g_mask[b, k, i, j])
+    assert torch.isnan(g_off[b, 2 * k : 2 * k + 2, i, j]).all() and torch.isnan(g_mask[b, k, i, j])
     off_hit = torch.zeros_like(g_off, dtype=torch.bool)
-    off_hit[b, 2 * k: 2 * k + 2, i, j] = True
+    off_hit[b, 2 * k : 2 * k + 2, i, j] = True
     assert torch.isfinite(g_off[~off_hit]).all()
     torch.testing.assert_close(g_off[~off_hit], base_grads[1][~off_hit], rtol=1e-5, atol=1e-6)
     assert torch.isnan(g_w[:, :, k // cfg.kw, k % cfg.kw]).all()  # the tap that read the NaN sample

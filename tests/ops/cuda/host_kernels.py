@@ -63,8 +63,17 @@ def build(source: KernelSource, cache_dir: Path, extra_flags: Sequence[str] = ()
         raise RuntimeError("no host C++ compiler found (set CXX or install g++)")
     wrapper = wrapper_source(source)
     flags = [
-        "-std=c++17", "-O2", "-g0", "-fPIC", "-shared", "-Wall", "-Werror",
-        "-include", str(SHIM_DIR / "cuda_shim.h"), f"-I{CUDA_SOURCE_DIR}", *extra_flags,
+        "-std=c++17",
+        "-O2",
+        "-g0",
+        "-fPIC",
+        "-shared",
+        "-Wall",
+        "-Werror",
+        "-include",
+        str(SHIM_DIR / "cuda_shim.h"),
+        f"-I{CUDA_SOURCE_DIR}",
+        *extra_flags,
     ]
     key = hashlib.sha256(
         "\0".join([cxx, *flags, wrapper, source.digest(), (SHIM_DIR / "cuda_shim.h").read_text()]).encode()

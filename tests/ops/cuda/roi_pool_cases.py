@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def make_case(n=2, c=3, hw=(9, 10), k=10, output_size=(3, 2), scale=0.5, seed=0, dtype=torch.float64,
-              offset=True):
+def make_case(
+    n=2, c=3, hw=(9, 10), k=10, output_size=(3, 2), scale=0.5, seed=0, dtype=torch.float64, offset=True
+):
     g = torch.Generator().manual_seed(seed)
     H, W = hw
     x = torch.randn(n, c, H, W, generator=g, dtype=torch.float64)

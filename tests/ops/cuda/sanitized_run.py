@@ -19,10 +19,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 import host_kernels
-from deform_conv_cases import CONFIGS, NONFINITE_CFG, NONFINITE_POINT, make_inputs, random_grad_out, run_kernels
+import torch
+from deform_conv_cases import (
+    CONFIGS,
+    NONFINITE_CFG,
+    NONFINITE_POINT,
+    make_inputs,
+    random_grad_out,
+    run_kernels,
+)
+
 from dcn.ops import _cupy_deform_conv
 
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
@@ -38,22 +45,31 @@ def _run_cases(kernels, device: str) -> int:
             setattr(_cupy_deform_conv, name, value)
         for cfg in CONFIGS.values():
             for dtype in DTYPES:
-                run_kernels(kernels, cfg, make_inputs(cfg, dtype, device=device),
-                            random_grad_out(cfg, dtype, device=device))
+                run_kernels(
+                    kernels,
+                    cfg,
+                    make_inputs(cfg, dtype, device=device),
+                    random_grad_out(cfg, dtype, device=device),
+                )
                 runs += 1
         for value in (float("nan"), float("inf"), -float("inf"), 1e30, -1e30):
             x, offset, mask, weight, bias = make_inputs(NONFINITE_CFG, torch.float32, device=device)
             b, k, i, j = NONFINITE_POINT
             offset[b, 2 * k, i, j] = value
             offset[b, 2 * k + 1, i, j + 1] = value
-            run_kernels(kernels, NONFINITE_CFG, (x, offset, mask, weight, bias),
-                        random_grad_out(NONFINITE_CFG, torch.float32, device=device))
+            run_kernels(
+                kernels,
+                NONFINITE_CFG,
+                (x, offset, mask, weight, bias),
+                random_grad_out(NONFINITE_CFG, torch.float32, device=device),
+            )
             runs += 1
     return runs
 
 
 def _run_roi_pool_cases() -> int:
     from roi_pool_cases import make_case
+
     from dcn.ops import _cupy_deform_roi_pool as roi
 
     runs = 0

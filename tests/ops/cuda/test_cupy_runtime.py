@@ -121,8 +121,10 @@ def test_cupy_launcher_compiles_once_and_passes_pointers(fresh_runtime, monkeypa
     assert module.code == source.code()
     assert module.options == source.options()
     assert module.name_expressions == list(source.name_expressions())
-    assert module.requested == ["dcn::deform_conv2d_im2col<float>",
-                                "dcn::deform_conv2d_backward_sample<dcn::bfloat16_t>"]
+    assert module.requested == [
+        "dcn::deform_conv2d_im2col<float>",
+        "dcn::deform_conv2d_backward_sample<dcn::bfloat16_t>",
+    ]
     assert fake.calls == [
         ("dcn::deform_conv2d_im2col<float>", (3, 1, 1), (256, 1, 1), (x.data_ptr(), 0, 7)),
         ("dcn::deform_conv2d_im2col<float>", (5, 1, 1), (256, 1, 1), (x.data_ptr() + 4, x.data_ptr(), 8)),
@@ -134,4 +136,3 @@ def test_cupy_launcher_compiles_once_and_passes_pointers(fresh_runtime, monkeypa
 def test_cupy_launcher_rejects_cpu_device():
     with pytest.raises(ValueError, match="CUDA tensors"):
         _cupy_runtime.cupy_launcher(_cupy_deform_conv.SOURCE, torch.device("cpu"))
-

@@ -13,14 +13,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import host_kernels
 import pytest
 import torch
+from roi_pool_cases import check_nonfinite_offsets, make_case
 
-import host_kernels
 from dcn.ops import _cupy_deform_roi_pool as cupy_backend
 from dcn.ops import _torch_deform_roi_pool as torch_backend
 from dcn.ops import deform_roi_pool
-from roi_pool_cases import check_nonfinite_offsets, make_case
 
 ARCHS = ["sm_80", "sm_90"]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
@@ -42,7 +42,9 @@ def roi_pool_kernels(pytestconfig, tmp_path_factory) -> host_kernels.HostKernels
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_kernel_compiles_with_nvrtc(arch):
-    pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (NVRTC) is not installed: pip install -e .[dev]")
+    pytest.importorskip(
+        "cuda.bindings.nvrtc", reason="cuda-bindings (NVRTC) is not installed: pip install -e .[dev]"
+    )
     from test_nvrtc import compile_with_nvrtc  # the deform-conv suite's NVRTC driver (CuPy's options)
 
     source = cupy_backend.SOURCE
@@ -90,8 +92,10 @@ def test_host_kernels_match_torch_path(roi_pool_kernels, monkeypatch, name, dtyp
     else:
         torch.testing.assert_close(g_off, r_off, **TOL[dtype])
     launched = {e for e, _, _ in roi_pool_kernels.launches}
-    assert {f"dcn::deform_roi_pool_forward<{cupy_backend._cupy_runtime.CTYPES[dtype]}>",
-            f"dcn::deform_roi_pool_backward<{cupy_backend._cupy_runtime.CTYPES[dtype]}>"} <= launched
+    assert {
+        f"dcn::deform_roi_pool_forward<{cupy_backend._cupy_runtime.CTYPES[dtype]}>",
+        f"dcn::deform_roi_pool_backward<{cupy_backend._cupy_runtime.CTYPES[dtype]}>",
+    } <= launched
 
 
 def test_host_kernels_single_gradient(roi_pool_kernels):
@@ -115,7 +119,9 @@ def test_host_kernels_half_precision(roi_pool_kernels, dtype):
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref.to(dtype).float(), rtol=0, atol=0)
     g_in, g_off = cupy_backend.backward(roi_pool_kernels, grad, x, rois, off, *args)
-    r_in, r_off = torch_backend.deform_roi_pool_backward(grad.float(), x.float(), rois.float(), off.float(), *args)
+    r_in, r_off = torch_backend.deform_roi_pool_backward(
+        grad.float(), x.float(), rois.float(), off.float(), *args
+    )
     assert g_in.dtype == dtype and g_off.dtype == dtype
     tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.float16 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(g_in.float(), r_in, **tol)
@@ -124,8 +130,11 @@ def test_host_kernels_half_precision(roi_pool_kernels, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_host_kernels_nonfinite_offsets(roi_pool_kernels, dtype):
-    check_nonfinite_offsets(lambda *a: cupy_backend.forward(roi_pool_kernels, *a),
-                            lambda *a: cupy_backend.backward(roi_pool_kernels, *a), dtype)
+    check_nonfinite_offsets(
+        lambda *a: cupy_backend.forward(roi_pool_kernels, *a),
+        lambda *a: cupy_backend.backward(roi_pool_kernels, *a),
+        dtype,
+    )
 
 
 def test_launch_config():
@@ -170,8 +179,9 @@ def test_gpu_cupy_matches_torch_path(dtype, sampling_ratio):
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_gpu_nonfinite_offsets(dtype):
-    check_nonfinite_offsets(cupy_backend.deform_roi_pool_forward, cupy_backend.deform_roi_pool_backward,
-                            dtype, device="cuda")
+    check_nonfinite_offsets(
+        cupy_backend.deform_roi_pool_forward, cupy_backend.deform_roi_pool_backward, dtype, device="cuda"
+    )
 
 
 @gpu

@@ -10,9 +10,20 @@ from dataclasses import replace
 import pytest
 import torch
 import torchvision
+from deform_conv_cases import (
+    CONFIGS,
+    GRAD_NAMES,
+    TOL,
+    Config,
+    assert_close,
+    check_nonfinite_offsets,
+    conv_args,
+    make_inputs,
+    random_grad_out,
+    run_reference,
+    run_torchvision,
+)
 
-from deform_conv_cases import (CONFIGS, GRAD_NAMES, TOL, Config, assert_close, check_nonfinite_offsets,
-                               conv_args, make_inputs, random_grad_out, run_reference, run_torchvision)
 from dcn.ops import DeformConv2dPack, _cupy_deform_conv, deform_conv2d
 from dcn.ops._dispatch import resolve_backend
 
@@ -47,8 +58,7 @@ def public_grads(fn, tensors, grad_out):
 
 
 def dcn_cupy(x, offset, mask, weight, bias, cfg):
-    return deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding, cfg.dilation, mask,
-                         backend="cupy")
+    return deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding, cfg.dilation, mask, backend="cupy")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -117,8 +127,9 @@ def test_inputs_unmodified(name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("name", ["basic", "groups_and_offset_groups", "stride_dilation_odd",
-                                  "far_outside", "random3"])
+@pytest.mark.parametrize(
+    "name", ["basic", "groups_and_offset_groups", "stride_dilation_odd", "far_outside", "random3"]
+)
 def test_matches_torchvision_cuda(name, dtype):
     cfg = CONFIGS[name]
     tensors = make_inputs(cfg, dtype, device=CUDA)
@@ -126,8 +137,9 @@ def test_matches_torchvision_cuda(name, dtype):
     out, grads = public_grads(lambda *t: dcn_cupy(*t, cfg), tensors, grad_out)
 
     def tv(x, offset, mask, weight, bias):
-        return torchvision.ops.deform_conv2d(x, offset, weight, bias, cfg.stride, cfg.padding,
-                                             cfg.dilation, mask)
+        return torchvision.ops.deform_conv2d(
+            x, offset, weight, bias, cfg.stride, cfg.padding, cfg.dilation, mask
+        )
 
     ref_out, ref_grads = public_grads(tv, tensors, grad_out)
     tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
@@ -176,8 +188,19 @@ def test_autocast(dtype):
 
 @pytest.mark.parametrize("mask", [False, True], ids=["v1", "v2"])
 def test_gradcheck_float64(mask):
-    cfg = Config(n=2, c_in=4, c_out=4, h=5, w=4, groups=2, offset_groups=2, stride=(2, 1),
-                 dilation=(1, 2), padding=(1, 2), mask=mask)
+    cfg = Config(
+        n=2,
+        c_in=4,
+        c_out=4,
+        h=5,
+        w=4,
+        groups=2,
+        offset_groups=2,
+        stride=(2, 1),
+        dilation=(1, 2),
+        padding=(1, 2),
+        mask=mask,
+    )
     x, offset, m, weight, bias = make_inputs(cfg, torch.float64, device=CUDA)
     offset = fractional_offsets(offset)
     inputs = [t.requires_grad_() for t in (x, offset, m, weight, bias) if t is not None]
@@ -263,9 +286,19 @@ def test_auto_backend_selects_cupy_for_cuda_tensors(monkeypatch):
 def test_opcheck():
     cfg = CONFIGS["offset_groups"]
     x, offset, mask, weight, bias = make_inputs(cfg, torch.float32, device=CUDA)
-    args = (x.requires_grad_(), offset.requires_grad_(), mask.requires_grad_(),
-            weight.requires_grad_(), bias.requires_grad_(), list(cfg.stride), list(cfg.padding),
-            list(cfg.dilation), cfg.groups, cfg.offset_groups, "cupy")
+    args = (
+        x.requires_grad_(),
+        offset.requires_grad_(),
+        mask.requires_grad_(),
+        weight.requires_grad_(),
+        bias.requires_grad_(),
+        list(cfg.stride),
+        list(cfg.padding),
+        list(cfg.dilation),
+        cfg.groups,
+        cfg.offset_groups,
+        "cupy",
+    )
     torch.library.opcheck(torch.ops.dcn.deform_conv2d.default, args)
 
 
@@ -330,8 +363,9 @@ def test_torch_compile_fullgraph():
 @pytest.mark.slow
 def test_column_buffer_beyond_2_31_elements():
     """One image whose column buffer has > 2^31 elements: 64-bit indexing end to end."""
-    cfg = Config(n=1, c_in=16, c_out=4, h=3900, w=3900, offset_groups=1, mask=True, bias=True,
-                 offset_scale=1.5)
+    cfg = Config(
+        n=1, c_in=16, c_out=4, h=3900, w=3900, offset_groups=1, mask=True, bias=True, offset_scale=1.5
+    )
     per_image = cfg.c_in * cfg.kh * cfg.kw * cfg.out_hw[0] * cfg.out_hw[1]
     assert per_image > 2**31
     free, _ = torch.cuda.mem_get_info()

@@ -14,16 +14,28 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import host_kernels
 import pytest
 import torch
+from deform_conv_cases import (
+    CONFIGS,
+    GRAD_NAMES,
+    TOL,
+    Config,
+    assert_close,
+    check_nonfinite_offsets,
+    conv_args,
+    make_inputs,
+    random_grad_out,
+    run_kernels,
+    run_reference,
+    run_torchvision,
+)
 
-import host_kernels
-from deform_conv_cases import (CONFIGS, GRAD_NAMES, TOL, Config, assert_close, check_nonfinite_offsets,
-                               conv_args, make_inputs, random_grad_out, run_kernels, run_reference,
-                               run_torchvision)
 from dcn.ops import _cupy_deform_conv as cupy_backend
 
 HERE = Path(__file__).resolve().parent
+
 
 # Launch-geometry variants. With these tiny shapes the defaults give one channel per thread (the
 # problem is far below TARGET_THREADS); "one_chunk" keeps each group's channels in one thread
@@ -91,19 +103,24 @@ def test_integer_positions_match_torchvision(deform_conv_kernels):
 def test_zero_offsets_equal_conv2d(deform_conv_kernels):
     cfg = Config(mask=False, groups=2, c_in=4, c_out=4, stride=(2, 1), dilation=(1, 2), padding=(1, 2))
     x, offset, _, weight, bias = make_inputs(cfg, torch.float64)
-    out = cupy_backend.forward(deform_conv_kernels, x, torch.zeros_like(offset), None, weight, bias,
-                               *conv_args(cfg))
-    expected = torch.nn.functional.conv2d(x, weight, bias, cfg.stride, cfg.padding, cfg.dilation,
-                                          cfg.groups)
+    out = cupy_backend.forward(
+        deform_conv_kernels, x, torch.zeros_like(offset), None, weight, bias, *conv_args(cfg)
+    )
+    expected = torch.nn.functional.conv2d(x, weight, bias, cfg.stride, cfg.padding, cfg.dilation, cfg.groups)
     assert_close(out, expected, "output", rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
     "needs",
-    [(True, False, False, False, False), (False, True, False, False, False),
-     (False, False, True, False, False), (False, False, False, True, False),
-     (False, False, False, False, True), (False, True, True, False, False),
-     (True, False, False, True, False)],
+    [
+        (True, False, False, False, False),
+        (False, True, False, False, False),
+        (False, False, True, False, False),
+        (False, False, False, True, False),
+        (False, False, False, False, True),
+        (False, True, True, False, False),
+        (True, False, False, True, False),
+    ],
 )
 def test_requested_gradients_only(deform_conv_kernels, needs):
     cfg = CONFIGS["groups_and_offset_groups"]
@@ -142,8 +159,10 @@ def test_non_contiguous_inputs(deform_conv_kernels):
     cfg = CONFIGS["offset_groups"]
     tensors = make_inputs(cfg, torch.float64)
     # Same values, strided memory: transpose a contiguous copy of the transposed tensor back.
-    strided = [t.transpose(-1, -2).contiguous().transpose(-1, -2) if t is not None and t.dim() == 4
-               else t for t in tensors]
+    strided = [
+        t.transpose(-1, -2).contiguous().transpose(-1, -2) if t is not None and t.dim() == 4 else t
+        for t in tensors
+    ]
     assert not strided[0].is_contiguous()
     grad_out = torch.randn(cfg.n, cfg.c_out, *cfg.out_hw, dtype=torch.float64)
     grad_out_strided = grad_out.transpose(-1, -2).contiguous().transpose(-1, -2)
@@ -247,20 +266,41 @@ def test_float_to_16bit_rounds_like_torch(deform_conv_kernels, dtype, name):
     exact = exact[exact.isfinite()].unique()
     mids = (exact[:-1].double() + exact[1:].double()) / 2
     mids = mids[(mids.float().double() == mids)].float()  # representable midpoints
-    near = torch.cat([torch.nextafter(mids, torch.tensor(float("inf"))),
-                      torch.nextafter(mids, torch.tensor(float("-inf")))])
+    near = torch.cat(
+        [
+            torch.nextafter(mids, torch.tensor(float("inf"))),
+            torch.nextafter(mids, torch.tensor(float("-inf"))),
+        ]
+    )
     random_bits = torch.randint(-(1 << 31), 1 << 31, (200_000,), generator=g, dtype=torch.int64)
     random_values = random_bits.to(torch.int32).view(torch.float32)
-    edges = torch.tensor([0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e6, -1e6, 5.96e-8, 2.98e-8,
-                          2.99e-8, 1e-40, float("inf"), float("-inf"), float("nan")])
+    edges = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            1e6,
+            -1e6,
+            5.96e-8,
+            2.98e-8,
+            2.99e-8,
+            1e-40,
+            float("inf"),
+            float("-inf"),
+            float("nan"),
+        ]
+    )
     values = torch.cat([exact, mids, near, random_values, edges])
     ours = deform_conv_kernels.convert(f"float_to_{name}", values, torch.int16)
     expected = values.to(dtype)
     nan = expected.isnan()
     assert torch.equal(ours.view(dtype).isnan(), nan)
     mismatch = ours[~nan] != expected[~nan].view(torch.int16)
-    assert not mismatch.any(), f"{int(mismatch.sum())} values round differently, e.g. " \
-        f"{values[~nan][mismatch][:5].tolist()}"
+    assert not mismatch.any(), (
+        f"{int(mismatch.sum())} values round differently, e.g. {values[~nan][mismatch][:5].tolist()}"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -286,10 +326,19 @@ def test_kernels_stay_in_bounds_under_sanitizers(tmp_path):
     preload = _sanitizer_preload()
     if not preload:
         pytest.skip(f"{host_kernels.compiler()} has no AddressSanitizer runtime")
-    env = dict(os.environ, LD_PRELOAD=" ".join(preload), ASAN_OPTIONS="detect_leaks=0",
-               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(HERE / "sanitized_run.py"), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    env = dict(
+        os.environ,
+        LD_PRELOAD=" ".join(preload),
+        ASAN_OPTIONS="detect_leaks=0",
+        PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "sanitized_run.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     report = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("    #"))
     assert proc.returncode == 0, f"sanitizer run failed:\n{report[-6000:]}"
     assert "sanitized runs" in proc.stdout

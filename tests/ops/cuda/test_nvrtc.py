@@ -40,8 +40,9 @@ def compile_with_nvrtc(source: KernelSource, arch: str):
     try:
         for expr in source.name_expressions():
             _check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()), f"nvrtcAddNameExpression({expr})")
-        options = [o.encode() for o in (*source.options(), f"--gpu-architecture={arch}",
-                                        "--ptxas-options=-v")]
+        options = [
+            o.encode() for o in (*source.options(), f"--gpu-architecture={arch}", "--ptxas-options=-v")
+        ]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
         log = b" " * size

@@ -86,9 +86,14 @@ def test_fit_learns_a_separable_toy_problem_and_logs_the_shared_metric_names(tmp
     train, evaluate = DataLoader(data, batch_size=8, shuffle=True), DataLoader(data, batch_size=32)
     task = ClassificationTask(_TinyBackbone(), 4, functools.partial(torch.optim.AdamW, lr=3e-2))
     trainer = L.Trainer(
-        max_epochs=15, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+        max_epochs=15,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, train, evaluate)
     metrics = trainer.callback_metrics
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(metrics)

@@ -17,9 +17,14 @@ import train
 from dcn.results import RunRecord
 
 SHORT = [
-    "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-    "callbacks.progress_bar=null", "callbacks.validation_pictures=null", "logger=[]",
-]  # fmt: skip
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "callbacks.progress_bar=null",
+    "callbacks.validation_pictures=null",
+    "logger=[]",
+]
 SCALE_KEYS = {
     f"test/acc_scale{s}"
     for s in ("0.5", "0.6", "0.7", "0.8", "0.9", "1.0", "1.1", "1.2", "1.3", "1.4", "1.5")

@@ -10,10 +10,18 @@ from dcn.backbones import ResNetBackbone
 from dcn.ops import DeformConv2dPack, MultiScaleDeformRoIPool
 from dcn.tasks.detection.model import FeatureSelectingRPN, build_faster_rcnn, freeze_stages
 
-SMALL = dict(min_size=64, max_size=96, representation_size=64,
-             rpn={"pre_nms_top_n_train": 100, "post_nms_top_n_train": 50, "pre_nms_top_n_test": 50,
-                  "post_nms_top_n_test": 20},
-             roi_heads={"batch_size_per_image": 32})  # fmt: skip
+SMALL = dict(
+    min_size=64,
+    max_size=96,
+    representation_size=64,
+    rpn={
+        "pre_nms_top_n_train": 100,
+        "post_nms_top_n_train": 50,
+        "pre_nms_top_n_test": 50,
+        "post_nms_top_n_test": 20,
+    },
+    roi_heads={"batch_size_per_image": 32},
+)
 
 
 def _backbone(deform: bool, output_stride=None) -> ResNetBackbone:
@@ -32,7 +40,10 @@ def _data():
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 64, 80, generator=g), torch.rand(3, 72, 64, generator=g)]
     targets = [
-        {"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0], [30.0, 5.0, 70.0, 30.0]]), "labels": torch.tensor([1, 3])},
+        {
+            "boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0], [30.0, 5.0, 70.0, 30.0]]),
+            "labels": torch.tensor([1, 3]),
+        },
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # an image without objects
     ]
     return images, targets
@@ -64,9 +75,14 @@ def test_train_and_eval_forward(layout, roi_pool, deform):
         detections = model(images)
     assert len(detections) == 2
     for det, image in zip(detections, images):
-        assert det["boxes"].shape[1] == 4 and det["boxes"].shape[0] == det["scores"].shape[0] == det["labels"].shape[0]
+        assert (
+            det["boxes"].shape[1] == 4
+            and det["boxes"].shape[0] == det["scores"].shape[0] == det["labels"].shape[0]
+        )
         # Boxes come back in the input image's pixels (the model resized it internally).
-        assert (det["boxes"][:, 2] <= image.shape[2] + 1e-4).all() and (det["boxes"][:, 3] <= image.shape[1] + 1e-4).all()
+        assert (det["boxes"][:, 2] <= image.shape[2] + 1e-4).all() and (
+            det["boxes"][:, 3] <= image.shape[1] + 1e-4
+        ).all()
         assert ((det["labels"] >= 1) & (det["labels"] < 4)).all()
 
 
@@ -96,7 +112,10 @@ def test_deformable_pooler_differs_once_its_offsets_move():
         deform.roi_heads.box_roi_pool.offset_head.fc[-1].bias.fill_(3.0)
         images, _ = _data()
         a, d = align(images), deform(images)
-    assert any(x["scores"].shape != y["scores"].shape or not torch.allclose(x["scores"], y["scores"]) for x, y in zip(a, d))
+    assert any(
+        x["scores"].shape != y["scores"].shape or not torch.allclose(x["scores"], y["scores"])
+        for x, y in zip(a, d)
+    )
 
 
 def test_c4_rpn_runs_on_conv4_only():
@@ -139,7 +158,9 @@ def test_bad_settings_name_the_config_key():
 
 
 def test_rpn_and_roi_head_settings_reach_torchvision():
-    model = _model("fpn", "align", rpn={"nms_thresh": 0.6, "fg_iou_thresh": 0.65}, roi_heads={"detections_per_img": 7})
+    model = _model(
+        "fpn", "align", rpn={"nms_thresh": 0.6, "fg_iou_thresh": 0.65}, roi_heads={"detections_per_img": 7}
+    )
     assert model.rpn.nms_thresh == 0.6 and model.rpn.proposal_matcher.high_threshold == 0.65
     assert model.roi_heads.detections_per_img == 7
     c4 = _model("c4", "align", rpn={"fg_iou_thresh": 0.65, "batch_size_per_image": 64})
@@ -159,12 +180,26 @@ def test_frozen_stages_and_frozen_batchnorm():
 
 def test_a_narrower_pyramid_on_fewer_levels():
     # frcnn_synthetic's setting: FPN on layer2..layer4 at 128 channels -> P3..P5 pooled, plus the max-pooled level.
-    model = _model("fpn", "deform", fpn_features=("layer2", "layer3", "layer4"), fpn_channels=128,
-                   anchor_sizes=[[16], [32], [64], [128]])  # fmt: skip
-    assert model.backbone.out_channels == 128 and model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    model = _model(
+        "fpn",
+        "deform",
+        fpn_features=("layer2", "layer3", "layer4"),
+        fpn_channels=128,
+        anchor_sizes=[[16], [32], [64], [128]],
+    )
+    assert model.backbone.out_channels == 128 and model.roi_heads.box_roi_pool.featmap_names == [
+        "0",
+        "1",
+        "2",
+    ]
     images, targets = _data()
     features = model.backbone(torch.rand(1, 3, 64, 64))
-    assert [tuple(f.shape[1:]) for f in features.values()] == [(128, 8, 8), (128, 4, 4), (128, 2, 2), (128, 1, 1)]
+    assert [tuple(f.shape[1:]) for f in features.values()] == [
+        (128, 8, 8),
+        (128, 4, 4),
+        (128, 2, 2),
+        (128, 1, 1),
+    ]
     losses = model(images, targets)
     assert torch.isfinite(sum(losses.values()))
 
@@ -176,9 +211,13 @@ def test_per_level_offset_heads_reach_the_pooler_and_train():
     per_level = _model("fpn", "deform", deform_roi_pool={"hidden_channels": 32, "offset_heads": "per_level"})
     pool = per_level.roi_heads.box_roi_pool
     assert pool.offset_heads_mode == "per_level" and len(pool.offset_heads) == 4  # P2..P5
-    assert parameter_counts(per_level)["roi_offset_head"] == 4 * parameter_counts(shared)["roi_offset_head"] > 0
+    assert (
+        parameter_counts(per_level)["roi_offset_head"] == 4 * parameter_counts(shared)["roi_offset_head"] > 0
+    )
     images, targets = _data()
     losses = per_level(images, targets)
     sum(losses.values()).backward()
     # The zero-initialised last layers get gradients from the detection losses (at least one level has boxes).
-    assert any(h.fc[-1].weight.grad is not None and h.fc[-1].weight.grad.abs().sum() > 0 for h in pool.offset_heads)
+    assert any(
+        h.fc[-1].weight.grad is not None and h.fc[-1].weight.grad.abs().sum() > 0 for h in pool.offset_heads
+    )

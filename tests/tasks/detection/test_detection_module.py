@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from functools import partial
 
 from dcn.backbones import ResNetBackbone
+from dcn.callbacks import ValidationPictures
 from dcn.datamodules.detection.synthetic import SyntheticDetDataModule, SyntheticDetGenerator
 from dcn.tasks.detection import DetectionTask
 from dcn.tasks.detection.module import LOSS_NAMES
-from dcn.callbacks import ValidationPictures
 
 SMALL_TASK = dict(
-    min_size=64, max_size=64, anchor_sizes=[[8], [16], [32], [64], [128]], representation_size=64,
+    min_size=64,
+    max_size=64,
+    anchor_sizes=[[8], [16], [32], [64], [128]],
+    representation_size=64,
     deform_roi_pool={"hidden_channels": 64},
-    rpn={"pre_nms_top_n_train": 200, "post_nms_top_n_train": 100, "pre_nms_top_n_test": 100, "post_nms_top_n_test": 50},
+    rpn={
+        "pre_nms_top_n_train": 200,
+        "post_nms_top_n_train": 100,
+        "pre_nms_top_n_test": 100,
+        "post_nms_top_n_test": 50,
+    },
     roi_heads={"batch_size_per_image": 64},
-)  # fmt: skip
+)
 
 
 def _task(num_classes=6, roi_pool="deform", deform=True, **kwargs) -> DetectionTask:
     torch.manual_seed(0)
     backbone = ResNetBackbone("resnet18", deform={"enabled": deform})
     args = {**SMALL_TASK, **kwargs}
-    return DetectionTask(backbone, num_classes, partial(torch.optim.SGD, lr=0.01, momentum=0.9), roi_pool=roi_pool, **args)
+    return DetectionTask(
+        backbone, num_classes, partial(torch.optim.SGD, lr=0.01, momentum=0.9), roi_pool=roi_pool, **args
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +47,23 @@ def det_cache(tmp_path_factory) -> Path:
 
 
 def _datamodule(cache: Path, **generator) -> SyntheticDetDataModule:
-    params = dict(num_train=16, num_val=4, num_test=4, image_size=64, size_range=(0.15, 0.3), objects=(1, 2), seed=1)
-    return SyntheticDetDataModule(cache, SyntheticDetGenerator(**{**params, **generator}), batch_size=4,
-                                  val_batch_size=4)  # fmt: skip
+    params = dict(
+        num_train=16, num_val=4, num_test=4, image_size=64, size_range=(0.15, 0.3), objects=(1, 2), seed=1
+    )
+    return SyntheticDetDataModule(
+        cache, SyntheticDetGenerator(**{**params, **generator}), batch_size=4, val_batch_size=4
+    )
 
 
 def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    args = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    args = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     return L.Trainer(**{**args, **kwargs})
 
 
@@ -74,10 +93,14 @@ def test_validation_and_test_report_map_and_draw_pictures(tmp_path, det_cache):
     task = _task(num_val_images=2)
     dm = _datamodule(det_cache)
     pictures = ValidationPictures(tmp_path / "val_images")
-    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, callbacks=[pictures])
+    trainer = _trainer(
+        tmp_path, max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0, callbacks=[pictures]
+    )
     trainer.fit(task, datamodule=dm)
     metrics = trainer.callback_metrics
-    assert {"val/mAP", "val/mAP70"} <= set(metrics) and "val/mAP50" not in metrics  # mAP is mAP50: logged once
+    assert {"val/mAP", "val/mAP70"} <= set(
+        metrics
+    ) and "val/mAP50" not in metrics  # mAP is mAP50: logged once
     assert 0 <= float(metrics["val/mAP"]) <= 1
     assert pictures.written == [tmp_path / "val_images" / "epoch_000.png"] and pictures.written[0].is_file()
     (scores,) = trainer.test(task, datamodule=dm, verbose=False)
@@ -93,7 +116,9 @@ def test_coco_metrics_can_be_added(tmp_path, det_cache):
     trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0)
     trainer.fit(task, datamodule=_datamodule(det_cache))
     # VOC first: mAP is VOC mAP50 (logged once, as mAP); COCO's numbers beside it.
-    assert {"val/mAP", "val/coco/mAP", "val/coco/mAP50", "val/coco/mAR100", "val/mAP70"} <= set(trainer.callback_metrics)
+    assert {"val/mAP", "val/coco/mAP", "val/coco/mAP50", "val/coco/mAR100", "val/mAP70"} <= set(
+        trainer.callback_metrics
+    )
     assert "val/mAP50" not in trainer.callback_metrics
 
 
@@ -128,9 +153,13 @@ def test_bad_batches_and_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="1 images but 2 targets"):
         task.training_step(([image], [{}, {}]), 0)
     with pytest.raises(ValueError, match=r"boxes Tensor\[K, 4\]"):
-        task.training_step(([image], [{"boxes": torch.zeros(4), "labels": torch.zeros(1, dtype=torch.int64)}]), 0)
+        task.training_step(
+            ([image], [{"boxes": torch.zeros(4), "labels": torch.zeros(1, dtype=torch.int64)}]), 0
+        )
     with pytest.raises(ValueError, match=r"labels must be in 1\.\.2"):
-        task.training_step(([image], [{"boxes": torch.tensor([[1.0, 1, 9, 9]]), "labels": torch.tensor([3])}]), 0)
+        task.training_step(
+            ([image], [{"boxes": torch.tensor([[1.0, 1, 9, 9]]), "labels": torch.tensor([3])}]), 0
+        )
     with pytest.raises(ValueError, match="task.warmup"):
         _task(warmup_iters=-1)
     with pytest.raises(ValueError, match="task.metrics"):
@@ -142,7 +171,9 @@ def test_bad_batches_and_settings_raise_clear_errors():
 def test_hparams_hold_plain_values_so_checkpoints_load_weights_only(tmp_path, det_cache):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"rpn": {"nms_thresh": 0.7}, "anchors": [[8], [16], [32], [64], [128]], "metrics": ["voc"]})
+    cfg = OmegaConf.create(
+        {"rpn": {"nms_thresh": 0.7}, "anchors": [[8], [16], [32], [64], [128]], "metrics": ["voc"]}
+    )
     task = _task(rpn=cfg.rpn, anchor_sizes=cfg.anchors, metrics=cfg.metrics)
     trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(task, datamodule=_datamodule(det_cache))

@@ -14,8 +14,11 @@ NAMES = ["background", "disc", "ring"]
 
 
 def _prediction():
-    return {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 44.0, 40.0]]),
-            "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.3])}  # fmt: skip
+    return {
+        "boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 44.0, 40.0]]),
+        "labels": torch.tensor([1, 2]),
+        "scores": torch.tensor([0.9, 0.3]),
+    }
 
 
 def test_only_boxes_above_the_threshold_are_drawn():
@@ -30,9 +33,14 @@ def test_only_boxes_above_the_threshold_are_drawn():
 
 def test_grid_has_a_row_per_image_and_the_given_title():
     image = torch.rand(3, 48, 48)
-    target = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1]),
-              "difficult": torch.tensor([False])}  # fmt: skip
-    fig = detection_grid([image, image], [target, target], [_prediction(), _prediction()], NAMES, title="epoch 3")
+    target = {
+        "boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]),
+        "labels": torch.tensor([1]),
+        "difficult": torch.tensor([False]),
+    }
+    fig = detection_grid(
+        [image, image], [target, target], [_prediction(), _prediction()], NAMES, title="epoch 3"
+    )
     assert len(fig.axes) == 4
     assert fig._suptitle.get_text() == "epoch 3"
     assert fig.axes[1].get_title() == "predicted, score >= 0.5 (1)"
@@ -49,7 +57,11 @@ def _label_box(picture: np.ndarray, colour) -> np.ndarray:
 def test_labels_are_dark_text_on_a_box_of_the_box_colour(background):
     """Readable on a black and on a white image: a filled label box, with dark text in it."""
     image = torch.full((3, 48, 48), background)
-    prediction = {"boxes": torch.tensor([[4.0, 4.0, 44.0, 40.0]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}
+    prediction = {
+        "boxes": torch.tensor([[4.0, 4.0, 44.0, 40.0]]),
+        "labels": torch.tensor([1]),
+        "scores": torch.tensor([0.9]),
+    }
     target = {"boxes": prediction["boxes"], "labels": torch.tensor([2]), "difficult": torch.tensor([False])}
     picture = draw_predictions(image, prediction, NAMES)
     fig = detection_grid([image], [target], [prediction], NAMES)

@@ -18,7 +18,9 @@ A = [0.0, 0.0, 10.0, 10.0]  # a 10x10 box, area 100
 FAR = [20.0, 20.0, 30.0, 30.0]  # overlaps nothing near A
 
 
-def det(boxes: Sequence[Sequence[float]], scores: Sequence[float], labels: Sequence[int]) -> Dict[str, Tensor]:
+def det(
+    boxes: Sequence[Sequence[float]], scores: Sequence[float], labels: Sequence[int]
+) -> Dict[str, Tensor]:
     return {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         "scores": torch.tensor(scores, dtype=torch.float32),
@@ -246,7 +248,11 @@ def _reference_voc_eval(dets: List[dict], gts: List[dict], c: int, ovthresh: flo
             iw = np.maximum(np.minimum(BBGT[:, 2], bb[2]) - np.maximum(BBGT[:, 0], bb[0]), 0.0)
             ih = np.maximum(np.minimum(BBGT[:, 3], bb[3]) - np.maximum(BBGT[:, 1], bb[1]), 0.0)
             inters = iw * ih
-            uni = (bb[2] - bb[0]) * (bb[3] - bb[1]) + (BBGT[:, 2] - BBGT[:, 0]) * (BBGT[:, 3] - BBGT[:, 1]) - inters
+            uni = (
+                (bb[2] - bb[0]) * (bb[3] - bb[1])
+                + (BBGT[:, 2] - BBGT[:, 0]) * (BBGT[:, 3] - BBGT[:, 1])
+                - inters
+            )
             overlaps = inters / uni
             ovmax = np.max(overlaps)
             jmax = np.argmax(overlaps)
@@ -402,7 +408,11 @@ def test_simulated_two_process_gather_keeps_images_apart(monkeypatch):
     [
         ([det([A], [0.9], [1])], [], "same images"),
         ({"boxes": torch.zeros(0, 4)}, [gt([A], [1])], "lists with one dict per image"),
-        ([{"boxes": torch.zeros(1, 5), "scores": torch.ones(1), "labels": torch.ones(1)}], [gt([A], [1])], r"\[N, 4\]"),
+        (
+            [{"boxes": torch.zeros(1, 5), "scores": torch.ones(1), "labels": torch.ones(1)}],
+            [gt([A], [1])],
+            r"\[N, 4\]",
+        ),
         (
             [{"boxes": torch.zeros(2, 4), "scores": torch.ones(1), "labels": torch.ones(2)}],
             [gt([A], [1])],

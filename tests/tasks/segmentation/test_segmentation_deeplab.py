@@ -32,7 +32,9 @@ def test_output_shape_is_input_size(arch, output_stride, deform):
 
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_deeplabv3_head_without_decoder(output_stride):
-    net = DeepLab(ResNetBackbone("resnet18", output_stride=output_stride), 3, head="deeplabv3", aspp_channels=16).eval()
+    net = DeepLab(
+        ResNetBackbone("resnet18", output_stride=output_stride), 3, head="deeplabv3", aspp_channels=16
+    ).eval()
     assert net.low_level_feature is None and not hasattr(net.head, "low_level")
     with torch.no_grad():
         assert net(torch.randn(1, 3, 48, 40)).shape == (1, 3, 48, 40)
@@ -45,7 +47,11 @@ def test_aspp_rates_follow_output_stride():
     with pytest.raises(ValueError, match="aspp_rates"):
         aspp_rates_for(64)  # 6 * 16 / 64 is not an integer
     net = DeepLab(ResNetBackbone("resnet18", output_stride=8), 3, aspp_channels=16)
-    dilations = [m.dilation for m in net.head.aspp.convs.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    dilations = [
+        m.dilation
+        for m in net.head.aspp.convs.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
     assert dilations == [(12, 12), (24, 24), (36, 36)]
     explicit = DeepLab(ResNetBackbone("resnet18", output_stride=8), 3, aspp_rates=[1, 2], aspp_channels=16)
     assert explicit.aspp_rates == (1, 2)
@@ -72,8 +78,12 @@ def test_deformable_convs_keep_their_dilation_at_output_stride_8():
 
 def test_deformable_net_starts_equal_to_its_plain_twin():
     torch.manual_seed(0)
-    plain = DeepLab(ResNetBackbone("resnet18", output_stride=16, deform={"enabled": False}), 3, aspp_channels=16).eval()
-    deform = DeepLab(ResNetBackbone("resnet18", output_stride=16, deform={"enabled": True}), 3, aspp_channels=16).eval()
+    plain = DeepLab(
+        ResNetBackbone("resnet18", output_stride=16, deform={"enabled": False}), 3, aspp_channels=16
+    ).eval()
+    deform = DeepLab(
+        ResNetBackbone("resnet18", output_stride=16, deform={"enabled": True}), 3, aspp_channels=16
+    ).eval()
     missing, unexpected = deform.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all("conv_offset" in k for k in missing)
     x = torch.randn(1, 3, 64, 64)

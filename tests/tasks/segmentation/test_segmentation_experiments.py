@@ -32,10 +32,16 @@ def _run(cfg) -> dict:
 @pytest.mark.parametrize("deform", ["true", "false"])
 def test_deeplab_synthetic_fast_dev_run(compose_train, deform):
     cfg = compose_train(
-        ["experiment=deeplab_synthetic", f"backbone.deform.enabled={deform}", *TINY_RUN,
-         "data.generator.num_train=4", "data.generator.num_val=2", "data.generator.num_test=2",
-         "data.generator.image_size=48"]
-    )  # fmt: skip
+        [
+            "experiment=deeplab_synthetic",
+            f"backbone.deform.enabled={deform}",
+            *TINY_RUN,
+            "data.generator.num_train=4",
+            "data.generator.num_val=2",
+            "data.generator.num_test=2",
+            "data.generator.image_size=48",
+        ]
+    )
     assert cfg.task._target_ == "dcn.tasks.segmentation.SegmentationTask"
     assert cfg.backbone.arch == "resnet18" and cfg.backbone.output_stride == 16
     assert cfg.callbacks.model_checkpoint.monitor == "val/mIoU"
@@ -48,7 +54,9 @@ def test_deeplab_synthetic_fast_dev_run(compose_train, deform):
 def test_deeplab_voc_fast_dev_run(compose_train, tmp_path):
     # A VOC 2012 tree in the real layout (written by the synthetic generator: classes 0..5 of VOC's 21).
     SyntheticShapesGenerator(num_train=2, num_val=2, num_test=1, image_size=40).write(tmp_path / "voc")
-    cfg = compose_train(["experiment=deeplab_voc", f"data.root={tmp_path / 'voc'}", "backbone.pretrained=null", *TINY_RUN])
+    cfg = compose_train(
+        ["experiment=deeplab_voc", f"data.root={tmp_path / 'voc'}", "backbone.pretrained=null", *TINY_RUN]
+    )
     assert cfg.backbone.arch == "resnet50" and cfg.backbone.deform.enabled and cfg.trainer.max_epochs == 30
     assert cfg.data._target_ == "dcn.datamodules.VOCSegDataModule" and cfg.task.head_lr_mult == 10.0
     data = _run(cfg)

@@ -12,12 +12,12 @@ import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from dcn.backbones import ResNetBackbone
+from dcn.callbacks import ValidationPictures
 from dcn.datamodules.segmentation.synthetic import SyntheticSegDataModule
 from dcn.datamodules.synthetic.shapes import SyntheticShapesGenerator
 from dcn.tasks.segmentation import SegmentationTask
-from dcn.tasks.segmentation.module import format_class_table
 from dcn.tasks.segmentation.metrics import scores_from_confusion
-from dcn.callbacks import ValidationPictures
+from dcn.tasks.segmentation.module import format_class_table
 
 SGD = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
 POLY = functools.partial(torch.optim.lr_scheduler.PolynomialLR, power=0.9)
@@ -32,8 +32,17 @@ def make_task(deform: bool = False, **kwargs) -> SegmentationTask:
 
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> SyntheticSegDataModule:
-    generator = SyntheticShapesGenerator(num_train=8, num_val=4, num_test=4, image_size=64, objects=(2, 3), size_range=(0.2, 0.35))
-    dm = SyntheticSegDataModule(tmp_path_factory.mktemp("synthetic_seg"), generator, crop_size=64, scale_range=None, batch_size=4, val_batch_size=4)
+    generator = SyntheticShapesGenerator(
+        num_train=8, num_val=4, num_test=4, image_size=64, objects=(2, 3), size_range=(0.2, 0.35)
+    )
+    dm = SyntheticSegDataModule(
+        tmp_path_factory.mktemp("synthetic_seg"),
+        generator,
+        crop_size=64,
+        scale_range=None,
+        batch_size=4,
+        val_batch_size=4,
+    )
     dm.setup()
     return dm
 
@@ -74,7 +83,9 @@ def test_poly_schedule_gets_the_total_number_of_steps(monkeypatch):
 
 def test_freeze_bn_freezes_the_backbone_only():
     task = make_task(freeze_bn=True)
-    backbone_norms = [m for m in task.backbone.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]
+    backbone_norms = [
+        m for m in task.backbone.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))
+    ]
     assert backbone_norms and all(isinstance(m, FrozenBatchNorm2d) for m in backbone_norms)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in task.net.head.modules())
     # Frozen statistics: a training-mode forward leaves them and the output unchanged.
@@ -98,7 +109,9 @@ def test_frozen_bn_computes_what_the_eval_mode_batchnorm_does():
     task.backbone.load_state_dict(plain.state_dict(), strict=False)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(task.train().backbone(x)["layer4"], plain(x)["layer4"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            task.train().backbone(x)["layer4"], plain(x)["layer4"], rtol=1e-4, atol=1e-4
+        )
 
 
 def test_bad_arguments():
@@ -128,9 +141,12 @@ def test_class_table_marks_undefined_classes():
 def test_short_training_lowers_the_loss_and_logs_everything(tiny_synthetic, tmp_path):
     L.seed_everything(0)
     task = make_task(
-        deform=True, head_lr_mult=1.0, num_val_images=2, aspp_dropout=0.0,
+        deform=True,
+        head_lr_mult=1.0,
+        num_val_images=2,
+        aspp_dropout=0.0,
         optimizer=functools.partial(torch.optim.Adam, lr=2e-3),
-    )  # fmt: skip
+    )
     dm = tiny_synthetic
     batch = next(iter(dm.val_dataloader()))
 
@@ -143,10 +159,17 @@ def test_short_training_lowers_the_loss_and_logs_everything(tiny_synthetic, tmp_
 
     before = probe()
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0, log_every_n_steps=1,
+        accelerator="cpu",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
         callbacks=[ValidationPictures(tmp_path / "val_images")],
-    )  # fmt: skip
+    )
     task.train()  # Lightning keeps the modules' mode: fit must start in training mode
     trainer.fit(task, datamodule=dm)
     after = probe()

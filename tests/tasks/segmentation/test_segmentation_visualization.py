@@ -29,7 +29,9 @@ def _shown(fig) -> list:
 
 def _legend(fig):
     (legend,) = fig.legends
-    return [t.get_text() for t in legend.get_texts()], np.array([h.get_facecolor()[:3] for h in legend.legend_handles])
+    return [t.get_text() for t in legend.get_texts()], np.array(
+        [h.get_facecolor()[:3] for h in legend.legend_handles]
+    )
 
 
 def test_colorize_uses_the_voc_palette():
@@ -46,7 +48,9 @@ def test_comparison_grid_rows_are_image_truth_prediction_under_headers():
     images = torch.zeros(2, 3, 4, 5)  # normalised 0 -> the mean, 0.5 -> 128
     targets = torch.ones(2, 4, 5, dtype=torch.long)
     preds = torch.full((2, 4, 5), 2)
-    fig = comparison_grid(images, targets, preds, mean, std, class_names=["background", "aeroplane", "bicycle"])
+    fig = comparison_grid(
+        images, targets, preds, mean, std, class_names=["background", "aeroplane", "bicycle"]
+    )
     assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "truth", "prediction"]
     assert [ax.get_title() for ax in fig.axes[3:]] == ["", "", ""]  # headers once, on top
     shown = _shown(fig)
@@ -70,11 +74,19 @@ def test_legend_names_the_colours_that_occur():
 
 def test_validation_picture_names_the_tasks_classes():
     backbone = ResNetBackbone("resnet18", output_stride=16, deform={"enabled": False})
-    task = SegmentationTask(backbone, num_classes=3, optimizer=functools.partial(torch.optim.SGD, lr=0.01),
-                            aspp_channels=8, decoder_channels=8, low_level_channels=4,
-                            class_names=["sky", "road", "car"]).eval()
-    items = [(torch.rand(3, 32, 32), torch.zeros(32, 32, dtype=torch.long)),
-             (torch.rand(3, 32, 48), torch.tensor([0, 1, 2]).repeat(32, 16))]  # fmt: skip
+    task = SegmentationTask(
+        backbone,
+        num_classes=3,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.01),
+        aspp_channels=8,
+        decoder_channels=8,
+        low_level_channels=4,
+        class_names=["sky", "road", "car"],
+    ).eval()
+    items = [
+        (torch.rand(3, 32, 32), torch.zeros(32, 32, dtype=torch.long)),
+        (torch.rand(3, 32, 48), torch.tensor([0, 1, 2]).repeat(32, 16)),
+    ]
     with torch.no_grad():
         fig = task.validation_picture(items)
     names, _ = _legend(fig)

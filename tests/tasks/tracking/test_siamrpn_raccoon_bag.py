@@ -12,9 +12,13 @@ import train
 from dcn.results import RunRecord
 
 ONE_STEP_EPOCH = [
-    "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-    "callbacks.progress_bar=null", "logger=[]",
-]  # fmt: skip
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "callbacks.progress_bar=null",
+    "logger=[]",
+]
 TEST_METRICS = {"test/accuracy", "test/failures", "test/success_auc", "test/precision20"}
 
 

@@ -32,17 +32,28 @@ def run_dir(compose_train, tmp_path):
 
 
 def test_tracks_a_sequence_and_writes_boxes_and_a_gif(run_dir, tmp_path):
-    SyntheticTracksGenerator(num_train=1, num_val=1, num_test=1, num_frames=5, image_size=[96, 72]).write(tmp_path / "data")
+    SyntheticTracksGenerator(num_train=1, num_val=1, num_test=1, num_frames=5, image_size=[96, 72]).write(
+        tmp_path / "data"
+    )
     sequence = tmp_path / "data" / "test" / "seq_0000"
     out = tmp_path / "out"
     summary = track.main(
-        [str(run_dir / "checkpoints" / "last.ckpt"), str(sequence), "--output", str(out), "--gif", str(tmp_path / "a.gif")]
+        [
+            str(run_dir / "checkpoints" / "last.ckpt"),
+            str(sequence),
+            "--output",
+            str(out),
+            "--gif",
+            str(tmp_path / "a.gif"),
+        ]
     )
     lines = (out / "seq_0000.txt").read_text().splitlines()
     truth = (sequence / "groundtruth.txt").read_text().splitlines()
     assert len(lines) == 5
     first = torch.tensor([float(v) for v in lines[0].split(",")])
-    torch.testing.assert_close(first, torch.tensor([float(v) for v in truth[0].split(",")]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        first, torch.tensor([float(v) for v in truth[0].split(",")]), atol=1e-3, rtol=0
+    )
     assert all(len(line.split(",")) == 4 for line in lines)
     assert 0 <= summary["success_auc"] <= 1 and 0 <= summary["precision20"] <= 1
     with Image.open(tmp_path / "a.gif") as gif:
@@ -65,7 +76,9 @@ def test_got10k_format_and_bad_checkpoints(run_dir, tmp_path):
 def test_frames_carry_their_number_and_iou(run_dir, tmp_path, monkeypatch):
     from dcn.geometry.boxes import box_overlap, xywh_to_cxcywh
 
-    SyntheticTracksGenerator(num_train=1, num_val=1, num_test=1, num_frames=5, image_size=[160, 120]).write(tmp_path / "data")
+    SyntheticTracksGenerator(num_train=1, num_val=1, num_test=1, num_frames=5, image_size=[160, 120]).write(
+        tmp_path / "data"
+    )
     sequence = tmp_path / "data" / "test" / "seq_0000"
     captions, caption = [], track.frame_caption
 
@@ -74,14 +87,24 @@ def test_frames_carry_their_number_and_iou(run_dir, tmp_path, monkeypatch):
         return captions[-1]
 
     monkeypatch.setattr(track, "frame_caption", spy)
-    summary = track.main([str(run_dir / "checkpoints" / "last.ckpt"), str(sequence), "--output", str(tmp_path / "out"),
-                          "--frames", str(tmp_path / "frames")])
+    summary = track.main(
+        [
+            str(run_dir / "checkpoints" / "last.ckpt"),
+            str(sequence),
+            "--output",
+            str(tmp_path / "out"),
+            "--frames",
+            str(tmp_path / "frames"),
+        ]
+    )
 
     def boxes(path):
         return torch.tensor([[float(v) for v in line.split(",")] for line in path.read_text().splitlines()])
 
-    expected = box_overlap(xywh_to_cxcywh(boxes(tmp_path / "out" / "seq_0000.txt")),
-                           xywh_to_cxcywh(boxes(sequence / "groundtruth.txt"))).tolist()
+    expected = box_overlap(
+        xywh_to_cxcywh(boxes(tmp_path / "out" / "seq_0000.txt")),
+        xywh_to_cxcywh(boxes(sequence / "groundtruth.txt")),
+    ).tolist()
     assert summary["iou"] == pytest.approx(expected, abs=1e-3) and summary["iou"][0] == pytest.approx(1.0)
     assert captions == [f"frame {t + 1}/5  IoU {iou:.2f}" for t, iou in enumerate(summary["iou"])]
     frames = sorted((tmp_path / "frames").glob("*.png"))

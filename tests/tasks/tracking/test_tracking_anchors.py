@@ -52,7 +52,9 @@ def test_box_coding_round_trips_and_stays_finite_for_degenerate_boxes():
     anchors = torch.tensor([[10.0, 20.0, 64.0, 32.0], [0.0, 0.0, 8.0, 8.0]])
     boxes = torch.tensor([[12.0, 18.0, 50.0, 40.0], [3.0, -4.0, 16.0, 2.0]])
     deltas = encode_boxes(boxes, anchors)
-    torch.testing.assert_close(deltas[0], torch.tensor([2 / 64, -2 / 32, math.log(50 / 64), math.log(40 / 32)]))
+    torch.testing.assert_close(
+        deltas[0], torch.tensor([2 / 64, -2 / 32, math.log(50 / 64), math.log(40 / 32)])
+    )
     torch.testing.assert_close(decode_boxes(deltas, anchors), boxes)
     degenerate = torch.tensor([[5.0, 5.0, 0.0, 0.0], [5.0, 5.0, -3.0, 1e-30]])
     assert torch.isfinite(encode_boxes(degenerate, anchors)).all()

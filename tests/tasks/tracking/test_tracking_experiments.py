@@ -15,10 +15,16 @@ ONE_BATCH = ["trainer=cpu", "trainer.fast_dev_run=1", "callbacks.progress_bar=nu
 # One real (tiny) epoch instead of fast_dev_run: the best checkpoint is written and train.py tests it, so
 # checkpoints must load with torch.load(weights_only=True) (plain hyper-parameters).
 ONE_STEP_EPOCH = [
-    "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-    "callbacks.progress_bar=null", "logger=[]",
-]  # fmt: skip
-TINY_GENERATOR = dict(num_train=4, num_val=1, num_test=1, num_frames=14, image_size=[96, 72], distractors=[1, 1])
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "callbacks.progress_bar=null",
+    "logger=[]",
+]
+TINY_GENERATOR = dict(
+    num_train=4, num_val=1, num_test=1, num_frames=14, image_size=[96, 72], distractors=[1, 1]
+)
 TEST_METRICS = {"test/accuracy", "test/failures", "test/success_auc", "test/precision20"}
 
 
@@ -30,7 +36,9 @@ def _run(cfg, tmp_path):
 
 @pytest.mark.parametrize("deform", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_siamrpn_synthetic_trains_checkpoints_and_tests_the_best_checkpoint(compose_train, tmp_path, deform):
-    cfg = compose_train(ONE_STEP_EPOCH + ["experiment=siamrpn_synthetic", f"backbone.deform.enabled={deform}"])
+    cfg = compose_train(
+        ONE_STEP_EPOCH + ["experiment=siamrpn_synthetic", f"backbone.deform.enabled={deform}"]
+    )
     with open_dict(cfg):
         cfg.data.cache_dir = str(tmp_path / "cache")
         cfg.data.generator.update(TINY_GENERATOR)

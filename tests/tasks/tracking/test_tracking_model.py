@@ -95,7 +95,9 @@ def _xcorr_full_loop(search, kernel):
         for o in range(o_):
             for i in range(h - kh + 1):
                 for j in range(w - kw + 1):
-                    out[b, o, i, j] = (search[b, :, i : i + kh, j : j + kw] * kernel[b, o * c_ : (o + 1) * c_]).sum()
+                    out[b, o, i, j] = (
+                        search[b, :, i : i + kh, j : j + kw] * kernel[b, o * c_ : (o + 1) * c_]
+                    ).sum()
     return out
 
 

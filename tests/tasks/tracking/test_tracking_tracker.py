@@ -73,7 +73,12 @@ def test_window_and_penalty_pick_the_proposal_they_should():
     assert select_box(scores, boxes, (20.0, 20.0), window, TrackerOptions(window_influence=0.3))[0] == 0
     # ...unless its box changes size and shape a lot and the penalty is strong.
     boxes[0] = torch.tensor([8.0, 8.0, 80.0, 5.0])
-    assert select_box(scores, boxes, (20.0, 20.0), window, TrackerOptions(window_influence=0.3, penalty_k=0.5))[0] != 0
+    assert (
+        select_box(scores, boxes, (20.0, 20.0), window, TrackerOptions(window_influence=0.3, penalty_k=0.5))[
+            0
+        ]
+        != 0
+    )
 
 
 def test_size_smoothing_rate_is_penalty_times_score_times_size_lr():

@@ -14,5 +14,12 @@ from dcn.datamodules.classification.image_folder import ImageFolderDataModule
 from dcn.datamodules.classification.mnist import MNISTDataModule
 from dcn.datamodules.classification.mnist_scaled import ScaledMNISTDataModule
 
-__all__ = ["ClassificationDataModule", "DeformedImageDataset", "DigitsDataModule", "GeometricDeformation",
-           "ImageFolderDataModule", "MNISTDataModule", "ScaledMNISTDataModule"]
+__all__ = [
+    "ClassificationDataModule",
+    "DeformedImageDataset",
+    "DigitsDataModule",
+    "GeometricDeformation",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "ScaledMNISTDataModule",
+]

@@ -60,7 +60,6 @@ class ClassificationDataModule(LoaderOptions, L.LightningDataModule):
         return self.split_loader(dataset, split, self.batch_size, shuffle)
 
 
-
 class DigitClasses:
     """Mixin for the handwritten-digit datamodules: one grey channel, classes ``"0"`` to ``"9"``."""
 

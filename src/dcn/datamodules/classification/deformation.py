@@ -145,7 +145,11 @@ class GeometricDeformation:
         noise = torch.rand(n, 2, height, width, generator=generator) * 2 - 1
         # Separable Gaussian as two small matrix products (conv2d + padding cost ~50x more per
         # small image on CPU); borders replicate, so the field keeps its scale there.
-        smooth = _gaussian_matrix(height, self.elastic_sigma) @ noise @ _gaussian_matrix(width, self.elastic_sigma).T
+        smooth = (
+            _gaussian_matrix(height, self.elastic_sigma)
+            @ noise
+            @ _gaussian_matrix(width, self.elastic_sigma).T
+        )
         return smooth.permute(0, 2, 3, 1) * self.elastic_alpha
 
 

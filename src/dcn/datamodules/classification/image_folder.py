@@ -141,6 +141,7 @@ class ImageFolderDataModule(ClassificationDataModule):
                         f"({', '.join(IMG_EXTENSIONS)}); every class needs images in every split"
                     )
             # dcn's reader: a truncated or unreadable image fails with its file name.
-            dataset = ImageFolder(str(self.split_dir(split)), transform=self.transform(split == "train"),
-                                  loader=read_image)
+            dataset = ImageFolder(
+                str(self.split_dir(split)), transform=self.transform(split == "train"), loader=read_image
+            )
             setattr(self, f"{split}_set", dataset)

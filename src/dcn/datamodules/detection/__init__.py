@@ -10,5 +10,10 @@ from dcn.datamodules.detection.coco import CocoDetDataModule
 from dcn.datamodules.detection.synthetic import SyntheticDetDataModule, SyntheticDetGenerator
 from dcn.datamodules.detection.voc import VOCDetDataModule
 
-__all__ = ["CocoDetDataModule", "DetectionLoaders", "SyntheticDetDataModule", "SyntheticDetGenerator",
-           "VOCDetDataModule"]
+__all__ = [
+    "CocoDetDataModule",
+    "DetectionLoaders",
+    "SyntheticDetDataModule",
+    "SyntheticDetGenerator",
+    "VOCDetDataModule",
+]

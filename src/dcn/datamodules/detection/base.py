@@ -76,7 +76,9 @@ def make_target(
     return target
 
 
-def check_target(target: Target, image_size: Tuple[int, int], num_classes: int, source: str = "target") -> None:
+def check_target(
+    target: Target, image_size: Tuple[int, int], num_classes: int, source: str = "target"
+) -> None:
     """Raise ``ValueError`` (naming ``source``) unless ``target`` has the documented form for an image of
     ``image_size = (H, W)`` and labels in ``1 .. num_classes - 1``."""
     height, width = image_size
@@ -84,12 +86,19 @@ def check_target(target: Target, image_size: Tuple[int, int], num_classes: int, 
         if key not in target:
             raise ValueError(f"{source}: target has no {key!r} (keys: {sorted(target)})")
     boxes, labels, difficult = target["boxes"], target["labels"], target["difficult"]
-    if not (isinstance(boxes, Tensor) and boxes.dtype == torch.float32 and boxes.dim() == 2 and boxes.shape[1] == 4):
+    if not (
+        isinstance(boxes, Tensor)
+        and boxes.dtype == torch.float32
+        and boxes.dim() == 2
+        and boxes.shape[1] == 4
+    ):
         raise ValueError(f"{source}: boxes must be a float32 Tensor[K, 4], got {_describe(boxes)}")
     k = boxes.shape[0]
     if not (isinstance(labels, Tensor) and labels.dtype == torch.int64 and tuple(labels.shape) == (k,)):
         raise ValueError(f"{source}: labels must be an int64 Tensor[{k}], got {_describe(labels)}")
-    if not (isinstance(difficult, Tensor) and difficult.dtype == torch.bool and tuple(difficult.shape) == (k,)):
+    if not (
+        isinstance(difficult, Tensor) and difficult.dtype == torch.bool and tuple(difficult.shape) == (k,)
+    ):
         raise ValueError(f"{source}: difficult must be a bool Tensor[{k}], got {_describe(difficult)}")
     if "iscrowd" in target:
         iscrowd = target["iscrowd"]

@@ -258,7 +258,9 @@ class CocoDetDataModule(DetectionLoaders):
 
     def setup(self, stage: Optional[str] = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        stages = wanted.get(stage, ("train", "val", "test")) if stage is not None else ("train", "val", "test")
+        stages = (
+            wanted.get(stage, ("train", "val", "test")) if stage is not None else ("train", "val", "test")
+        )
         self._check_layout(stages)
         for s in stages:
             if getattr(self, f"{s}_dataset") is None:
@@ -268,10 +270,11 @@ class CocoDetDataModule(DetectionLoaders):
         images, annotations = self.paths[stage]
         if stage == "train":
             transform = RandomHorizontalFlip(0.5) if self.flip else None
-            return CocoDetDataset(images, annotations, self.category_id_to_label, keep_crowd=False, transform=transform)
+            return CocoDetDataset(
+                images, annotations, self.category_id_to_label, keep_crowd=False, transform=transform
+            )
         # val and test share a dataset object when they are the same pair (the default).
         other = {"val": "test", "test": "val"}[stage]
         if self.paths[other] == self.paths[stage] and getattr(self, f"{other}_dataset") is not None:
             return getattr(self, f"{other}_dataset")
         return CocoDetDataset(images, annotations, self.category_id_to_label, keep_crowd=True)
-

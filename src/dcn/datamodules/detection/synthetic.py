@@ -161,8 +161,6 @@ def _text(parent: ET.Element, tag: str, value: object) -> ET.Element:
     return element
 
 
-
-
 class SyntheticDetDataModule(GeneratedDataset, VOCDetDataModule):
     """Deformed shapes with VOC box annotations (see the module docstring), written to ``cache_dir`` on
     first use and then read exactly as VOC is.
@@ -184,10 +182,15 @@ class SyntheticDetDataModule(GeneratedDataset, VOCDetDataModule):
     DESCRIPTION = "synthetic_det: {total} images"
     DEFAULTS = dict(batch_size=4, val_batch_size=4, num_workers=0)
 
-    def __init__(self, cache_dir: os.PathLike | str, generator: Optional[SyntheticDetGenerator] = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, cache_dir: os.PathLike | str, generator: Optional[SyntheticDetGenerator] = None, **options: Any
+    ) -> None:
         root = self._init_generated(cache_dir, generator)
         sets = dict(train_sets=("2012/train",), val_sets=("2012/val",), test_sets=("2012/test",))
-        super().__init__(root=root, download=False, class_names=self.generator.shapes, **sets,
-                         **{**self.DEFAULTS, **options})
-
+        super().__init__(
+            root=root,
+            download=False,
+            class_names=self.generator.shapes,
+            **sets,
+            **{**self.DEFAULTS, **options},
+        )

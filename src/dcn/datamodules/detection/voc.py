@@ -205,9 +205,15 @@ def _image_size(root: ET.Element, path: Path, image_path: Optional[os.PathLike |
             raise ValueError(f"{path}: <size> must hold whole pixels, got {width}x{height}")
         width, height = int(width), int(height)
     else:
-        image = Path(image_path) if image_path is not None else path.parent.parent / "JPEGImages" / f"{path.stem}.jpg"
+        image = (
+            Path(image_path)
+            if image_path is not None
+            else path.parent.parent / "JPEGImages" / f"{path.stem}.jpg"
+        )
         if not image.is_file():
-            raise ValueError(f"{path}: no <size> with <width> and <height>, and no image {image} to read it from")
+            raise ValueError(
+                f"{path}: no <size> with <width> and <height>, and no image {image} to read it from"
+            )
         with Image.open(image) as pil:  # reads the header only
             width, height = pil.size
     if width <= 0 or height <= 0:
@@ -233,7 +239,9 @@ def load_voc_split(voc_dir: Path, split: str, class_names: Sequence[str]) -> Lis
         xml = voc_dir / "Annotations" / f"{image_id}.xml"
         for file in (image, xml):
             if not file.is_file():
-                raise FileNotFoundError(f"{file} is listed in {voc_dir / _MAIN_DIR / f'{split}.txt'} but does not exist")
+                raise FileNotFoundError(
+                    f"{file} is listed in {voc_dir / _MAIN_DIR / f'{split}.txt'} but does not exist"
+                )
         items.append((image, parse_voc_xml(xml, class_names, image_path=image)))
     return items
 
@@ -378,7 +386,9 @@ class VOCDetDataModule(DetectionLoaders):
 
     def setup(self, stage: Optional[str] = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        stages = wanted.get(stage, ("train", "val", "test")) if stage is not None else ("train", "val", "test")
+        stages = (
+            wanted.get(stage, ("train", "val", "test")) if stage is not None else ("train", "val", "test")
+        )
         if any(getattr(self, f"{s}_dataset") is None for s in stages):
             self._check_layout()
         for s in stages:
@@ -402,7 +412,6 @@ class VOCDetDataModule(DetectionLoaders):
 
     def _set_names(self, stage: str) -> List[str]:
         return [f"{year}/{split}" for year, split in self.sets[stage]]
-
 
 
 def _parse_sets(sets: Sequence[str] | str, key: str) -> List[Tuple[str, str]]:

@@ -38,13 +38,27 @@ class SyntheticSegDataModule(GeneratedDataset, VOCSegDataModule):
     GENERATOR_VERSION = 1
     GENERATOR_TYPE = SyntheticShapesGenerator
     DESCRIPTION = "synthetic_seg: {total} images"
-    DEFAULTS = dict(crop_size=96, scale_range=(0.75, 1.5), val_crop_size=None, batch_size=16, val_batch_size=16,
-                    num_workers=0)
+    DEFAULTS = dict(
+        crop_size=96,
+        scale_range=(0.75, 1.5),
+        val_crop_size=None,
+        batch_size=16,
+        val_batch_size=16,
+        num_workers=0,
+    )
 
-    def __init__(self, cache_dir: os.PathLike | str, generator: Optional[SyntheticShapesGenerator] = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        cache_dir: os.PathLike | str,
+        generator: Optional[SyntheticShapesGenerator] = None,
+        **options: Any,
+    ) -> None:
         root = self._init_generated(cache_dir, generator)
         splits = dict(train_split="train", val_split="val", test_split="test")
-        super().__init__(root=root, download=False, class_names=self.generator.class_names, **splits,
-                         **{**self.DEFAULTS, **options})
-
+        super().__init__(
+            root=root,
+            download=False,
+            class_names=self.generator.class_names,
+            **splits,
+            **{**self.DEFAULTS, **options},
+        )

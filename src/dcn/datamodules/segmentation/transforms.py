@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 
-
 def _size_of(flat_inputs: List[Any]) -> Tuple[int, int]:
     for inpt in flat_inputs:
         if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
@@ -47,7 +46,9 @@ class RandomScale(v2.Transform):
         super().__init__()
         low, high = (float(s) for s in scale_range)
         if not 0 < low <= high:
-            raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}")
+            raise ValueError(
+                f"data.scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}"
+            )
         self.scale_range = (low, high)
 
     def make_params(self, flat_inputs: List[Any]) -> Dict[str, Any]:
@@ -99,7 +100,9 @@ def _mean_fill(mean: Sequence[float]) -> List[float]:
 
 def _to_model_input(mean: Sequence[float], std: Sequence[float]) -> List[v2.Transform]:
     return [
-        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
+        v2.ToDtype(
+            {tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True
+        ),
         v2.Normalize(mean=list(mean), std=list(std)),
     ]
 
@@ -156,4 +159,3 @@ def pad_collate(batch: Sequence[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]
         images.append(F_torch.pad(image.as_subclass(Tensor), pad, value=0.0))
         masks.append(F_torch.pad(mask.as_subclass(Tensor), pad, value=IGNORE_INDEX))
     return torch.stack(images), torch.stack(masks)
-

@@ -53,8 +53,6 @@ VOC_CLASSES = ("background",) + VOC_OBJECT_CLASSES
 _SPLIT_DIR = Path("ImageSets") / "Segmentation"
 
 
-
-
 def read_split(voc_dir: Path, split: str) -> List[str]:
     """Image ids listed in ``ImageSets/Segmentation/<split>.txt``."""
     path = voc_dir / _SPLIT_DIR / f"{split}.txt"
@@ -315,8 +313,9 @@ class VOCSegDataModule(LoaderOptions, L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", self.val_batch_size, shuffle=False)
 
-    def _loader(self, dataset: Optional[Dataset], stage: str, batch_size: int, shuffle: bool,
-                drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Optional[Dataset], stage: str, batch_size: int, shuffle: bool, drop_last: bool = False
+    ) -> DataLoader:
         # drop_last in training: a last batch of one sample would break the ASPP pooling BatchNorm.
         drop_last = drop_last and dataset is not None and len(dataset) >= batch_size
         return self.split_loader(dataset, stage, batch_size, shuffle, drop_last, collate_fn=pad_collate)

@@ -121,7 +121,9 @@ class GeneratedDataset:
         """Generate unless a complete copy for these parameters exists; returns its folder."""
         total = sum(generator.split_sizes().values())
         description = cls.DESCRIPTION.format(total=total, generator=generator)
-        return ensure_generated(cache_dir, cls.CACHE_PREFIX, cls.cache_key(generator), generator.write, description)
+        return ensure_generated(
+            cache_dir, cls.CACHE_PREFIX, cls.cache_key(generator), generator.write, description
+        )
 
     def _init_generated(self, cache_dir: os.PathLike | str, generator: Any) -> Path:
         """Validate and keep ``cache_dir`` and ``generator`` (None: the generator's defaults);

@@ -234,7 +234,9 @@ class SyntheticShapesGenerator:
         image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
         return ShapesRendering(image, instances, classes, full_areas, full_boxes)
 
-    def _preimage(self, rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def _preimage(
+        self, rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """Each pixel's position in the object's unit frame: the inverse of
         ``p = centre + R(angle) @ Shear @ diag(radius * aspect, radius) @ q`` after an elastic warp."""
         size = self.image_size
@@ -252,7 +254,9 @@ class SyntheticShapesGenerator:
         px, py = xs - centre[0], ys - centre[1]
         if self.elastic_alpha > 0:
             field = rng.uniform(-1, 1, (2, size, size))
-            field = ndimage.gaussian_filter(field, sigma=(0, self.elastic_sigma, self.elastic_sigma), mode="nearest")
+            field = ndimage.gaussian_filter(
+                field, sigma=(0, self.elastic_sigma, self.elastic_sigma), mode="nearest"
+            )
             # Normalise so elastic_alpha is the warp's typical displacement whatever the smoothing.
             field *= self.elastic_alpha / max(float(np.abs(field).max()), 1e-12)
             px, py = px + field[0], py + field[1]
@@ -268,7 +272,9 @@ class SyntheticShapesGenerator:
 
 def _check_range(values: Sequence[float], key: str, minimum: float) -> None:
     if len(values) != 2 or not minimum <= values[0] <= values[1]:
-        raise ValueError(f"data.generator.{key} must be [low, high] with {minimum} <= low <= high, got {list(values)}")
+        raise ValueError(
+            f"data.generator.{key} must be [low, high] with {minimum} <= low <= high, got {list(values)}"
+        )
 
 
 def mask_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
@@ -293,8 +299,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     blotches = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), sigma=size / 12, mode="wrap")
     blotches /= max(float(np.abs(blotches).max()), 1e-12)
-    texture = 0.5 * blotches + 0.25 * _grating(rng, xs, ys, rng.uniform(5, 20)) + 0.25 * _grating(
-        rng, xs, ys, rng.uniform(5, 20)
+    texture = (
+        0.5 * blotches
+        + 0.25 * _grating(rng, xs, ys, rng.uniform(5, 20))
+        + 0.25 * _grating(rng, xs, ys, rng.uniform(5, 20))
     )
     base = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.0, 0.25), rng.uniform(0.35, 0.75))
     return np.clip(base[None, None, :] * (1 + 0.35 * texture[..., None]), 0, 1)

@@ -34,7 +34,9 @@ _VERTICES = 48
 class _Blob:
     """A moving, rotating, deforming striped blob."""
 
-    def __init__(self, rng: np.random.Generator, size: Tuple[int, int], radius: float, speed: float, deform: float):
+    def __init__(
+        self, rng: np.random.Generator, size: Tuple[int, int], radius: float, speed: float, deform: float
+    ):
         w, h = size
         self.size = size
         self.pos = np.array([rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h])
@@ -149,10 +151,14 @@ class SyntheticTracksGenerator:
         if groundtruth not in ("box", "polygon"):
             raise ValueError(f"data.generator.groundtruth must be 'box' or 'polygon', got {groundtruth!r}")
         if len(image_size) != 2 or min(image_size) < 16:
-            raise ValueError(f"data.generator.image_size must be [width, height] >= 16, got {list(image_size)}")
+            raise ValueError(
+                f"data.generator.image_size must be [width, height] >= 16, got {list(image_size)}"
+            )
         lo, hi = object_size
         if not 0 < lo <= hi < 0.5:
-            raise ValueError(f"data.generator.object_size must satisfy 0 < min <= max < 0.5, got {list(object_size)}")
+            raise ValueError(
+                f"data.generator.object_size must satisfy 0 < min <= max < 0.5, got {list(object_size)}"
+            )
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.num_frames = num_frames
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -164,12 +170,20 @@ class SyntheticTracksGenerator:
     def params(self) -> Dict[str, object]:
         """Every parameter (the cache key)."""
         return {
-            "num_train": self.num_train, "num_val": self.num_val, "num_test": self.num_test,
-            "num_frames": self.num_frames, "image_size": list(self.image_size),
-            "object_size": list(self.object_size), "speed": self.speed, "deform": self.deform,
-            "distractors": list(self.distractors), "noise": self.noise, "groundtruth": self.groundtruth,
-            "jpeg_quality": self.jpeg_quality, "seed": self.seed,
-        }  # fmt: skip
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+            "num_test": self.num_test,
+            "num_frames": self.num_frames,
+            "image_size": list(self.image_size),
+            "object_size": list(self.object_size),
+            "speed": self.speed,
+            "deform": self.deform,
+            "distractors": list(self.distractors),
+            "noise": self.noise,
+            "groundtruth": self.groundtruth,
+            "jpeg_quality": self.jpeg_quality,
+            "seed": self.seed,
+        }
 
     def split_sizes(self) -> Dict[str, int]:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}

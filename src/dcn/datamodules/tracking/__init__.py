@@ -15,5 +15,14 @@ from dcn.datamodules.tracking.sequence import TrackingSequence
 from dcn.datamodules.tracking.synthetic import SyntheticVOTDataModule
 from dcn.datamodules.tracking.vot import VOTDataModule
 
-__all__ = ["DetectionPairsDataModule", "GOT10kDataModule", "PairSampling", "SyntheticVOTDataModule",
-           "TrackingDataModule", "TrackingSequence", "VOTDataModule", "read_otb_root", "read_otb_sequence"]
+__all__ = [
+    "DetectionPairsDataModule",
+    "GOT10kDataModule",
+    "PairSampling",
+    "SyntheticVOTDataModule",
+    "TrackingDataModule",
+    "TrackingSequence",
+    "VOTDataModule",
+    "read_otb_root",
+    "read_otb_sequence",
+]

@@ -60,7 +60,9 @@ class TrackingDataModule(LoaderOptions, L.LightningDataModule):
             pairs = PairSampling(**dict(pairs.items()))
         self.pairs = pairs if pairs is not None else PairSampling()
         if not isinstance(self.pairs, PairSampling):
-            raise TypeError(f"data.pairs must be a mapping of PairSampling fields, got {type(pairs).__name__}")
+            raise TypeError(
+                f"data.pairs must be a mapping of PairSampling fields, got {type(pairs).__name__}"
+            )
         for key, value in (("max_test_frames", max_test_frames), ("max_test_sequences", max_test_sequences)):
             if value is not None and value < 1:
                 raise ValueError(f"data.{key} must be >= 1 or null, got {value}")
@@ -74,7 +76,9 @@ class TrackingDataModule(LoaderOptions, L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: Optional[str] = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage, ("train", "val", "test")
+        )
         for split in wanted:
             if split not in self.sequences:
                 self.sequences[split] = self.load_split(split)

@@ -68,7 +68,9 @@ def read_got10k_sequence(folder: os.PathLike | str, require_all_boxes: bool = Tr
     return TrackingSequence(name, frames, boxes, known)
 
 
-def read_got10k_split(root: os.PathLike | str, split: str, limit: Optional[int] = None) -> List[TrackingSequence]:
+def read_got10k_split(
+    root: os.PathLike | str, split: str, limit: Optional[int] = None
+) -> List[TrackingSequence]:
     """The sequences of ``<root>/<split>/list.txt`` (the first ``limit`` of them)."""
     if split not in SPLITS:
         raise ValueError(f"GOT-10k split must be one of {list(SPLITS)}, got {split!r}")
@@ -91,7 +93,9 @@ class GOT10kDataModule(TrackingDataModule):
         **kwargs: pair sampling and loader settings of :class:`TrackingDataModule`.
     """
 
-    def __init__(self, root: os.PathLike | str, max_train_sequences: Optional[int] = None, **kwargs: Any) -> None:
+    def __init__(
+        self, root: os.PathLike | str, max_train_sequences: Optional[int] = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
         self.max_train_sequences = max_train_sequences

@@ -71,7 +71,11 @@ class TrackingPairDataset(Dataset):
     """
 
     def __init__(
-        self, sequences: Sequence[TrackingSequence], length: int, sampling: PairSampling, seed: Optional[int] = None
+        self,
+        sequences: Sequence[TrackingSequence],
+        length: int,
+        sampling: PairSampling,
+        seed: Optional[int] = None,
     ) -> None:
         self.sequences = [s for s in sequences if bool(s.known.any())]
         if not self.sequences:

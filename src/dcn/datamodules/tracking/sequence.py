@@ -35,17 +35,25 @@ class TrackingSequence:
     as ``Tensor[3, H, W]`` RGB floats in [0, 1].
     """
 
-    def __init__(self, name: str, frames: Sequence[Path], boxes: Tensor, known: Optional[Tensor] = None) -> None:
+    def __init__(
+        self, name: str, frames: Sequence[Path], boxes: Tensor, known: Optional[Tensor] = None
+    ) -> None:
         if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != len(frames):
-            raise ValueError(f"sequence {name}: boxes must be Tensor[{len(frames)}, 4], got {tuple(boxes.shape)}")
+            raise ValueError(
+                f"sequence {name}: boxes must be Tensor[{len(frames)}, 4], got {tuple(boxes.shape)}"
+            )
         self.name = name
         self.frames = [Path(f) for f in frames]
         finite = torch.isfinite(boxes).all(dim=1)
         self.boxes = torch.where(finite[:, None], boxes, torch.zeros_like(boxes)).float()
-        self.known = (known.bool() if known is not None else torch.ones(len(frames), dtype=torch.bool)) & finite
+        self.known = (
+            known.bool() if known is not None else torch.ones(len(frames), dtype=torch.bool)
+        ) & finite
         if len(frames) and not bool(self.known[0]):
-            raise ValueError(f"sequence {name}: the object's box in the first frame is unknown (absent or NaN); "
-                             "a tracker starts from the first frame's box")
+            raise ValueError(
+                f"sequence {name}: the object's box in the first frame is unknown (absent or NaN); "
+                "a tracker starts from the first frame's box"
+            )
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -62,7 +70,9 @@ class TrackingSequence:
         """The first ``max_frames`` frames (all for None)."""
         if max_frames is None or max_frames >= len(self):
             return self
-        return TrackingSequence(self.name, self.frames[:max_frames], self.boxes[:max_frames], self.known[:max_frames])
+        return TrackingSequence(
+            self.name, self.frames[:max_frames], self.boxes[:max_frames], self.known[:max_frames]
+        )
 
 
 def find_frames(folder: Path) -> List[Path]:
@@ -106,7 +116,9 @@ def read_groundtruth(path: os.PathLike | str, sequence: str, known: Optional[Ten
         try:
             values = torch.tensor([float(f) for f in fields], dtype=torch.float64)
         except ValueError:
-            raise ValueError(f"sequence {sequence}: {path} line {number} is not numbers: {line.strip()!r}") from None
+            raise ValueError(
+                f"sequence {sequence}: {path} line {number} is not numbers: {line.strip()!r}"
+            ) from None
         if torch.isnan(values).all():
             boxes.append(torch.full((4,), float("nan"), dtype=torch.float64))
             continue

@@ -34,7 +34,12 @@ class SyntheticVOTDataModule(GeneratedDataset, TrackingDataModule):
     GENERATOR_TYPE = SyntheticTracksGenerator
     DESCRIPTION = "synthetic_vot: {total} sequences of {generator.num_frames} frames"
 
-    def __init__(self, cache_dir: os.PathLike | str, generator: Optional[SyntheticTracksGenerator] = None, **kwargs: Any):
+    def __init__(
+        self,
+        cache_dir: os.PathLike | str,
+        generator: Optional[SyntheticTracksGenerator] = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.root = self._init_generated(cache_dir, generator)
 

@@ -116,7 +116,9 @@ class VOTDataModule(TrackingDataModule):
             val = rest[: max(1, round(self.val_fraction * len(names)))] if self.val_fraction > 0 else []
         train = [n for n in names if n not in set(val) | set(test)]
         if not train:
-            raise ValueError(f"{self.root / 'list.txt'}: no sequence is left for training after the val/test split")
+            raise ValueError(
+                f"{self.root / 'list.txt'}: no sequence is left for training after the val/test split"
+            )
         return {"train": train, "val": list(val), "test": list(test)}
 
     def load_split(self, split: str) -> List[TrackingSequence]:

@@ -20,8 +20,17 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-__all__ = ["IGNORE_INDEX", "LABEL_FORMATS", "LabelError", "check_label_values", "decode_rgb_label",
-           "read_label_image", "read_label_png", "voc_palette", "write_label_png"]
+__all__ = [
+    "IGNORE_INDEX",
+    "LABEL_FORMATS",
+    "LabelError",
+    "check_label_values",
+    "decode_rgb_label",
+    "read_label_image",
+    "read_label_png",
+    "voc_palette",
+    "write_label_png",
+]
 
 IGNORE_INDEX = 255  # VOC's "void": object borders and difficult regions, excluded from loss and metrics
 
@@ -58,7 +67,9 @@ def write_label_png(path: os.PathLike | str, label: np.ndarray) -> None:
     """Save ``label`` (``uint8[H, W]`` class indices, 255 = ignore) as a VOC palette PNG."""
     label = np.asarray(label)
     if label.ndim != 2 or label.dtype != np.uint8:
-        raise ValueError(f"a label image must be uint8[H, W] class indices, got {label.dtype}{list(label.shape)}")
+        raise ValueError(
+            f"a label image must be uint8[H, W] class indices, got {label.dtype}{list(label.shape)}"
+        )
     image = Image.fromarray(label, mode="P")
     image.putpalette(voc_palette().reshape(-1).tolist())
     image.save(path)

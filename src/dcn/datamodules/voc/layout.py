@@ -9,9 +9,27 @@ __all__ = ["VOC_OBJECT_CLASSES", "resolve_voc_dir"]
 
 # The 20 object classes of Pascal VOC, in the official order (segmentation adds "background" first).
 VOC_OBJECT_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def resolve_voc_dir(root: os.PathLike | str, year: str = "2012") -> Path:

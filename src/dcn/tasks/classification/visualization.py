@@ -13,8 +13,9 @@ from dcn.figures import new_figure
 __all__ = ["prediction_grid"]
 
 
-def prediction_grid(images: torch.Tensor, predicted: torch.Tensor, targets: torch.Tensor,
-                    class_names: Sequence[str] = ()):
+def prediction_grid(
+    images: torch.Tensor, predicted: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str] = ()
+):
     """A matplotlib figure: ``images`` Tensor[B, C, H, W] (any range: each is stretched to [0, 1]),
     titled ``predicted / true`` (class names when given, else indices)."""
     n = len(images)

@@ -25,9 +25,14 @@ __all__ = ["METRIC_KINDS", "DetectionMetrics"]
 
 METRIC_KINDS = ("voc", "coco")
 _COCO_KEYS = {
-    "map": "coco/mAP", "map_50": "coco/mAP50", "map_75": "coco/mAP75", "map_small": "coco/mAP_small",
-    "map_medium": "coco/mAP_medium", "map_large": "coco/mAP_large", "mar_100": "coco/mAR100",
-}  # fmt: skip
+    "map": "coco/mAP",
+    "map_50": "coco/mAP50",
+    "map_75": "coco/mAP75",
+    "map_small": "coco/mAP_small",
+    "map_medium": "coco/mAP_medium",
+    "map_large": "coco/mAP_large",
+    "mar_100": "coco/mAR100",
+}
 
 
 class DetectionMetrics(nn.Module):
@@ -54,7 +59,9 @@ class DetectionMetrics(nn.Module):
         self.voc: Optional[VOCMeanAP] = None
         self.coco = None
         if "voc" in kinds:
-            self.voc = VOCMeanAP(num_classes, iou_thresholds=voc_iou_thresholds, use_07_metric=voc_use_07_metric)
+            self.voc = VOCMeanAP(
+                num_classes, iou_thresholds=voc_iou_thresholds, use_07_metric=voc_use_07_metric
+            )
         if "coco" in kinds:
             from torchmetrics.detection import MeanAveragePrecision
 
@@ -74,7 +81,8 @@ class DetectionMetrics(nn.Module):
                     entry["iscrowd"] = crowd.to(torch.int64)
                 coco_targets.append(entry)
             self.coco.update(
-                [{"boxes": p["boxes"], "scores": p["scores"], "labels": p["labels"]} for p in predictions], coco_targets
+                [{"boxes": p["boxes"], "scores": p["scores"], "labels": p["labels"]} for p in predictions],
+                coco_targets,
             )
 
     def compute(self) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Tensor]]]:

@@ -59,13 +59,26 @@ ROI_POOLS = ("align", "deform")
 # FasterRCNN keyword arguments settable from ``task.rpn.<key>`` (-> ``rpn_<key>``) and
 # ``task.roi_heads.<key>`` (-> ``box_<key>``).
 RPN_KEYS = (
-    "pre_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_train", "post_nms_top_n_test", "nms_thresh",
-    "fg_iou_thresh", "bg_iou_thresh", "batch_size_per_image", "positive_fraction", "score_thresh",
-)  # fmt: skip
-ROI_HEAD_KEYS = (
-    "score_thresh", "nms_thresh", "detections_per_img", "fg_iou_thresh", "bg_iou_thresh", "batch_size_per_image",
+    "pre_nms_top_n_train",
+    "pre_nms_top_n_test",
+    "post_nms_top_n_train",
+    "post_nms_top_n_test",
+    "nms_thresh",
+    "fg_iou_thresh",
+    "bg_iou_thresh",
+    "batch_size_per_image",
     "positive_fraction",
-)  # fmt: skip
+    "score_thresh",
+)
+ROI_HEAD_KEYS = (
+    "score_thresh",
+    "nms_thresh",
+    "detections_per_img",
+    "fg_iou_thresh",
+    "bg_iou_thresh",
+    "batch_size_per_image",
+    "positive_fraction",
+)
 
 
 def _feature_channels(backbone: Backbone, names: Sequence[str], key: str) -> List[int]:
@@ -107,11 +120,18 @@ class C4Features(nn.Module):
     "c5": Tensor[N, 256, H/16, W/16] (pooled)}``, where ``c5`` is the stride-16 (dilated) last stage
     reduced by a 1x1 conv + ReLU."""
 
-    def __init__(self, backbone: Backbone, rpn_feature: str = "layer3", roi_feature: str = "layer4",
-                 out_channels: int = 256) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        rpn_feature: str = "layer3",
+        roi_feature: str = "layer4",
+        out_channels: int = 256,
+    ) -> None:
         super().__init__()
         info = {f.name: f for f in backbone.feature_info}
-        self.rpn_channels, roi_channels = _feature_channels(backbone, [rpn_feature, roi_feature], "task.c4_features")
+        self.rpn_channels, roi_channels = _feature_channels(
+            backbone, [rpn_feature, roi_feature], "task.c4_features"
+        )
         if info[rpn_feature].stride != info[roi_feature].stride:
             raise ValueError(
                 f"layout c4 pools {roi_feature!r} at the RPN's stride, but {roi_feature!r} has stride "
@@ -135,9 +155,17 @@ class FeatureSelectingRPN(RegionProposalNetwork):
 
     def __init__(self, rpn: RegionProposalNetwork, feature_names: Sequence[str]) -> None:
         super().__init__(
-            rpn.anchor_generator, rpn.head, 0.5, 0.5, 1, 0.5, dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n),
-            rpn.nms_thresh, score_thresh=rpn.score_thresh,
-        )  # fmt: skip
+            rpn.anchor_generator,
+            rpn.head,
+            0.5,
+            0.5,
+            1,
+            0.5,
+            dict(rpn._pre_nms_top_n),
+            dict(rpn._post_nms_top_n),
+            rpn.nms_thresh,
+            score_thresh=rpn.score_thresh,
+        )
         # The matcher and sampler carry the IoU thresholds and sampling settings: take them as built.
         self.proposal_matcher = rpn.proposal_matcher
         self.fg_bg_sampler = rpn.fg_bg_sampler
@@ -166,7 +194,9 @@ def freeze_stages(backbone: nn.Module, frozen_stages: int) -> List[str]:
     return names
 
 
-def _checked(settings: Optional[Mapping[str, Any]], allowed: Sequence[str], key: str, prefix: str) -> Dict[str, Any]:
+def _checked(
+    settings: Optional[Mapping[str, Any]], allowed: Sequence[str], key: str, prefix: str
+) -> Dict[str, Any]:
     settings = dict(settings or {})
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
@@ -227,7 +257,9 @@ def build_faster_rcnn(
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
     if min_size < 1 or max_size < min_size:
-        raise ValueError(f"task.min_size / task.max_size must satisfy 1 <= min_size <= max_size, got {min_size} / {max_size}")
+        raise ValueError(
+            f"task.min_size / task.max_size must satisfy 1 <= min_size <= max_size, got {min_size} / {max_size}"
+        )
     if freeze_bn:
         backbone = freeze_batch_norm(backbone)
     freeze_stages(backbone, frozen_stages)
@@ -277,7 +309,9 @@ def build_faster_rcnn(
         allowed = ("gamma", "modulated", "hidden_channels", "offset_heads")
         unknown = sorted(set(options) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown task.deform_roi_pool setting(s) {unknown}; allowed: {', '.join(allowed)}")
+            raise ValueError(
+                f"unknown task.deform_roi_pool setting(s) {unknown}; allowed: {', '.join(allowed)}"
+            )
         model.roi_heads.box_roi_pool = MultiScaleDeformRoIPool(
             pooled, pool_size, sampling_ratio, in_channels=channels, **options
         )

@@ -99,24 +99,59 @@ class DetectionTask(DcnTask):
             raise ValueError(
                 f"task.warmup_iters must be >= 0 and task.warmup_factor in (0, 1], got {warmup_iters} and {warmup_factor}"
             )
-        super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode, num_classes,
-                         class_names, num_val_images)
+        super().__init__(
+            optimizer,
+            scheduler,
+            scheduler_interval,
+            monitor,
+            monitor_mode,
+            num_classes,
+            class_names,
+            num_val_images,
+        )
         # The network from the plain hyper-parameters (Hydra hands lists and mappings over as
         # ListConfig / DictConfig).
         hp = self.hparams
         fpn_features, c4_features, anchor_sizes, aspect_ratios = (
-            hp.fpn_features, hp.c4_features, hp.anchor_sizes, hp.aspect_ratios)
+            hp.fpn_features,
+            hp.c4_features,
+            hp.anchor_sizes,
+            hp.aspect_ratios,
+        )
         image_mean, image_std, deform_roi_pool, rpn, roi_heads = (
-            hp.image_mean, hp.image_std, hp.deform_roi_pool, hp.rpn, hp.roi_heads)
+            hp.image_mean,
+            hp.image_std,
+            hp.deform_roi_pool,
+            hp.rpn,
+            hp.roi_heads,
+        )
         self.net = build_faster_rcnn(
-            backbone, num_classes, layout, roi_pool, fpn_features=tuple(fpn_features),
-            fpn_channels=fpn_channels, c4_features=tuple(c4_features), anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
-            min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std,
-            representation_size=representation_size, deform_roi_pool=deform_roi_pool, rpn=rpn,
-            roi_heads=roi_heads, freeze_bn=freeze_bn, frozen_stages=frozen_stages,
-        )  # fmt: skip
-        metric_args = dict(kinds=hp.metrics, voc_iou_thresholds=hp.voc_iou_thresholds,
-                           voc_use_07_metric=voc_use_07_metric, coco_backend=coco_backend)
+            backbone,
+            num_classes,
+            layout,
+            roi_pool,
+            fpn_features=tuple(fpn_features),
+            fpn_channels=fpn_channels,
+            c4_features=tuple(c4_features),
+            anchor_sizes=anchor_sizes,
+            aspect_ratios=aspect_ratios,
+            min_size=min_size,
+            max_size=max_size,
+            image_mean=image_mean,
+            image_std=image_std,
+            representation_size=representation_size,
+            deform_roi_pool=deform_roi_pool,
+            rpn=rpn,
+            roi_heads=roi_heads,
+            freeze_bn=freeze_bn,
+            frozen_stages=frozen_stages,
+        )
+        metric_args = dict(
+            kinds=hp.metrics,
+            voc_iou_thresholds=hp.voc_iou_thresholds,
+            voc_use_07_metric=voc_use_07_metric,
+            coco_backend=coco_backend,
+        )
         self.val_metrics = DetectionMetrics(num_classes, **metric_args)
         self.test_metrics = DetectionMetrics(num_classes, **metric_args)
         self.test_scores: Optional[Dict[str, Tensor]] = None  # the last test run's scores, for callers
@@ -180,9 +215,14 @@ class DetectionTask(DcnTask):
         images = [image for image, _ in items]
         detections = self.net([image.to(self.device) for image in images])
         cpu = lambda d: {k: v.detach().cpu() for k, v in d.items() if torch.is_tensor(v)}  # noqa: E731
-        return detection_grid(images, [cpu(t) for _, t in items], [cpu(d) for d in detections],
-                              self.class_names(), score_threshold=self.hparams.score_threshold_for_images,
-                              title=f"epoch {self.current_epoch}: truth | predictions")
+        return detection_grid(
+            images,
+            [cpu(t) for _, t in items],
+            [cpu(d) for d in detections],
+            self.class_names(),
+            score_threshold=self.hparams.score_threshold_for_images,
+            title=f"epoch {self.current_epoch}: truth | predictions",
+        )
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         _, targets, detections = self._detect(batch)
@@ -204,10 +244,16 @@ class DetectionTask(DcnTask):
 
 
 def _check_images(images: Any) -> List[Tensor]:
-    if not isinstance(images, (list, tuple)) or not all(torch.is_tensor(i) and i.dim() == 3 and i.shape[0] == 3 for i in images):
+    if not isinstance(images, (list, tuple)) or not all(
+        torch.is_tensor(i) and i.dim() == 3 and i.shape[0] == 3 for i in images
+    ):
         raise ValueError(
             "detection expects images as a list of Tensor[3, H, W] (torchvision's detection form), got "
-            + (f"a Tensor of shape {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__)
+            + (
+                f"a Tensor of shape {tuple(images.shape)}"
+                if torch.is_tensor(images)
+                else type(images).__name__
+            )
         )
     return list(images)
 

@@ -30,8 +30,15 @@ def _uint8(image: Tensor) -> Tensor:
 
 def _draw(image: Tensor, boxes: Tensor, labels: List[str], colours: List[tuple]) -> np.ndarray:
     if len(boxes):
-        image = draw_bounding_boxes(image, boxes.detach().float().cpu(), labels=labels, colors=colours, width=2,
-                                    fill_labels=True, label_colors=_LABEL_TEXT_COLOUR)
+        image = draw_bounding_boxes(
+            image,
+            boxes.detach().float().cpu(),
+            labels=labels,
+            colors=colours,
+            width=2,
+            fill_labels=True,
+            label_colors=_LABEL_TEXT_COLOUR,
+        )
     return image.permute(1, 2, 0).numpy()
 
 
@@ -49,9 +56,11 @@ def draw_predictions(
     labels = prediction["labels"][keep].tolist()
     scores = prediction["scores"][keep].tolist()
     return _draw(
-        _uint8(image), prediction["boxes"][keep],
-        [f"{class_name(class_names, int(k))} {s:.2f}" for k, s in zip(labels, scores)], [_PRED_COLOUR] * len(labels),
-    )  # fmt: skip
+        _uint8(image),
+        prediction["boxes"][keep],
+        [f"{class_name(class_names, int(k))} {s:.2f}" for k, s in zip(labels, scores)],
+        [_PRED_COLOUR] * len(labels),
+    )
 
 
 def detection_grid(
@@ -84,9 +93,11 @@ def detection_grid(
         pixels = _uint8(image)
         difficult = target.get("difficult", torch.zeros(len(target["boxes"]), dtype=torch.bool)).tolist()
         truth = _draw(
-            pixels, target["boxes"], [class_name(class_names, int(k)) for k in target["labels"].tolist()],
+            pixels,
+            target["boxes"],
+            [class_name(class_names, int(k)) for k in target["labels"].tolist()],
             [_DIFFICULT_COLOUR if d else _TRUE_COLOUR for d in difficult],
-        )  # fmt: skip
+        )
         shown = draw_predictions(image, pred, class_names, score_threshold)
         kept = int((pred["scores"] >= score_threshold).sum())
         for ax, picture, caption in (

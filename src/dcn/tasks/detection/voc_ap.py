@@ -180,7 +180,9 @@ class VOCMeanAP(Metric):
         self.num_classes = num_classes
         self.iou_thresholds = tuple(float(t) for t in iou_thresholds)
         self.use_07_metric = use_07_metric
-        self.class_names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names is not None else [f"class_{k}" for k in range(num_classes)]
+        )
         self.add_state("detections", default=[], dist_reduce_fx="cat")
         self.add_state("ground_truths", default=[], dist_reduce_fx="cat")
         self._next_image = 0  # never reset: see the class docstring
@@ -257,14 +259,19 @@ def _check_arguments(num_classes: int, iou_thresholds: Sequence[float]) -> None:
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and at least one class, got {num_classes}")
     if len(iou_thresholds) == 0 or any(not 0.0 < float(t) <= 1.0 for t in iou_thresholds):
-        raise ValueError(f"iou_thresholds must be a non-empty list of values in (0, 1], got {list(iou_thresholds)}")
+        raise ValueError(
+            f"iou_thresholds must be a non-empty list of values in (0, 1], got {list(iou_thresholds)}"
+        )
     keys = [_map_key(float(t)) for t in iou_thresholds]
     if len(set(keys)) != len(keys):
         raise ValueError(f"iou_thresholds must differ after rounding to percent (they name keys {keys})")
 
 
 def _pack_images(
-    preds: Sequence[Mapping[str, Tensor]], target: Sequence[Mapping[str, Tensor]], num_classes: int, first_image: int
+    preds: Sequence[Mapping[str, Tensor]],
+    target: Sequence[Mapping[str, Tensor]],
+    num_classes: int,
+    first_image: int,
 ) -> Tuple[Tensor, Tensor]:
     """Validate per-image dicts and pack them: detections float64 ``[D, 7]`` (box, score, label,
     image id) and ground truth float64 ``[G, 7]`` (box, label, difficult, image id); image ``i`` gets
@@ -275,7 +282,9 @@ def _pack_images(
             f"{type(preds).__name__} and {type(target).__name__}"
         )
     if len(preds) != len(target):
-        raise ValueError(f"preds and target must list the same images, got {len(preds)} and {len(target)} dicts")
+        raise ValueError(
+            f"preds and target must list the same images, got {len(preds)} and {len(target)} dicts"
+        )
     det_rows: List[Tensor] = [torch.zeros(0, _COLUMNS, dtype=torch.float64)]
     gt_rows: List[Tensor] = [torch.zeros(0, _COLUMNS, dtype=torch.float64)]
     for i, (p, g) in enumerate(zip(preds, target)):
@@ -290,7 +299,9 @@ def _pack_images(
             difficult = _per_box(g, "difficult", f"target[{i}]", len(gt_boxes)).bool().to(torch.float64)
         else:
             difficult = torch.zeros(len(gt_boxes), dtype=torch.float64)
-        gt_rows.append(torch.cat([gt_boxes, gt_labels[:, None], difficult[:, None], _column(len(gt_boxes), image)], 1))
+        gt_rows.append(
+            torch.cat([gt_boxes, gt_labels[:, None], difficult[:, None], _column(len(gt_boxes), image)], 1)
+        )
     return torch.cat(det_rows), torch.cat(gt_rows)
 
 
@@ -319,7 +330,9 @@ def _per_box(d: Mapping[str, Tensor], key: str, where: str, n: int) -> Tensor:
 def _labels(d: Mapping[str, Tensor], where: str, n: int, num_classes: int) -> Tensor:
     labels = _per_box(d, "labels", where, n)
     if n and (labels.min() < 0 or labels.max() >= num_classes or (labels != labels.round()).any()):
-        raise ValueError(f"{where}['labels'] must be class indices in [0, {num_classes}), got {labels.tolist()}")
+        raise ValueError(
+            f"{where}['labels'] must be class indices in [0, {num_classes}), got {labels.tolist()}"
+        )
     return labels
 
 
@@ -373,7 +386,11 @@ def _best_matches(dets: np.ndarray, gts: np.ndarray, num_classes: int) -> Tuple[
 
 
 def _evaluate(
-    dets: np.ndarray, gts: np.ndarray, num_classes: int, iou_thresholds: Tuple[float, ...], use_07_metric: bool
+    dets: np.ndarray,
+    gts: np.ndarray,
+    num_classes: int,
+    iou_thresholds: Tuple[float, ...],
+    use_07_metric: bool,
 ) -> VOCAPResult:
     """AP of packed detections ``[D, 7]`` against packed ground truth ``[G, 7]`` (module docstring rules)."""
     best_iou, best_gt = _best_matches(dets, gts, num_classes)

@@ -72,7 +72,12 @@ class DeepLabV3Head(nn.Module):
     1x1 classifier (torchvision's ``DeepLabHead`` layout)."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, rates: Sequence[int], channels: int = 256, dropout: float = 0.1
+        self,
+        in_channels: int,
+        num_classes: int,
+        rates: Sequence[int],
+        channels: int = 256,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.aspp = build_aspp(in_channels, rates, channels, dropout)
@@ -152,7 +157,9 @@ class DeepLab(nn.Module):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         info = getattr(backbone, "feature_info", None)
         if not info:
-            raise TypeError(f"backbone must be a dcn backbone with feature_info, got {type(backbone).__name__}")
+            raise TypeError(
+                f"backbone must be a dcn backbone with feature_info, got {type(backbone).__name__}"
+            )
         self.backbone = backbone
         self.head_type = head
         deep = info[-1]
@@ -160,14 +167,22 @@ class DeepLab(nn.Module):
         self.aspp_rates = tuple(aspp_rates) if aspp_rates is not None else aspp_rates_for(deep.stride)
         self.low_level_feature: Optional[str] = None
         if head == "deeplabv3":
-            self.head: nn.Module = DeepLabV3Head(deep.channels, num_classes, self.aspp_rates, aspp_channels, aspp_dropout)
+            self.head: nn.Module = DeepLabV3Head(
+                deep.channels, num_classes, self.aspp_rates, aspp_channels, aspp_dropout
+            )
         else:
             low = _low_level_info(info, low_level_feature)
             self.low_level_feature = low.name
             self.head = DeepLabV3PlusHead(
-                deep.channels, low.channels, num_classes, self.aspp_rates, aspp_channels, aspp_dropout,
-                low_level_channels, decoder_channels,
-            )  # fmt: skip
+                deep.channels,
+                low.channels,
+                num_classes,
+                self.aspp_rates,
+                aspp_channels,
+                aspp_dropout,
+                low_level_channels,
+                decoder_channels,
+            )
 
     def forward(self, images: Tensor) -> Tensor:
         features = self.backbone(images)

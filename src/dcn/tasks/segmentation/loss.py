@@ -22,7 +22,12 @@ def segmentation_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int
         gives 0 with a zero gradient, where ``F.cross_entropy`` would return NaN (0 / 0) and poison the
         weights.
     """
-    if logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0] or logits.shape[-2:] != target.shape[-2:]:
+    if (
+        logits.dim() != 4
+        or target.dim() != 3
+        or logits.shape[0] != target.shape[0]
+        or logits.shape[-2:] != target.shape[-2:]
+    ):
         raise ValueError(
             f"expected logits Tensor[B, K, H, W] and target Tensor[B, H, W] of the same B, H, W; got logits "
             f"{tuple(logits.shape)} and target {tuple(target.shape)}"

@@ -78,15 +78,29 @@ class SegmentationTask(DcnTask):
     ) -> None:
         if not head_lr_mult > 0:
             raise ValueError(f"task.head_lr_mult must be > 0, got {head_lr_mult}")
-        super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode, num_classes,
-                         class_names, num_val_images)
+        super().__init__(
+            optimizer,
+            scheduler,
+            scheduler_interval,
+            monitor,
+            monitor_mode,
+            num_classes,
+            class_names,
+            num_val_images,
+        )
         if freeze_bn:
             backbone = freeze_batch_norm(backbone)
         self.net = DeepLab(
-            backbone, num_classes, head=head, aspp_rates=self.hparams.aspp_rates, aspp_channels=aspp_channels,
-            aspp_dropout=aspp_dropout, low_level_feature=low_level_feature,
-            low_level_channels=low_level_channels, decoder_channels=decoder_channels,
-        )  # fmt: skip
+            backbone,
+            num_classes,
+            head=head,
+            aspp_rates=self.hparams.aspp_rates,
+            aspp_channels=aspp_channels,
+            aspp_dropout=aspp_dropout,
+            low_level_feature=low_level_feature,
+            low_level_channels=low_level_channels,
+            decoder_channels=decoder_channels,
+        )
         self.val_metrics = SegmentationMetrics(num_classes)
         self.test_metrics = SegmentationMetrics(num_classes)
         self.test_scores: Optional[Dict[str, Tensor]] = None  # the last test run's scores, for callers
@@ -100,7 +114,12 @@ class SegmentationTask(DcnTask):
 
     def _step(self, batch: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
         images, masks = batch
-        if images.dim() != 4 or masks.dim() != 3 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+        if (
+            images.dim() != 4
+            or masks.dim() != 3
+            or masks.shape[0] != images.shape[0]
+            or masks.shape[-2:] != images.shape[-2:]
+        ):
             raise ValueError(
                 "segmentation batches must be (images Tensor[B, C, H, W], masks Tensor[B, H, W]) of the same "
                 f"B, H, W; got images {tuple(images.shape)} and masks {tuple(masks.shape)}"
@@ -133,7 +152,9 @@ class SegmentationTask(DcnTask):
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
         images = [image for image, _ in items]
         preds = [self(image[None].to(self.device)).argmax(1)[0].cpu() for image in images]
-        return comparison_grid(images, [mask for _, mask in items], preds, mean, std, class_names=self.class_names())
+        return comparison_grid(
+            images, [mask for _, mask in items], preds, mean, std, class_names=self.class_names()
+        )
 
     def test_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, logits = self._step(batch)
@@ -155,8 +176,11 @@ class SegmentationTask(DcnTask):
     def param_groups(self) -> List[Dict[str, Any]]:
         return [
             {"params": [p for p in self.net.backbone_parameters() if p.requires_grad], "name": "backbone"},
-            {"params": [p for p in self.net.head_parameters() if p.requires_grad], "name": "head",
-             "lr_mult": self.hparams.head_lr_mult},
+            {
+                "params": [p for p in self.net.head_parameters() if p.requires_grad],
+                "name": "head",
+                "lr_mult": self.hparams.head_lr_mult,
+            },
         ]
 
 

@@ -27,7 +27,9 @@ def colorize(mask: Tensor) -> Tensor:
     return palette[mask.long().clamp(0, 255)].movedim(-1, -3)
 
 
-def _to_uint8_image(images: Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> Tensor:
+def _to_uint8_image(
+    images: Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]
+) -> Tensor:
     """Undo the normalisation (or, without mean/std, stretch each image to [0, 255])."""
     images = images.detach().float()
     if mean is not None and std is not None:
@@ -74,8 +76,9 @@ def comparison_grid(
     if not len(images):
         raise ValueError("comparison_grid needs at least one image")
     if not len(images) == len(targets) == len(preds):
-        raise ValueError(f"need as many targets and predictions as images, got {len(images)}, {len(targets)}, "
-                         f"{len(preds)}")
+        raise ValueError(
+            f"need as many targets and predictions as images, got {len(images)}, {len(targets)}, {len(preds)}"
+        )
     present: set = set()
     for mask in list(targets) + list(preds):
         present.update(int(v) for v in torch.as_tensor(mask).unique().tolist())
@@ -93,11 +96,18 @@ def comparison_grid(
         ax.set_title(header, fontsize=10)
     palette = voc_palette()
     handles: List[Patch] = [
-        Patch(facecolor=palette[k] / 255.0, edgecolor="black", linewidth=0.5, label=legend_name(class_names, k))
+        Patch(
+            facecolor=palette[k] / 255.0, edgecolor="black", linewidth=0.5, label=legend_name(class_names, k)
+        )
         for k in sorted(present)
     ]
     height = fig.get_figheight()
-    fig.legend(handles=handles, loc="lower center", ncol=max(1, min(len(handles), _LEGEND_COLUMNS)), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=max(1, min(len(handles), _LEGEND_COLUMNS)),
+        fontsize=8,
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, legend_inches / height, 1, 1))
     return fig

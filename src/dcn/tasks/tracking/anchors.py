@@ -52,7 +52,9 @@ def make_anchors(
         raise ValueError(f"score_size must be >= 1, got {score_size}")
     shapes = anchor_shapes(stride, ratios, scales)  # [k, 2]
     k = shapes.shape[0]
-    offsets = (torch.arange(score_size, dtype=torch.float32) - (score_size - 1) / 2) * stride + search_size / 2
+    offsets = (
+        torch.arange(score_size, dtype=torch.float32) - (score_size - 1) / 2
+    ) * stride + search_size / 2
     cy, cx = torch.meshgrid(offsets, offsets, indexing="ij")  # [S, S]: row i -> y, column j -> x
     anchors = torch.empty(k, score_size, score_size, 4)
     anchors[..., 0] = cx

@@ -85,6 +85,7 @@ def evaluate_sequence(
 
 def summarize(scores: List[SequenceScores]) -> Dict[str, float]:
     """Means over sequences (accuracy over the sequences that have one)."""
+
     def mean(values):
         values = [v for v in values if v == v]
         return sum(values) / len(values) if values else float("nan")

@@ -29,11 +29,15 @@ def flatten_head_outputs(cls: Tensor, loc: Tensor) -> "tuple[Tensor, Tensor]":
     ``Tensor[B, K*S*S, 4]`` deltas."""
     b, k = cls.shape[:2]
     if loc.shape[0] != b or loc.shape[1] != 4 * k or loc.shape[2:] != cls.shape[2:]:
-        raise ValueError(f"loc must be Tensor[{b}, {4 * k}, S, S] for cls {tuple(cls.shape)}, got {tuple(loc.shape)}")
+        raise ValueError(
+            f"loc must be Tensor[{b}, {4 * k}, S, S] for cls {tuple(cls.shape)}, got {tuple(loc.shape)}"
+        )
     return cls.reshape(b, -1), loc.reshape(b, 4, -1).transpose(1, 2)
 
 
-def siamrpn_loss(cls: Tensor, loc: Tensor, targets: AnchorTargets, reg_weight: float = 1.2) -> Dict[str, Tensor]:
+def siamrpn_loss(
+    cls: Tensor, loc: Tensor, targets: AnchorTargets, reg_weight: float = 1.2
+) -> Dict[str, Tensor]:
     """Loss terms for head outputs ``cls`` (``Tensor[B, K, S, S]`` logits) and ``loc`` (``Tensor[B, 4K, S, S]``).
 
     Returns ``{"loss", "cls", "reg"}`` scalars.
@@ -41,7 +45,9 @@ def siamrpn_loss(cls: Tensor, loc: Tensor, targets: AnchorTargets, reg_weight: f
     logits, deltas = flatten_head_outputs(cls, loc)
     labels = targets.labels
     if labels.shape != logits.shape:
-        raise ValueError(f"targets are for {tuple(labels.shape)} anchors but the head gives {tuple(logits.shape)}")
+        raise ValueError(
+            f"targets are for {tuple(labels.shape)} anchors but the head gives {tuple(logits.shape)}"
+        )
     pos, neg = labels == POSITIVE, labels == NEGATIVE
     zero = logits.sum() * 0.0  # keeps the graph (and device/dtype) when a term is empty
 

@@ -153,7 +153,9 @@ class SiamRPN(nn.Module):
             )
         self.backbone = backbone
         self.geometry = ResponseGeometry(template_size, search_size, STRIDE, template_feature_size)
-        self.adjust = nn.Sequential(nn.Conv2d(info.channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.adjust = nn.Sequential(
+            nn.Conv2d(info.channels, channels, 1, bias=False), nn.BatchNorm2d(channels)
+        )
         num_anchors = len(ratios) * len(scales)
         if head == "depthwise":
             self.head = DepthwiseRPNHead(num_anchors, channels, channels)
@@ -173,7 +175,9 @@ class SiamRPN(nn.Module):
 
     def _features(self, images: Tensor, size: int, crop: Tuple[int, int], what: str) -> Tensor:
         if images.dim() != 4 or images.shape[-2:] != (size, size):
-            raise ValueError(f"{what} patches must be Tensor[B, C, {size}, {size}], got {tuple(images.shape)}")
+            raise ValueError(
+                f"{what} patches must be Tensor[B, C, {size}, {size}], got {tuple(images.shape)}"
+            )
         if images.shape[1] != 3:
             raise ValueError(f"{what} patches must be RGB (3 channels), got {tuple(images.shape)}")
         features = self.adjust(self.backbone((images - self.pixel_mean) / self.pixel_std)[self.feature])

@@ -99,9 +99,15 @@ class TrackingTask(DcnTask):
         super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode)
         self.target_options, self.tracker_options = target_options, tracker_options
         self.net = SiamRPN(
-            backbone, feature=feature, template_size=template_size, search_size=search_size, head=head,
-            channels=channels, ratios=ratios, scales=scales,
-        )  # fmt: skip
+            backbone,
+            feature=feature,
+            template_size=template_size,
+            search_size=search_size,
+            head=head,
+            channels=channels,
+            ratios=ratios,
+            scales=scales,
+        )
         self.test_means = nn.ModuleDict({name: MeanMetric(nan_strategy="ignore") for name in TEST_METRICS})
         self.test_scores: List[SequenceScores] = []
 
@@ -127,9 +133,13 @@ class TrackingTask(DcnTask):
                     f"search_size are {wanted[0]}/{wanted[1]}; set them equal"
                 )
 
-    def _loss(self, batch: Sequence[Tensor], generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
+    def _loss(
+        self, batch: Sequence[Tensor], generator: Optional[torch.Generator] = None
+    ) -> Dict[str, Tensor]:
         if len(batch) != 4:
-            raise ValueError("tracking batches are (template, search, box, negative); got " f"{len(batch)} items")
+            raise ValueError(
+                f"tracking batches are (template, search, box, negative); got {len(batch)} items"
+            )
         template, search, boxes, negative = batch
         cls, loc = self.net(template, search)
         targets = anchor_targets(self.net.anchors, boxes, negative, self.target_options, generator)
@@ -153,11 +163,18 @@ class TrackingTask(DcnTask):
 
     def test_step(self, sequence: TrackingSequence, batch_idx: int) -> None:
         if not isinstance(sequence, TrackingSequence):
-            raise TypeError(f"tracking test batches are TrackingSequence objects, got {type(sequence).__name__}")
+            raise TypeError(
+                f"tracking test batches are TrackingSequence objects, got {type(sequence).__name__}"
+            )
         scores = evaluate_sequence(
-            self.make_tracker(), sequence.frame, sequence.boxes.cpu(), sequence.name,
-            self.hparams.skip, self.hparams.burnin, sequence.known.cpu(),
-        )  # fmt: skip
+            self.make_tracker(),
+            sequence.frame,
+            sequence.boxes.cpu(),
+            sequence.name,
+            self.hparams.skip,
+            self.hparams.burnin,
+            sequence.known.cpu(),
+        )
         self.test_scores.append(scores)
         for name in TEST_METRICS:
             value = float(getattr(scores, name))
@@ -168,7 +185,9 @@ class TrackingTask(DcnTask):
         for name in TEST_METRICS:
             metric = self.test_means[name]
             # No update at all (e.g. accuracy when every sequence failed before its burn-in ended): NaN.
-            value = metric.compute() if metric.update_called else torch.tensor(float("nan"), device=self.device)
+            value = (
+                metric.compute() if metric.update_called else torch.tensor(float("nan"), device=self.device)
+            )
             self.log(f"test/{name}", value)
             metric.reset()
         rank_zero_info(format_sequence_table(self.test_scores))
@@ -176,8 +195,12 @@ class TrackingTask(DcnTask):
     def param_groups(self) -> List[Dict[str, Any]]:
         backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
         ids = {id(p) for p in backbone}
-        groups = [{"params": [p for p in self.net.parameters() if p.requires_grad and id(p) not in ids],
-                   "name": "head"}]
+        groups = [
+            {
+                "params": [p for p in self.net.parameters() if p.requires_grad and id(p) not in ids],
+                "name": "head",
+            }
+        ]
         if self.hparams.backbone_lr_mult > 0:  # 0: the backbone is not trained at all
             groups.append({"params": backbone, "name": "backbone", "lr_mult": self.hparams.backbone_lr_mult})
         return groups
@@ -192,5 +215,7 @@ def format_sequence_table(scores: Sequence[SequenceScores]) -> str:
         return f"{v:6.3f}" if v == v else f"{'-':>6}"
 
     for s in scores:
-        lines.append(f"{s.name:<{width}}  {fmt(s.accuracy)}  {s.failures:>4d}  {fmt(s.success_auc)}  {fmt(s.precision20)}")
+        lines.append(
+            f"{s.name:<{width}}  {fmt(s.accuracy)}  {s.failures:>4d}  {fmt(s.success_auc)}  {fmt(s.precision20)}"
+        )
     return "\n".join(lines)

@@ -26,8 +26,12 @@ def xcorr_depthwise(search: Tensor, kernel: Tensor) -> Tensor:
     -> ``Tensor[B, C, H - h + 1, W - w + 1]`` (each sample with its own kernel)."""
     b, c = kernel.shape[:2]
     if search.shape[:2] != (b, c):
-        raise ValueError(f"search {tuple(search.shape)} and kernel {tuple(kernel.shape)} differ in batch or channels")
-    out = F.conv2d(search.reshape(1, b * c, *search.shape[2:]), kernel.reshape(b * c, 1, *kernel.shape[2:]), groups=b * c)
+        raise ValueError(
+            f"search {tuple(search.shape)} and kernel {tuple(kernel.shape)} differ in batch or channels"
+        )
+    out = F.conv2d(
+        search.reshape(1, b * c, *search.shape[2:]), kernel.reshape(b * c, 1, *kernel.shape[2:]), groups=b * c
+    )
     return out.reshape(b, c, *out.shape[2:])
 
 
@@ -36,8 +40,12 @@ def xcorr_full(search: Tensor, kernel: Tensor) -> Tensor:
     ``Tensor[B, O * C, h, w]`` -> ``Tensor[B, O, H - h + 1, W - w + 1]``."""
     b, c = search.shape[:2]
     if kernel.shape[0] != b or kernel.shape[1] % c:
-        raise ValueError(f"kernel {tuple(kernel.shape)} is not Tensor[{b}, O * {c}, h, w] for search {tuple(search.shape)}")
-    out = F.conv2d(search.reshape(1, b * c, *search.shape[2:]), kernel.reshape(-1, c, *kernel.shape[2:]), groups=b)
+        raise ValueError(
+            f"kernel {tuple(kernel.shape)} is not Tensor[{b}, O * {c}, h, w] for search {tuple(search.shape)}"
+        )
+    out = F.conv2d(
+        search.reshape(1, b * c, *search.shape[2:]), kernel.reshape(-1, c, *kernel.shape[2:]), groups=b
+    )
     return out.reshape(b, -1, *out.shape[2:])
 
 

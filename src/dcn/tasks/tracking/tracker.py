@@ -82,7 +82,10 @@ def select_box(
     """
     w, h = boxes[:, 2].clamp(min=1e-6), boxes[:, 3].clamp(min=1e-6)
     lw, lh = float(last_size[0]), float(last_size[1])
-    s_c = _change(_padded_size(w, h, options.context) / _padded_size(torch.tensor(lw), torch.tensor(lh), options.context))
+    s_c = _change(
+        _padded_size(w, h, options.context)
+        / _padded_size(torch.tensor(lw), torch.tensor(lh), options.context)
+    )
     r_c = _change((lw / lh) / (w / h))
     penalty = torch.exp(-(r_c * s_c - 1) * options.penalty_k)
     pscore = penalty * scores
@@ -151,7 +154,9 @@ class SiamRPNTracker:
         scores, deltas = self.predict(patch, window)
         proposals = decode_boxes(deltas.float(), self.anchors)
         last = window.box_to_patch(self.state)
-        _, box, lr = select_box(scores.float(), proposals, (float(last[2]), float(last[3])), self.window, self.options)
+        _, box, lr = select_box(
+            scores.float(), proposals, (float(last[2]), float(last[3])), self.window, self.options
+        )
         box = window.box_to_image(box)
         lr = float(lr)
         w = float(self.state[2]) * (1 - lr) + float(box[2]) * lr
