@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench gpu-check clean-venv
+.PHONY: install train test test-fast lint bench gpu-check clean-venv
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all,dev]'
 	@# The C++ CPU kernel is compiled once per machine: here, so that no run pays for it.
-	$(PY) -c "from dcn.ops import _cpu_kernel; _cpu_kernel.load()"
+	@$(PY) -c "from dcn.ops import _cpu_kernel as k; print('dcn CPU kernel:', 'ready' if k.load() else 'not built, the slower PyTorch path runs')"
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+# ruff: lint rules and formatting as configured in pyproject.toml (CI runs this before the tests).
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # Tables headed by the machine and its load; marked NOT QUIET when other jobs shared the CPUs
 # (ARGS="--strict" refuses them instead).

@@ -130,7 +130,8 @@ def main() -> None:
     print(
         f"CPU inference: {platform.processor() or platform.machine()}, {args.threads} threads, torch "
         f"{torch.__version__}, onnxruntime {onnxruntime.__version__} (CPUExecutionProvider), opset "
-        f"{DEFAULT_OPSET}, batch {args.batch_size}, median of {args.repeats} calls; load average at start {load}\n"
+        f"{DEFAULT_OPSET}, batch {args.batch_size}, median of {args.repeats} calls; "
+        f"load average at start {load}\n"
     )
     print("| model | input | PyTorch eager (ms) | ONNX Runtime (ms) | ORT / eager | max abs diff |")
     print("|---|---|---:|---:|---:|---:|")
@@ -139,8 +140,8 @@ def main() -> None:
             size = args.size or MODELS[name][1]
             eager, ort, diff = measure(name, size, args.batch_size, args.repeats, args.threads, Path(folder))
             print(
-                f"| {LABELS[name]} | {args.batch_size}x3x{size}x{size} | {eager * 1e3:.1f} | {ort * 1e3:.1f} | "
-                f"{ort / eager:.2f}x | {diff:.2g} |",
+                f"| {LABELS[name]} | {args.batch_size}x3x{size}x{size} | "
+                f"{eager * 1e3:.1f} | {ort * 1e3:.1f} | {ort / eager:.2f}x | {diff:.2g} |",
                 flush=True,
             )
     if hasattr(os, "getloadavg"):

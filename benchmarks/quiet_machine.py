@@ -158,9 +158,9 @@ class LoadGuard:
             ""
             if self.quiet
             else (
-                f"\n\n**NOT QUIET: other jobs shared the CPUs (limits: {100 * self.max_others:.0f} % of the CPU "
-                f"time, or a load average of {self.max_load} before the table); do not use these numbers "
-                "as results.**"
+                f"\n\n**NOT QUIET: other jobs shared the CPUs (limits: {100 * self.max_others:.0f} % of the "
+                f"CPU time, or a load average of {self.max_load} before the table); do not use these "
+                "numbers as results.**"
             )
         )
         return f"_{machine_line()}; {self.load_note()}_{mark}"

@@ -112,7 +112,10 @@ def _single_level(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Ca
     ]
     for be in backends:
         for name, off in (("no offset", None), ("offsets", offset)):
-            pool = lambda x, o, be=be: deform_roi_pool(x, boxes, o, OUT, 1 / 16, sampling_ratio, backend=be)
+
+            def pool(x, o, be=be):
+                return deform_roi_pool(x, boxes, o, OUT, 1 / 16, sampling_ratio, backend=be)
+
             rows.append((f"dcn {be}, {name}", *_fwd_bwd(pool, x, off)))
     return rows
 
@@ -216,7 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cupy_reason = cupy_unavailable_reason("deform_roi_pool")
 
     print(
-        f"## Deformable RoI pooling ({N_ROIS} RoIs, {N_IMAGES} images {IMAGE}x{IMAGE}, C{CHANNELS}, {OUT}x{OUT} bins)"
+        f"## Deformable RoI pooling ({N_ROIS} RoIs, {N_IMAGES} images {IMAGE}x{IMAGE}, "
+        f"C{CHANNELS}, {OUT}x{OUT} bins)"
     )
     print()
     print(

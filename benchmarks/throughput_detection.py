@@ -1,8 +1,9 @@
-"""Detection throughput: Faster R-CNN training steps and inference, the four DCN variants against the plain model.
+r"""Detection throughput: Faster R-CNN training steps and inference, the four DCN variants vs the plain model.
 
-    python benchmarks/throughput_detection.py [--arch resnet18] [--image-size 128] [--batch-size 8] [--steps 5]
-    python benchmarks/throughput_detection.py --arch resnet50 --image-size 600 --batch-size 2 --fpn-channels 256 \
-        --fpn-features layer1 layer2 layer3 layer4        # the frcnn_voc network at VOC's scale
+    python benchmarks/throughput_detection.py [--arch resnet18] [--image-size 128] [--batch-size 8] \
+        [--steps 5]
+    python benchmarks/throughput_detection.py --arch resnet50 --image-size 600 --batch-size 2 \
+        --fpn-channels 256 --fpn-features layer1 layer2 layer3 layer4   # the frcnn_voc network at VOC's scale
 
 The network is ``dcn.tasks.detection.build_faster_rcnn`` as the experiments build it, four times: deformable
 3x3 convs in conv5 off/on x box pooler RoIAlign / deformable RoI pooling. The defaults are
@@ -127,7 +128,8 @@ def main() -> None:
         f"median of {args.steps} steps\n"
     )
     print(
-        "| deform conv (conv5) | RoI pooling | train (img/s) | train step vs plain | inference (img/s) | inference vs plain |"
+        "| deform conv (conv5) | RoI pooling | train (img/s) | train step vs plain | "
+        "inference (img/s) | inference vs plain |"
     )
     print("|---|---|---:|---:|---:|---:|")
     plain: Tuple[float, float] = (0.0, 0.0)
@@ -138,8 +140,8 @@ def main() -> None:
         if not deform and roi_pool == "align":
             plain = (train_s, infer_s)
         print(
-            f"| {'on' if deform else 'off'} | {roi_pool} | {args.batch_size / train_s:.3g} | {train_s / plain[0]:.2f}x | "
-            f"{args.batch_size / infer_s:.3g} | {infer_s / plain[1]:.2f}x |",
+            f"| {'on' if deform else 'off'} | {roi_pool} | {args.batch_size / train_s:.3g} | "
+            f"{train_s / plain[0]:.2f}x | {args.batch_size / infer_s:.3g} | {infer_s / plain[1]:.2f}x |",
             flush=True,
         )
 

@@ -79,8 +79,9 @@ def test_mismatch_names_what_wrote_the_checkpoint(tmp_path: Path) -> None:
         check_checkpoint(path, _task(deform=False))
     message = str(info.value)
     assert (
-        "written by a ClassificationTask with a SeedNet backbone, deform on (stages [4], v1, offset_groups 1); "
-        "this config builds a ClassificationTask with a SeedNet backbone, deform off (they differ in: deform)"
+        "written by a ClassificationTask with a SeedNet backbone, deform on (stages [4], v1, "
+        "offset_groups 1); this config builds a ClassificationTask with a SeedNet backbone, deform off "
+        "(they differ in: deform)"
     ) in message
 
     from dcn.backbones import ResNetBackbone

@@ -1,5 +1,5 @@
-"""dcn.viz: sampling-point geometry checked against hand-derived values, the grid's colour, and the command line
-on a real seed_net checkpoint (an image file) and on a run's own validation set (--sample)."""
+"""dcn.viz: sampling-point geometry checked against hand-derived values, the grid's colour, and the
+command line on a real seed_net checkpoint (an image file) and on a run's own validation set (--sample)."""
 
 from __future__ import annotations
 

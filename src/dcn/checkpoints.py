@@ -122,7 +122,10 @@ def _describe(model: Dict[str, Any]) -> str:
 
     setting = describe_deform(model.get("deform"))
     arch = f" {model['arch']}" if model.get("arch") else ""
-    return f"a {model.get('task', '?').rsplit('.', 1)[-1]} with a {model.get('backbone')}{arch} backbone, {setting}"
+    return (
+        f"a {model.get('task', '?').rsplit('.', 1)[-1]} with a {model.get('backbone')}{arch} backbone, "
+        f"{setting}"
+    )
 
 
 def _what_differs(checkpoint: Mapping[str, Any], model: nn.Module, keys: List[str]) -> str:
@@ -142,7 +145,10 @@ def _what_differs(checkpoint: Mapping[str, Any], model: nn.Module, keys: List[st
             )
         return "same task, backbone and deform settings, so the classes or input channels differ. "
     if any("conv_offset" in k for k in keys):
-        return "'conv_offset' (offset predictor) keys differ: was it trained with another backbone.deform setting? "
+        return (
+            "'conv_offset' (offset predictor) keys differ: was it trained with another "
+            "backbone.deform setting? "
+        )
     return "was it trained with another backbone, task or data (classes, channels)? "
 
 

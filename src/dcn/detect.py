@@ -1,4 +1,5 @@
-"""Detect objects in image files with a trained Faster R-CNN: ``python -m dcn.detect <checkpoint> <image or folder>...``.
+r"""Detect objects in image files with a trained Faster R-CNN:
+``python -m dcn.detect <checkpoint> <image or folder>...``.
 
 The network is rebuilt from the run's config (found next to the checkpoint, or ``--config``) and loaded
 from the checkpoint (:mod:`dcn.trained_task`); class names come from the checkpoint. Each image goes
@@ -16,7 +17,8 @@ Writes to ``--output`` (default ``detections/``):
 
 Examples::
 
-    python -m dcn.detect logs/frcnn_synthetic/runs/<run>/checkpoints/last.ckpt data/synthetic_det/det-*/VOCdevkit/VOC2007/JPEGImages
+    python -m dcn.detect logs/frcnn_synthetic/runs/<run>/checkpoints/last.ckpt \
+        data/synthetic_det/det-*/VOCdevkit/VOC2007/JPEGImages
     python -m dcn.detect run/checkpoints/epoch_011.ckpt street.jpg dog.jpg --score-threshold 0.7 --device cuda
 """
 
@@ -66,7 +68,8 @@ def read_image(path: Path) -> Tensor:
 
 def detect(task, images: Sequence[Tensor]) -> List[Dict[str, Tensor]]:
     """``task`` (a DetectionTask in eval mode) over ``images`` (Tensor[3, H_i, W_i] in [0, 1]) in one
-    forward pass: torchvision's detections (``boxes`` Tensor[D, 4] xyxy pixels, ``labels``, ``scores``) on the CPU."""
+    forward pass: torchvision's detections (``boxes`` Tensor[D, 4] xyxy pixels, ``labels``, ``scores``)
+    on the CPU."""
     device = next(task.parameters()).device
     with torch.inference_mode():
         detections = task([image.to(device) for image in images])

@@ -1,4 +1,4 @@
-"""Export a trained model for deployment and check it: ``python -m dcn.export <run dir | checkpoint>``.
+r"""Export a trained model for deployment and check it: ``python -m dcn.export <run dir | checkpoint>``.
 
 The network is rebuilt from the run's config and loaded from the checkpoint, weights only
 (:mod:`dcn.trained_task`); a run directory means its best checkpoint (``results.json``), else its
@@ -23,7 +23,8 @@ dcn's ops; tracking runs neither (the tracker is a loop around the network).
 Examples::
 
     python -m dcn.export logs/default/runs/<run>                        # -> <run>/export/model.onnx
-    python -m dcn.export logs/deeplab_synthetic/runs/<run>/checkpoints/last.ckpt --dynamic-batch --out deeplab.onnx
+    python -m dcn.export logs/deeplab_synthetic/runs/<run>/checkpoints/last.ckpt --dynamic-batch \
+        --out deeplab.onnx
     python -m dcn.export <run> --format exported-program
 """
 
@@ -214,8 +215,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             images, source = validation_images(cfg, args.batch_size), "validation images"
         except Exception as error:
             raise RuntimeError(
-                f"cannot read a validation batch of the run's data ({type(error).__name__}: {error}); make the data "
-                "available, or pass --input-size H W to export and check with random images of that size"
+                f"cannot read a validation batch of the run's data ({type(error).__name__}: {error}); "
+                "make the data available, or pass --input-size H W to export and check with random images "
+                "of that size"
             ) from error
 
     default_name = f"model{_SUFFIX[args.format]}"

@@ -4,17 +4,17 @@ The core install runs ``import dcn.ops``, the backbones and ``dcn-train`` with t
 Everything else is an extra of the ``dcn`` package (``pip install 'dcn[wandb]'``; in a checkout
 ``pip install -e '.[wandb]'``; ``make install`` installs ``.[all,dev]``):
 
-=============  ==========================================================  =====================================
-extra          modules                                                     needed by
-=============  ==========================================================  =====================================
-wandb          wandb                                                       ``logger=wandb``
-tensorboard    tensorboard                                                 ``logger=tensorboard``
-sweeps         hydra_plugins (submitit, joblib launchers; optuna sweeper)  ``hydra/launcher=slurm|local|parallel``,
-                                                                           ``hparams_search=...``
-coco           pycocotools                                                 ``data=coco``, ``task.metrics=[coco]``
-export         onnx, onnxscript, onnxruntime                               ``python -m dcn.export``, ``dcn.ops.onnx``
-cuda12/cuda13  cupy                                                        the CUDA kernels (``backend="cupy"``)
-=============  ==========================================================  =====================================
+=============  ==========================================  ==========================================
+extra          modules                                     needed by
+=============  ==========================================  ==========================================
+wandb          wandb                                       ``logger=wandb``
+tensorboard    tensorboard                                 ``logger=tensorboard``
+sweeps         hydra_plugins (submitit, joblib launchers;  ``hydra/launcher=slurm|local|parallel``,
+               optuna sweeper)                             ``hparams_search=...``
+coco           pycocotools                                 ``data=coco``, ``task.metrics=[coco]``
+export         onnx, onnxscript, onnxruntime               ``python -m dcn.export``, ``dcn.ops.onnx``
+cuda12/cuda13  cupy                                        the CUDA kernels (``backend="cupy"``)
+=============  ==========================================  ==========================================
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def check_run_directory(run_dir: Path, key: str, ckpt_path: Optional[str] = None
         if run_dir == ckpt or run_dir in ckpt.parents:
             return  # resuming the run that wrote this directory
     raise RunDirectoryError(
-        f"{key}={run_dir} already holds another run's files ({', '.join(sorted(p.name for p in run_dir.iterdir())[:6])}); "
+        f"{key}={run_dir} already holds another run's files "
+        f"({', '.join(sorted(p.name for p in run_dir.iterdir())[:6])}); "
         "a new run never writes there. Either start a new run directory (leave hydra.run.dir unset, or give "
         f"another path), or resume that run: ckpt_path={run_dir}/checkpoints/last.ckpt"
     )

@@ -118,7 +118,8 @@ def check_targets(cfg: DictConfig, source: str, keys: Optional[List[str]] = None
                 ) from None
             if not isinstance(obj, type):
                 raise UnsafeTargetError(
-                    f"{source}: {where} = {target!r} is a {type(obj).__name__}, not a class; refusing to call it"
+                    f"{source}: {where} = {target!r} is a {type(obj).__name__}, not a class; "
+                    "refusing to call it"
                 )
     return cfg
 

@@ -831,7 +831,10 @@ def render_markdown(report: Report, plots: Sequence[Path], sources: Sequence[str
         lines += [
             "## Deformable minus plain",
             "",
-            "Δ of each deformable variant to its plain twin with the 95% interval of the table above; an interval",
+            (
+                "Δ of each deformable variant to its plain twin with the 95% interval of the table above; "
+                "an interval"
+            ),
             "clear of the dashed line at 0 is a difference these seeds distinguish from seed noise.",
             "",
         ]
@@ -896,8 +899,9 @@ def _default_out(paths: Sequence[str]) -> Path:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dcn.report",
-        description="Summarise runs of dcn's train.py: test metrics per variant, the difference to deform off "
-        "with a 95% CI, validation curves, failed runs. Writes report.md and PNG plots (the differences also as PDF).",
+        description="Summarise runs of dcn's train.py: test metrics per variant, the difference to deform "
+        "off with a 95% CI, validation curves, failed runs. Writes report.md and PNG plots (the "
+        "differences also as PDF).",
     )
     parser.add_argument(
         "paths", nargs="+", help="multirun directories, run directories or results.json files"

@@ -4,10 +4,12 @@ The file is written three times (each write atomic, by rank 0 only): when the ru
 (``status: "running"``, so a run killed mid-way is visible as unfinished), and when it ends with
 ``"completed"``, ``"failed"`` (with the error) or ``"interrupted"``. Layout (``schema_version`` 1)::
 
-    status, error                   "completed" | "failed" | "interrupted" | "running"; null or {type, message, traceback}
+    status, error                   "completed" | "failed" | "interrupted" | "running";
+                                    null or {type, message, traceback}
     run_dir, experiment_name, seed
     task, backbone, data            config group choices, e.g. "classification", "seed_net", "digits"
-    deform                          the backbone's deform block (enabled, stages, modulated, offset_groups, extra_layers)
+    deform                          the backbone's deform block (enabled, stages, modulated, offset_groups,
+                                    extra_layers)
     data_config                     the data group's arguments (no _target_)
     overrides                       the command-line overrides of this run (Hydra's task overrides)
     metrics                         final test metrics, e.g. {"test/acc": 0.97, "test/loss": 0.1, ...}
@@ -383,7 +385,8 @@ def format_summary(
             )
     if undefined:
         lines.append(
-            f"  (n/a: not defined on this test set, e.g. no frame or class was scored: {', '.join(undefined)})"
+            "  (n/a: not defined on this test set, e.g. no frame or class was scored: "
+            f"{', '.join(undefined)})"
         )
     for key, text in extra:
         if (key, text) not in head:

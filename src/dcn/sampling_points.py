@@ -206,7 +206,8 @@ def draw_sampling_points(ax: Any, image: Tensor, result: SamplingPoints, title: 
         ax.imshow(pixels[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
     grid, points = result.grid.numpy(), result.points.numpy()
     size = max(2.0, 30.0 / max(1.0, len(points) ** 0.5))
-    # The grid repeats positions (9^L paths onto (2L+1)^2 places for 3x3 layers): larger markers, drawn under the points.
+    # The grid repeats positions (9^L paths onto (2L+1)^2 places for 3x3 layers): larger markers, drawn
+    # under the points.
     ax.scatter(
         grid[:, 1],
         grid[:, 0],

@@ -1,4 +1,5 @@
-"""Track the object of one sequence with a trained SiamRPN: ``python -m dcn.track <checkpoint> <sequence dir>``.
+r"""Track the object of one sequence with a trained SiamRPN:
+``python -m dcn.track <checkpoint> <sequence dir>``.
 
 The network is rebuilt from the run's config (``<run dir>/.hydra/config.yaml``, found from the
 checkpoint's location, or ``--config``) and loaded from the checkpoint. The sequence folder is a VOT or
@@ -14,8 +15,10 @@ predicted with the true box (white on black, top left).
 
 Examples::
 
-    python -m dcn.track logs/siamrpn_synthetic/runs/<run>/checkpoints/last.ckpt data/synthetic_vot/tracks-*/test/seq_0000 --gif seq0.gif
-    python -m dcn.track run/checkpoints/epoch_019.ckpt /data/vot2013/bolt --output results/ --frames frames/bolt
+    python -m dcn.track logs/siamrpn_synthetic/runs/<run>/checkpoints/last.ckpt \
+        data/synthetic_vot/tracks-*/test/seq_0000 --gif seq0.gif
+    python -m dcn.track run/checkpoints/epoch_019.ckpt /data/vot2013/bolt --output results/ \
+        --frames frames/bolt
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ FORMATS = ("vot", "got10k")
 
 
 def build_task(checkpoint: Path, config: Optional[Path] = None, device: str = "cpu"):
-    """Rebuild the :class:`~dcn.tasks.tracking.TrackingTask` of a run and load ``checkpoint`` into it (eval mode)."""
+    """Rebuild the :class:`~dcn.tasks.tracking.TrackingTask` of a run and load ``checkpoint`` into it
+    (eval mode)."""
     from dcn.tasks.tracking import TrackingTask
     from dcn.trained_task import load_trained_task
 
@@ -43,7 +47,8 @@ def build_task(checkpoint: Path, config: Optional[Path] = None, device: str = "c
 
 
 def read_sequence(folder: Path):
-    """A VOT or GOT-10k sequence folder (GOT-10k test folders have only the first box) -> (sequence, format)."""
+    """A VOT or GOT-10k sequence folder (GOT-10k test folders have only the first box) ->
+    (sequence, format)."""
     from dcn.datamodules.tracking.got10k import read_got10k_sequence
 
     sequence = read_got10k_sequence(folder, require_all_boxes=False)
@@ -184,7 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         f", {key} {summary[key]:.3f}" for key in ("success_auc", "precision20") if key in summary
     )
     print(
-        f"{summary['sequence']}: {summary['frames']} frames at {summary['fps']:.1f} fps{scores} -> {summary['boxes']}"
+        f"{summary['sequence']}: {summary['frames']} frames at {summary['fps']:.1f} fps{scores} "
+        f"-> {summary['boxes']}"
     )
     return summary
 

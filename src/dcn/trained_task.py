@@ -78,8 +78,9 @@ def find_run_config(checkpoint: Path) -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        f"no run config next to {checkpoint} (looked for {candidates[0]} and {candidates[1]}); the checkpoint "
-        "must sit in <run dir>/checkpoints/ of a train.py run, or pass --config <run dir>/.hydra/config.yaml"
+        f"no run config next to {checkpoint} (looked for {candidates[0]} and {candidates[1]}); "
+        "the checkpoint must sit in <run dir>/checkpoints/ of a train.py run, or pass "
+        "--config <run dir>/.hydra/config.yaml"
     )
 
 

@@ -81,7 +81,8 @@ def validation_sample(config: Mapping[str, Any], index: int, source: str = "the 
     its validation loader's dataset indexed, as the picture callbacks do.
 
     Raises:
-        ValueError: no ``data`` group in the config, or (``UnsafeTargetError``) a class outside the allow-list.
+        ValueError: no ``data`` group in the config, or (``UnsafeTargetError``) a class outside the
+            allow-list.
         IndexError: ``index`` outside the validation set.
     """
     from omegaconf import DictConfig, OmegaConf
@@ -124,8 +125,8 @@ def _parse_point(text: str) -> Tuple[float, float]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dcn.viz",
-        description="Draw the sampling locations of a trained network's deformable layers for one output unit "
-        "over an image (9^L points for L stacked 3x3 deformable layers).",
+        description="Draw the sampling locations of a trained network's deformable layers for one output "
+        "unit over an image (9^L points for L stacked 3x3 deformable layers).",
     )
     parser.add_argument("checkpoint", type=Path, help="a train.py checkpoint (<run dir>/checkpoints/*.ckpt)")
     parser.add_argument("image", type=Path, nargs="?", help="an image file (PNG, JPEG, ...); or use --sample")

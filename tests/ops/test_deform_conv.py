@@ -1,4 +1,5 @@
-"""dcn.ops.deform_conv2d / DeformConv2d / DeformConv2dPack (PyTorch backend) against torchvision and a loop reference."""
+"""dcn.ops.deform_conv2d / DeformConv2d / DeformConv2dPack (PyTorch backend) against torchvision and a
+loop reference."""
 
 from __future__ import annotations
 

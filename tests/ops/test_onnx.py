@@ -17,11 +17,11 @@ ort = pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from dcn.ops import (
+from dcn.ops import (  # noqa: E402
     DeformConv2d,
     DeformConv2dPack,
     DeformRoIPoolPack,
-    ModulatedDeformConv2dPack,  # noqa: E402
+    ModulatedDeformConv2dPack,
     deform_conv2d,
     deform_roi_pool,
 )

@@ -193,5 +193,6 @@ def conv_bn_relu(in_channels: int, out_channels: int, *, bias: bool = False) -> 
 
 
 def extra_layers(channels: int, n: int) -> nn.Sequential:
-    """``n`` stride-1 :func:`conv_bn_relu` layers keeping ``channels`` (the original study's appended layers)."""
+    """``n`` stride-1 :func:`conv_bn_relu` layers keeping ``channels`` (the original study's appended
+    layers)."""
     return nn.Sequential(*[conv_bn_relu(channels, channels) for _ in range(n)])

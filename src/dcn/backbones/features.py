@@ -110,7 +110,8 @@ class Backbone(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"{type(self).__name__} was built for in_channels={self.in_channels} but the input has "
-                f"{x.shape[1]} channels (shape {tuple(x.shape)}); set the backbone's in_channels to match the data"
+                f"{x.shape[1]} channels (shape {tuple(x.shape)}); set the backbone's in_channels to match "
+                "the data"
             )
 
 

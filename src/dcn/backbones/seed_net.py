@@ -1,4 +1,5 @@
-"""The original study's Experiment-1 network (feature part): four 3x3 conv + BN + ReLU layers, the last deformable.
+"""The original study's Experiment-1 network (feature part): four 3x3 conv + BN + ReLU layers, the last
+deformable.
 
 ::
 

@@ -104,11 +104,14 @@ class RNGStateCheckpoint(Callback):
             why = (
                 "the checkpoint holds no epoch-start generator states (written by an older dcn)"
                 if epoch_start is None
-                else "the fit loop's data fetcher cannot be replayed (a training_step taking dataloader_iter?)"
+                else (
+                    "the fit loop's data fetcher cannot be replayed (a training_step taking dataloader_iter?)"
+                )
             )
             rank_zero_warn(
                 f"RNGStateCheckpoint: resuming mid-epoch ({done} of {total} batches done), but {why}: "
-                "the rest of the epoch comes from a new shuffle, not the one the interrupted run would have used"
+                "the rest of the epoch comes from a new shuffle, not the one the interrupted run would "
+                "have used"
             )
             return
         _set_states(epoch_start)

@@ -92,7 +92,8 @@ def box_iou_pairwise(a: Tensor, b: Tensor) -> Tensor:
 
 
 def centre_distance(a: Tensor, b: Tensor) -> Tensor:
-    """Euclidean distance between the centres of ``a`` and ``b`` (``Tensor[..., 4]`` cxcywh) -> ``Tensor[...]``."""
+    """Euclidean distance between the centres of ``a`` and ``b`` (``Tensor[..., 4]`` cxcywh) ->
+    ``Tensor[...]``."""
     _check(a, "a")
     _check(b, "b")
     return torch.linalg.vector_norm(a[..., :2] - b[..., :2], dim=-1)

@@ -25,7 +25,8 @@ __all__ = ["CropWindow", "context_side", "crop_patch", "search_window", "templat
 
 
 def context_side(w: float, h: float, context: float = 0.5) -> float:
-    """Side of the template window for a ``w x h`` target: ``sqrt((w + p) (h + p))``, ``p = context (w + h)``."""
+    """Side of the template window for a ``w x h`` target: ``sqrt((w + p) (h + p))``,
+    ``p = context (w + h)``."""
     if not (w > 0 and h > 0):
         raise ValueError(f"target size must be positive, got w={w}, h={h}")
     pad = context * (w + h)
@@ -71,7 +72,8 @@ class CropWindow:
         )
 
     def box_to_image(self, box: Tensor) -> Tensor:
-        """``Tensor[..., 4]`` cxcywh in patch coordinates -> image coordinates (inverse of ``box_to_patch``)."""
+        """``Tensor[..., 4]`` cxcywh in patch coordinates -> image coordinates (inverse of
+        ``box_to_patch``)."""
         c = self.out_size / 2
         s = self.scale
         return torch.stack(

@@ -22,7 +22,8 @@ __all__ = ["WandbLogger", "wandb_credentials_available", "wandb_run_id_of"]
 
 _MODES = ("auto", "online", "offline", "disabled")
 _SUMMARY_MODES = ("max", "min", "mean", "last")
-# WANDB_MODE values wandb accepts for a run of its own, with dcn's name for each ("dryrun" and "run" are old aliases).
+# WANDB_MODE values wandb accepts for a run of its own, with dcn's name for each ("dryrun" and "run" are
+# old aliases).
 _ENV_MODES = {
     "online": "online",
     "offline": "offline",
@@ -98,7 +99,8 @@ class WandbLogger(_LightningWandbLogger):
             valid = isinstance(entry, Mapping) and set(entry) == {"metric", "mode"}
             if not valid or entry["mode"] not in _SUMMARY_MODES:
                 raise ValueError(
-                    f"logger.wandb.summary entries must be {{metric: <name>, mode: one of {_SUMMARY_MODES}}}, "
+                    "logger.wandb.summary entries must be "
+                    f"{{metric: <name>, mode: one of {_SUMMARY_MODES}}}, "
                     f"got {entry!r}"
                 )
             self._summary[str(entry["metric"])] = str(entry["mode"])
@@ -133,7 +135,8 @@ class WandbLogger(_LightningWandbLogger):
         if mode == "offline":
             rank_zero_info(
                 "W&B: no credentials (WANDB_API_KEY or `wandb login`): logging offline to "
-                f"{Path(save_dir) / 'wandb'}. Upload later with: wandb sync {Path(save_dir) / 'wandb'}/offline-run-*"
+                f"{Path(save_dir) / 'wandb'}. Upload later with: "
+                f"wandb sync {Path(save_dir) / 'wandb'}/offline-run-*"
             )
 
     @property

@@ -23,8 +23,9 @@ Kernels (templates over float32, float64, float16, bfloat16; half types compute 
   ``grad_input`` with ``atomicAdd`` and accumulates the offset (d bilinear / dy, dx) and mask
   gradients over its channels in registers, writing them once. torchvision instead runs one thread
   per *offset channel* (dy and dx of a point in two threads, each re-reading the group's columns
-  and input corners) plus a separate col2im pass for the input gradient. Gradients are accumulated in float32 buffers for half types (atomics on 16-bit types
-  lose too much precision), converted at the end.
+  and input corners) plus a separate col2im pass for the input gradient. Gradients are accumulated
+  in float32 buffers for half types (atomics on 16-bit types lose too much precision), converted at
+  the end.
 * GEMMs (``W @ cols``, ``W^T @ grad_out``, ``grad_out @ cols^T``) go through ``torch.matmul`` /
   ``bmm`` (cuBLAS, float32 accumulation for half types).
 

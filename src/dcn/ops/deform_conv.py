@@ -94,40 +94,17 @@ def _deform_conv2d_backward_op(
 ) -> List[Tensor]:
     """Returns [grad_input, grad_offset, grad_mask, grad_weight, grad_bias]; an empty tensor
     stands for a gradient that was not requested (custom ops cannot return None)."""
+    conv = (stride, padding, dilation, groups, offset_groups)
     grads = _impl(backend).deform_conv2d_backward(
-        grad_out.contiguous(),
-        input,
-        offset,
-        mask,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        groups,
-        offset_groups,
-        needs_input_grad,
+        grad_out.contiguous(), input, offset, mask, weight, bias, *conv, needs_input_grad
     )
     # Contiguous outputs: the fake implementation promises contiguous strides to the compiler.
     return [g.contiguous() if g is not None else input.new_empty(0) for g in grads]
 
 
 @_deform_conv2d_backward_op.register_fake
-def _(
-    grad_out,
-    input,
-    offset,
-    mask,
-    weight,
-    bias,
-    stride,
-    padding,
-    dilation,
-    groups,
-    offset_groups,
-    backend,
-    needs_input_grad,
-):
+def _(grad_out, input, offset, mask, weight, bias, *conf_and_needs):
+    needs_input_grad = conf_and_needs[-1]
     like = [input, offset, mask, weight, bias]
     return [
         t.new_empty(t.shape) if (need and t is not None) else input.new_empty(0)
@@ -173,21 +150,7 @@ def _backward(ctx, grad_out):
             grad_out, (input, offset, mask, weight, bias), needs, ctx.conf
         )
         return g_in, g_off, g_mask, g_w, g_b, None, None, None, None, None, None
-    grads = _deform_conv2d_backward_op(
-        grad_out,
-        input,
-        offset,
-        mask,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        groups,
-        offset_groups,
-        backend,
-        needs,
-    )
+    grads = _deform_conv2d_backward_op(grad_out, input, offset, mask, weight, bias, *ctx.conf, needs)
     g_in, g_off, g_mask, g_w, g_b = (g if need else None for g, need in zip(grads, needs))
     return g_in, g_off, g_mask, g_w, g_b, None, None, None, None, None, None
 

@@ -88,35 +88,16 @@ def _deform_roi_pool_backward_op(
 ) -> List[Tensor]:
     """Returns [grad_input, grad_offset]; an empty tensor stands for a gradient that was not
     requested (custom ops cannot return None)."""
+    pool = (output_size, spatial_scale, sampling_ratio, gamma, aligned)
     grads = _impl(backend).deform_roi_pool_backward(
-        grad_out.contiguous(),
-        input,
-        rois,
-        offset,
-        output_size,
-        spatial_scale,
-        sampling_ratio,
-        gamma,
-        aligned,
-        needs_input_grad,
+        grad_out.contiguous(), input, rois, offset, *pool, needs_input_grad
     )
     return [g if g is not None else input.new_empty(0) for g in grads]
 
 
 @_deform_roi_pool_backward_op.register_fake
-def _(
-    grad_out,
-    input,
-    rois,
-    offset,
-    output_size,
-    spatial_scale,
-    sampling_ratio,
-    gamma,
-    aligned,
-    backend,
-    needs_input_grad,
-):
+def _(grad_out, input, rois, offset, *conf_and_needs):
+    needs_input_grad = conf_and_needs[-1]
     return [
         t.new_empty(t.shape) if (need and t is not None) else input.new_empty(0)
         for t, need in zip((input, offset), needs_input_grad)
@@ -516,8 +497,8 @@ class MultiScaleDeformRoIPool(nn.Module):
     them. ``offset_heads="shared"`` (default) uses one head for all levels (offsets are
     normalised by RoI size, so they need not depend on the level; one head sees every box);
     ``"per_level"`` gives each level its own head, as mmdetection's FPN RoI extractor with
-    DeformRoIPoolPack does (len(featmap_names) x the parameters). Heads are zero-initialised, so at init the module equals
-    MultiScaleRoIAlign (for ``aligned=False``, the default here because that is what
+    DeformRoIPoolPack does (len(featmap_names) x the parameters). Heads are zero-initialised, so at
+    init the module equals MultiScaleRoIAlign (for ``aligned=False``, the default here because that is what
     MultiScaleRoIAlign and torchvision's detection models use; ``modulated=True`` scales it by 0.5).
 
     Args:

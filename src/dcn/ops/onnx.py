@@ -119,7 +119,8 @@ def deform_roi_pool_to_onnx(
     dtype = getattr(input, "dtype", None)
 
     def const(values):
-        """A 1-D constant in the input's dtype, made there (0.1 rounded to float32 would not match float64)."""
+        """A 1-D constant in the input's dtype, made there (0.1 rounded to float32 would not
+        match float64)."""
         if dtype is None:
             return op.CastLike(op.Constant(value_floats=[float(v) for v in values]), input)
         return op.Constant(value=ir.tensor(np.asarray([float(v) for v in values], dtype=dtype.numpy())))

@@ -134,7 +134,8 @@ def test_boxes_outside_the_image_are_clipped(tmp_path):
         voc_xml("clip.jpg", (40, 30), [("cat", (-5, 3, 50, 35), 0, 0), ("cat", (2.5, 3, 7.5, 9), 0, 0)])
     )
     ann = parse_voc_xml(xml, VOC_DET_CLASSES)
-    # (-5 - 1, 3 - 1, 50, 35) clipped to [0, 40] x [0, 30]; fractional coordinates (some tools write them) kept.
+    # (-5 - 1, 3 - 1, 50, 35) clipped to [0, 40] x [0, 30]; fractional coordinates (some tools write
+    # them) kept.
     assert ann.boxes.tolist() == [[0, 2, 40, 30], [1.5, 2, 7.5, 9]]
 
 

@@ -101,7 +101,8 @@ def test_frcnn_voc_fast_dev_run_on_a_voc0712_tree(compose_train, tmp_path):
 
 
 def _fabricate_coco(root: Path) -> Path:
-    """A COCO 2017 tree (train2017/, val2017/, annotations/instances_*.json) converted from synthetic VOC data."""
+    """A COCO 2017 tree (train2017/, val2017/, annotations/instances_*.json) converted from synthetic
+    VOC data."""
     from dcn.datamodules.detection.voc import parse_voc_xml
 
     generator = SyntheticDetGenerator(num_train=3, num_val=2, num_test=1, image_size=48, objects=(1, 2))

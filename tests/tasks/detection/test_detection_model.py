@@ -179,7 +179,8 @@ def test_frozen_stages_and_frozen_batchnorm():
 
 
 def test_a_narrower_pyramid_on_fewer_levels():
-    # frcnn_synthetic's setting: FPN on layer2..layer4 at 128 channels -> P3..P5 pooled, plus the max-pooled level.
+    # frcnn_synthetic's setting: FPN on layer2..layer4 at 128 channels -> P3..P5 pooled, plus the
+    # max-pooled level.
     model = _model(
         "fpn",
         "deform",

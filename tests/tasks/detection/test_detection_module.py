@@ -1,4 +1,5 @@
-"""DetectionTask: losses and metrics logged, warm-up, pictures, bad batches, and a short training that learns."""
+"""DetectionTask: losses and metrics logged, warm-up, pictures, bad batches, and a short training that
+learns."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``python -m dcn.track``: rebuild a run's tracker from its config and checkpoint, track a VOT-layout sequence,
-draw frames captioned with their number and IoU."""
+"""``python -m dcn.track``: rebuild a run's tracker from its config and checkpoint, track a VOT-layout
+sequence, draw frames captioned with their number and IoU."""
 
 from __future__ import annotations
 

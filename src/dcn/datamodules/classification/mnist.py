@@ -29,8 +29,8 @@ class MNISTDataModule(DigitClasses, ClassificationDataModule):
 
     The 60,000 training images are split (stratified, fixed by ``split_seed``) into ``val_size``
     validation images and the rest for training; the 10,000 official test images are the test set.
-    Deformations follow :class:`~dcn.datamodules.classification.digits.DigitsDataModule`: re-drawn every read for
-    training, fixed per sample by ``eval_seed`` for validation and test.
+    Deformations follow :class:`~dcn.datamodules.classification.digits.DigitsDataModule`: re-drawn every
+    read for training, fixed per sample by ``eval_seed`` for validation and test.
 
     Batches: ``(Tensor[B, 1, canvas_size, canvas_size] float32 in [0, 1], Tensor[B] int64)``.
 

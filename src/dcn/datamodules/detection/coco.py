@@ -242,9 +242,9 @@ class CocoDetDataModule(DetectionLoaders):
     def _check_file(self, path: Path, key: str) -> None:
         if not path.exists():
             raise FileNotFoundError(
-                f"COCO file not found: {path} ({key}, relative to data.root={str(self.root)!r}). COCO cannot be "
-                f"downloaded through torchvision: get the images and annotations from {COCO_DOWNLOAD_URL} and "
-                "extract them under data.root"
+                f"COCO file not found: {path} ({key}, relative to data.root={str(self.root)!r}). "
+                "COCO cannot be downloaded through torchvision: get the images and annotations from "
+                f"{COCO_DOWNLOAD_URL} and extract them under data.root"
             )
 
     def _check_layout(self, stages: Tuple[str, ...] = ("train", "val", "test")) -> None:

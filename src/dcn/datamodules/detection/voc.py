@@ -378,10 +378,10 @@ class VOCDetDataModule(DetectionLoaders):
                 if not path.exists():
                     raise FileNotFoundError(
                         f"VOC detection set '{year}/{split}' not found: missing {path} (data.root="
-                        f"{str(self.root)!r}). Expected <root>/VOCdevkit/VOC{year}/{{JPEGImages, Annotations, "
-                        f"ImageSets/Main/{split}.txt}}. Set data.download=true to fetch VOC (needs internet; "
-                        "VOC2007 trainval 439 MB + test 430 MB, VOC2012 trainval ~2 GB), or point data.root=... "
-                        "at the folder holding VOCdevkit/"
+                        f"{str(self.root)!r}). Expected <root>/VOCdevkit/VOC{year}/{{JPEGImages, "
+                        f"Annotations, ImageSets/Main/{split}.txt}}. Set data.download=true to fetch VOC "
+                        "(needs internet; VOC2007 trainval 439 MB + test 430 MB, VOC2012 trainval ~2 GB), "
+                        "or point data.root=... at the folder holding VOCdevkit/"
                     )
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -26,7 +26,8 @@ class LoaderOptions:
         pin_memory: bool = False,
         min_batch_size: int = 1,
     ) -> None:
-        """Check and keep the options (errors name the ``data.*`` key); ``val_batch_size`` None: ``batch_size``."""
+        """Check and keep the options (errors name the ``data.*`` key); ``val_batch_size`` None:
+        ``batch_size``."""
         val_batch_size = batch_size if val_batch_size is None else val_batch_size
         for key, value, minimum in (
             ("batch_size", batch_size, min_batch_size),

@@ -55,7 +55,8 @@ class PairSampling:
             raise ValueError("data.pairs.frame_range, shift, scale and context must be >= 0")
         if self.search_size <= self.template_size:
             raise ValueError(
-                f"data.pairs.search_size ({self.search_size}) must exceed template_size ({self.template_size})"
+                f"data.pairs.search_size ({self.search_size}) must exceed "
+                f"template_size ({self.template_size})"
             )
 
 

@@ -76,7 +76,8 @@ class TrackingSequence:
 
 
 def find_frames(folder: Path) -> List[Path]:
-    """Image files of a sequence, sorted by name: in ``folder/color/`` (VOT 2016+) if it exists, else ``folder``."""
+    """Image files of a sequence, sorted by name: in ``folder/color/`` (VOT 2016+) if it exists, else
+    ``folder``."""
     folder = Path(folder)
     if (folder / "color").is_dir():
         folder = folder / "color"
@@ -124,8 +125,8 @@ def read_groundtruth(path: os.PathLike | str, sequence: str, known: Optional[Ten
             continue
         if not torch.isfinite(values).all():
             raise ValueError(
-                f"sequence {sequence}: {path} line {number} holds a non-finite value ({line.strip()!r}); a box "
-                "needs finite numbers (a line of NaN only marks a frame without the object)"
+                f"sequence {sequence}: {path} line {number} holds a non-finite value ({line.strip()!r}); "
+                "a box needs finite numbers (a line of NaN only marks a frame without the object)"
             )
         box = values if len(fields) == 4 else polygon_to_xywh(values)
         is_known = known is None or (number - 1 < len(known) and bool(known[number - 1]))

@@ -1,5 +1,6 @@
-"""``synthetic_vot``: offline tracking data, generated once into ``<cache_dir>/tracks-<hash>/{train,val,test}``
-(each a VOT-layout root, see :mod:`dcn.datamodules.synthetic.tracks`) and read back by the VOT loader.
+"""``synthetic_vot``: offline tracking data, generated once into
+``<cache_dir>/tracks-<hash>/{train,val,test}`` (each a VOT-layout root, see
+:mod:`dcn.datamodules.synthetic.tracks`) and read back by the VOT loader.
 
 The cache is :mod:`dcn.datamodules.synthetic.cache`'s: the folder name hashes the generator's
 parameters, a ``generator.json`` written last marks it complete, and generation happens in a temporary

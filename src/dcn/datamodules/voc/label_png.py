@@ -85,10 +85,10 @@ def read_label_png(path: os.PathLike | str, num_classes: Optional[int] = None) -
     with Image.open(path) as image:
         if image.mode not in _INDEX_MODES:
             raise LabelError(
-                f"{path}: label PNGs must be class-index images (palette 'P' or greyscale 'L' mode, one class "
-                f"index per pixel, 255 = ignore), but this one is {image.mode!r}. An RGB picture of the VOC "
-                "colours cannot be read as labels: save the class indices instead (dcn.datamodules.voc.label_png."
-                "write_label_png)"
+                f"{path}: label PNGs must be class-index images (palette 'P' or greyscale 'L' mode, one "
+                f"class index per pixel, 255 = ignore), but this one is {image.mode!r}. An RGB picture of "
+                "the VOC colours cannot be read as labels: save the class indices instead "
+                "(dcn.datamodules.voc.label_png.write_label_png)"
             )
         label = np.array(image, dtype=np.uint8)
     if num_classes is not None:

@@ -135,8 +135,8 @@ class C4Features(nn.Module):
         if info[rpn_feature].stride != info[roi_feature].stride:
             raise ValueError(
                 f"layout c4 pools {roi_feature!r} at the RPN's stride, but {roi_feature!r} has stride "
-                f"{info[roi_feature].stride} and {rpn_feature!r} {info[rpn_feature].stride}; build the backbone "
-                f"with backbone.output_stride={info[rpn_feature].stride} (the paper's dilated conv5)"
+                f"{info[roi_feature].stride} and {rpn_feature!r} {info[rpn_feature].stride}; build the "
+                f"backbone with backbone.output_stride={info[rpn_feature].stride} (the paper's dilated conv5)"
             )
         self.body = backbone
         self.rpn_feature, self.roi_feature = rpn_feature, roi_feature
@@ -258,7 +258,8 @@ def build_faster_rcnn(
         raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
     if min_size < 1 or max_size < min_size:
         raise ValueError(
-            f"task.min_size / task.max_size must satisfy 1 <= min_size <= max_size, got {min_size} / {max_size}"
+            "task.min_size / task.max_size must satisfy 1 <= min_size <= max_size, "
+            f"got {min_size} / {max_size}"
         )
     if freeze_bn:
         backbone = freeze_batch_norm(backbone)

@@ -47,8 +47,8 @@ class DetectionTask(DcnTask):
         backbone: a dcn backbone.
         num_classes: classes including background (``train.py`` takes it from the datamodule).
         optimizer, scheduler, scheduler_interval: as in the other tasks.
-        layout, roi_pool, fpn_features, fpn_channels, c4_features, anchor_sizes, aspect_ratios, min_size, max_size,
-            representation_size, deform_roi_pool, rpn, roi_heads, freeze_bn, frozen_stages: the
+        layout, roi_pool, fpn_features, fpn_channels, c4_features, anchor_sizes, aspect_ratios, min_size,
+            max_size, representation_size, deform_roi_pool, rpn, roi_heads, freeze_bn, frozen_stages: the
             network, see :func:`build_faster_rcnn`.
         warmup_iters, warmup_factor: linear warm-up (0 iterations: none).
         metrics: ``["voc"]``, ``["coco"]`` or both (the first gives ``mAP``).
@@ -97,7 +97,8 @@ class DetectionTask(DcnTask):
     ) -> None:
         if warmup_iters < 0 or not 0 < warmup_factor <= 1:
             raise ValueError(
-                f"task.warmup_iters must be >= 0 and task.warmup_factor in (0, 1], got {warmup_iters} and {warmup_factor}"
+                "task.warmup_iters must be >= 0 and task.warmup_factor in (0, 1], "
+                f"got {warmup_iters} and {warmup_factor}"
             )
         super().__init__(
             optimizer,

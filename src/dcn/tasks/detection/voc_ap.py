@@ -61,7 +61,8 @@ from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 __all__ = ["VOCAPResult", "VOCMeanAP", "average_precision", "format_ap_table", "voc_ap_per_class"]
 
 # Column layout of the packed per-box arrays (float64; labels and ids are exact integers in float64).
-# Detections: x1, y1, x2, y2, score, label, image id. Ground truth: x1, y1, x2, y2, label, difficult, image id.
+# Detections: x1, y1, x2, y2, score, label, image id.
+# Ground truth: x1, y1, x2, y2, label, difficult, image id.
 _DET_SCORE, _DET_LABEL, _DET_IMAGE = 4, 5, 6
 _GT_LABEL, _GT_DIFFICULT, _GT_IMAGE = 4, 5, 6
 _COLUMNS = 7

@@ -36,8 +36,8 @@ def aspp_rates_for(output_stride: int) -> Tuple[int, ...]:
     rates = [r * 16 / output_stride for r in _BASE_RATES]
     if any(r != int(r) or r < 1 for r in rates):
         raise ValueError(
-            f"no integer ASPP rates for output stride {output_stride} (the paper's {list(_BASE_RATES)} at 16, "
-            "scaled); set task.aspp_rates explicitly"
+            f"no integer ASPP rates for output stride {output_stride} (the paper's {list(_BASE_RATES)} "
+            "at 16, scaled); set task.aspp_rates explicitly"
         )
     return tuple(int(r) for r in rates)
 
@@ -123,7 +123,8 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 class DeepLab(nn.Module):
-    """A dcn backbone with a DeepLab head: ``images Tensor[N, C, H, W] -> logits Tensor[N, num_classes, H, W]``.
+    """A dcn backbone with a DeepLab head:
+    ``images Tensor[N, C, H, W] -> logits Tensor[N, num_classes, H, W]``.
 
     Args:
         backbone: a dcn backbone (``forward`` returns named features; ``feature_info`` gives their
@@ -210,5 +211,6 @@ def _low_level_info(info: List, name: Optional[str]):
             return entry
     raise ValueError(
         "DeepLabV3+ needs a stride-4 backbone feature for its decoder, but the backbone's features are "
-        f"{[(e.name, e.stride) for e in info]}; set task.low_level_feature to one of them, or task.head=deeplabv3"
+        f"{[(e.name, e.stride) for e in info]}; set task.low_level_feature to one of them, "
+        "or task.head=deeplabv3"
     )

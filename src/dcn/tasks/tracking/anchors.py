@@ -23,7 +23,8 @@ __all__ = ["anchor_shapes", "make_anchors"]
 
 
 def anchor_shapes(stride: int, ratios: Sequence[float], scales: Sequence[float]) -> Tensor:
-    """``Tensor[k, 2]`` (w, h) of the anchor types, ratio-major (ratio r, scale s at ``r_index * len(scales) + s_index``)."""
+    """``Tensor[k, 2]`` (w, h) of the anchor types, ratio-major (ratio r, scale s at
+    ``r_index * len(scales) + s_index``)."""
     if not ratios or not scales:
         raise ValueError(f"anchor ratios and scales must not be empty, got {list(ratios)} and {list(scales)}")
     if any(not (r > 0) for r in ratios) or any(not (s > 0) for s in scales):

@@ -20,7 +20,8 @@ MAX_LOG_SCALE = math.log(1000.0)  # a predicted box at most 1000x its anchor
 
 
 def encode_boxes(boxes: Tensor, anchors: Tensor, min_size: float = MIN_SIZE) -> Tensor:
-    """``boxes`` (``Tensor[..., 4]`` cxcywh) relative to ``anchors`` (broadcastable) -> ``Tensor[..., 4]`` deltas."""
+    """``boxes`` (``Tensor[..., 4]`` cxcywh) relative to ``anchors`` (broadcastable) ->
+    ``Tensor[..., 4]`` deltas."""
     w = boxes[..., 2].clamp(min=min_size)
     h = boxes[..., 3].clamp(min=min_size)
     return torch.stack(

@@ -38,7 +38,8 @@ def flatten_head_outputs(cls: Tensor, loc: Tensor) -> "tuple[Tensor, Tensor]":
 def siamrpn_loss(
     cls: Tensor, loc: Tensor, targets: AnchorTargets, reg_weight: float = 1.2
 ) -> Dict[str, Tensor]:
-    """Loss terms for head outputs ``cls`` (``Tensor[B, K, S, S]`` logits) and ``loc`` (``Tensor[B, 4K, S, S]``).
+    """Loss terms for head outputs ``cls`` (``Tensor[B, K, S, S]`` logits) and ``loc``
+    (``Tensor[B, 4K, S, S]``).
 
     Returns ``{"loss", "cls", "reg"}`` scalars.
     """

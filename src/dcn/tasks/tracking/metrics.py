@@ -68,7 +68,8 @@ def supervised_protocol(
         overlap: ``overlap(t)`` advances the tracker to frame t (always the frame after the last one it
             saw) and returns its overlap with the truth there.
         skip: frames from a failure to the re-initialisation (VOT: 5).
-        burnin: frames from each initialisation, the initialisation frame included, left out of accuracy (VOT: 10).
+        burnin: frames from each initialisation, the initialisation frame included, left out of accuracy
+            (VOT: 10).
         known: ``Tensor[T]`` bool, False where the truth is unknown (e.g. the object is absent): the
             tracker still runs through such frames, but they are neither failures nor counted, and
             (re-)initialisation waits for the next known frame. None: every frame is known.
@@ -102,7 +103,8 @@ def supervised_protocol(
 
 
 def success_curve(overlaps: Tensor, thresholds: Tensor = SUCCESS_THRESHOLDS) -> Tensor:
-    """Fraction of ``overlaps`` (``Tensor[T]``) strictly above each threshold -> ``Tensor[len(thresholds)]``."""
+    """Fraction of ``overlaps`` (``Tensor[T]``) strictly above each threshold ->
+    ``Tensor[len(thresholds)]``."""
     if overlaps.numel() == 0:
         raise ValueError("success_curve needs at least one overlap")
     overlaps = torch.nan_to_num(overlaps.double(), nan=0.0)  # a missing prediction counts as a miss

@@ -87,7 +87,8 @@ class ResponseGeometry:
 
 
 def truncate_backbone(backbone: nn.Module, feature: Optional[str]) -> str:
-    """Drop, in place, the stages of a dcn backbone after ``feature`` (None: keep all); returns the feature's name.
+    """Drop, in place, the stages of a dcn backbone after ``feature`` (None: keep all); returns the
+    feature's name.
 
     Raises ValueError when ``feature`` is unknown or a dropped stage holds deformable layers (the
     ``deform.stages`` config would silently do nothing).
@@ -103,8 +104,8 @@ def truncate_backbone(backbone: nn.Module, feature: Optional[str]) -> str:
     deformable = [n for n in getattr(backbone, "deformable_layers", []) if n.split(".")[0] in dropped]
     if deformable:
         raise ValueError(
-            f"task.feature={feature!r} drops {dropped}, which hold deformable layers {deformable[:3]}; make a "
-            f"used stage deformable instead (e.g. backbone.deform.stages=[{feature[-1]}])"
+            f"task.feature={feature!r} drops {dropped}, which hold deformable layers {deformable[:3]}; "
+            f"make a used stage deformable instead (e.g. backbone.deform.stages=[{feature[-1]}])"
         )
     for name in dropped:
         delattr(backbone, name)

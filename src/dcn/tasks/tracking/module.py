@@ -50,7 +50,8 @@ class TrackingTask(DcnTask):
         backbone: a dcn backbone; its stages after ``feature`` are dropped.
         optimizer: ``params -> Optimizer`` (Hydra ``_partial_``).
         num_classes: must be None (tracking is class-agnostic; ``train.py`` passes the datamodule's).
-        scheduler: optional ``optimizer -> LRScheduler`` (Hydra ``_partial_``), stepped per ``scheduler_interval``.
+        scheduler: optional ``optimizer -> LRScheduler`` (Hydra ``_partial_``), stepped per
+            ``scheduler_interval``.
         feature, head, channels, template_size, search_size, ratios, scales: the network
             (:class:`~dcn.tasks.tracking.model.SiamRPN`).
         targets: :class:`~dcn.tasks.tracking.targets.TargetOptions` fields.
@@ -216,6 +217,7 @@ def format_sequence_table(scores: Sequence[SequenceScores]) -> str:
 
     for s in scores:
         lines.append(
-            f"{s.name:<{width}}  {fmt(s.accuracy)}  {s.failures:>4d}  {fmt(s.success_auc)}  {fmt(s.precision20)}"
+            f"{s.name:<{width}}  {fmt(s.accuracy)}  {s.failures:>4d}  "
+            f"{fmt(s.success_auc)}  {fmt(s.precision20)}"
         )
     return "\n".join(lines)

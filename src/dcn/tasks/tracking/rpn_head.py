@@ -22,8 +22,8 @@ __all__ = ["DepthwiseRPNHead", "UpChannelRPNHead", "xcorr_depthwise", "xcorr_ful
 
 
 def xcorr_depthwise(search: Tensor, kernel: Tensor) -> Tensor:
-    """Channel-by-channel cross-correlation: ``search`` ``Tensor[B, C, H, W]``, ``kernel`` ``Tensor[B, C, h, w]``
-    -> ``Tensor[B, C, H - h + 1, W - w + 1]`` (each sample with its own kernel)."""
+    """Channel-by-channel cross-correlation: ``search`` ``Tensor[B, C, H, W]``, ``kernel``
+    ``Tensor[B, C, h, w]`` -> ``Tensor[B, C, H - h + 1, W - w + 1]`` (each sample with its own kernel)."""
     b, c = kernel.shape[:2]
     if search.shape[:2] != (b, c):
         raise ValueError(
@@ -54,7 +54,8 @@ def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class DepthwiseXCorr(nn.Module):
-    """3x3 conv+BN+ReLU on each input, depthwise correlation, 1x1 conv+BN+ReLU, 1x1 conv to ``out_channels``."""
+    """3x3 conv+BN+ReLU on each input, depthwise correlation, 1x1 conv+BN+ReLU, 1x1 conv to
+    ``out_channels``."""
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int) -> None:
         super().__init__()

@@ -37,11 +37,13 @@ class TargetOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.neg_iou <= self.pos_iou <= 1:
             raise ValueError(
-                f"task.targets needs 0 <= neg_iou <= pos_iou <= 1, got neg_iou={self.neg_iou}, pos_iou={self.pos_iou}"
+                "task.targets needs 0 <= neg_iou <= pos_iou <= 1, "
+                f"got neg_iou={self.neg_iou}, pos_iou={self.pos_iou}"
             )
         if not 0 <= self.num_pos <= self.num_total:
             raise ValueError(
-                f"task.targets needs 0 <= num_pos <= num_total, got num_pos={self.num_pos}, num_total={self.num_total}"
+                "task.targets needs 0 <= num_pos <= num_total, "
+                f"got num_pos={self.num_pos}, num_total={self.num_total}"
             )
 
 
@@ -55,7 +57,8 @@ class AnchorTargets:
 
 
 def _draw(candidates: Tensor, counts: Tensor, limit: int, generator: Optional[torch.Generator]) -> Tensor:
-    """A random subset of each row's ``candidates`` (``Tensor[B, A]`` bool) of at most ``counts[b]`` anchors."""
+    """A random subset of each row's ``candidates`` (``Tensor[B, A]`` bool) of at most ``counts[b]``
+    anchors."""
     if limit == 0 or candidates.shape[1] == 0:
         return torch.zeros_like(candidates)
     keys = torch.rand(candidates.shape, generator=generator, device=candidates.device)

@@ -50,7 +50,8 @@ class TrackerOptions:
 
 
 def cosine_window(score_size: int, num_anchors: int) -> Tensor:
-    """Hanning window over the response map, repeated for each anchor type: ``Tensor[K * S * S]`` in anchor order."""
+    """Hanning window over the response map, repeated for each anchor type: ``Tensor[K * S * S]`` in
+    anchor order."""
     hann = torch.hann_window(score_size + 2, periodic=False, dtype=torch.float64)[1:-1]  # no zero rim
     window = torch.outer(hann, hann).flatten()
     return (window / window.max()).repeat(num_anchors).float()
@@ -132,11 +133,13 @@ class SiamRPNTracker:
         self.template = self.embed_template(patch)
 
     def embed_template(self, patch: Tensor) -> Optional[Tensor]:
-        """Template features for ``patch`` (``Tensor[3, T, T]``); subclasses without a network may return None."""
+        """Template features for ``patch`` (``Tensor[3, T, T]``); subclasses without a network may
+        return None."""
         return self.model.template_features(patch[None].to(self._device()))
 
     def predict(self, patch: Tensor, window: CropWindow) -> Tuple[Tensor, Tensor]:
-        """Object probabilities ``Tensor[A]`` and deltas ``Tensor[A, 4]`` for a search ``patch`` (``Tensor[3, N, N]``).
+        """Object probabilities ``Tensor[A]`` and deltas ``Tensor[A, 4]`` for a search ``patch``
+        (``Tensor[3, N, N]``).
 
         ``window`` is where the patch came from (unused here; a stand-in network may need it).
         """
