@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sweeps behind docs/results.md, their reports and the offset-spread measure, with each sweep's wall
 # time appended to $S/timings.txt. Data: ../shared/data (or DCN_SHARED_DATA=/path/to/data).
-#   bash scripts/results.sh                 # everything (~1 h 40 min on 2 cores)
+#   bash scripts/results.sh                 # everything (~1 h 30 min on 2 cores; docs/results.md)
 #   bash scripts/results.sh mnist           # one part: mnist | frcnn | tracking | reports
 # N_JOBS (default 2) runs at a time, each on one thread.
 set -euo pipefail

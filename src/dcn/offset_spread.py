@@ -154,6 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from omegaconf import open_dict
 
+    from dcn.results import shown_path
     from dcn.trained_task import checkpoint_of, find_run_config, load_datamodule, load_trained_task
 
     checkpoint = checkpoint_of(args.run)
@@ -175,9 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as error:  # a plain network: no offsets
         parser.error(str(error))
     summary = summarize_spread(scales, spread, grid)
-    summary.update(
-        checkpoint=str(checkpoint), deformable_layers=sampling_points(backbone, images[0][0]).layers
-    )
+    layers = sampling_points(backbone, images[0][0]).layers
+    summary.update(checkpoint=str(shown_path(checkpoint)), deformable_layers=layers)
 
     out = args.out or checkpoint.resolve().parent.parent / "offset_spread"
     out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from dcn.results import RESULTS_FILE
+from dcn.results import RESULTS_FILE, shown_path
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -875,11 +875,7 @@ def render_markdown(report: Report, plots: Sequence[Path], sources: Sequence[str
                 ),
             ]
         )
-    try:  # a path relative to where the report was made reads better and does not leak home directories
-        shown = root.relative_to(Path.cwd().resolve()) or Path(".")
-    except ValueError:
-        shown = root
-    lines += [f"Directories relative to `{shown}`.", ""]
+    lines += [f"Directories relative to `{shown_path(root)}`.", ""]
     lines += [_markdown_table(["run", "variant", "seed", "status", "test metrics"], rows), ""]
     problems = problem_runs(report)
     lines += ["## Failed or unfinished runs", ""]

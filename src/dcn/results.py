@@ -77,6 +77,16 @@ _LIBRARIES = (
 )
 
 
+def shown_path(path: os.PathLike | str) -> Path:
+    """``path`` relative to the working directory when it lies below it: reports and JSON files made
+    in a checkout then read the same on every machine and do not leak home directories."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()) or Path(".")
+    except ValueError:
+        return path
+
+
 def parameter_counts(model: nn.Module) -> Dict[str, int]:
     """``{total, trainable, offset_predictor, roi_offset_head}`` parameter counts: ``offset_predictor``
     sums the ``conv_offset`` predictors of every :class:`~dcn.ops.DeformConv2dPack` (0 in a plain

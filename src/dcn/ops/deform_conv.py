@@ -312,6 +312,7 @@ def deform_conv2d(
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     groups, offset_groups = _check_args(input, offset, weight, bias, mask, stride, padding, dilation)
     resolved = resolve_backend(backend, input.device, "deform_conv2d")
+    conv = (list(stride), list(padding), list(dilation), groups, offset_groups, resolved)
     if torch.is_autocast_enabled(input.device.type):
         # Like torchvision: the PyTorch path computes in float32; the CUDA kernels take the
         # autocast dtype (float16/bfloat16) and accumulate in float32 internally.
@@ -322,32 +323,8 @@ def deform_conv2d(
         bias = bias.to(dtype) if bias is not None else None
         mask = mask.to(dtype) if mask is not None else None
         with torch.autocast(input.device.type, enabled=False):
-            return _deform_conv2d_op(
-                input,
-                offset,
-                mask,
-                weight,
-                bias,
-                list(stride),
-                list(padding),
-                list(dilation),
-                groups,
-                offset_groups,
-                resolved,
-            )
-    return _deform_conv2d_op(
-        input,
-        offset,
-        mask,
-        weight,
-        bias,
-        list(stride),
-        list(padding),
-        list(dilation),
-        groups,
-        offset_groups,
-        resolved,
-    )
+            return _deform_conv2d_op(input, offset, mask, weight, bias, *conv)
+    return _deform_conv2d_op(input, offset, mask, weight, bias, *conv)
 
 
 # --------------------------------------------------------------------------------------
