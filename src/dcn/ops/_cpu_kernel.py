@@ -107,7 +107,7 @@ def load():
                 if _is_built(name, csrc_hash):
                     log.debug("loading dcn's CPU kernel from the extension cache")
                 else:
-                    log.info("dcn: building the CPU kernel for %s, once per machine (~30 s)", isa)
+                    log.info("dcn: building the CPU kernel for %s, once per machine (~20 s)", isa)
                 load_extension(
                     name=name,
                     sources=[str(path) for path in _SOURCES],
