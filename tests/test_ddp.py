@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from train_runs import TINY_DIGITS, run_train_py
 
 
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_write_one_results_json(tmp_path: Path) -> None:
     command = [
-        sys.executable,
-        str(ROOT / "train.py"),
         "trainer=ddp_cpu",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1",
-        "data.canvas_size=12",
-        "data.digit_size=10",
         "data.batch_size=16",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
+        *TINY_DIGITS,
     ]
-    done = subprocess.run(
-        command,
-        cwd=tmp_path,
-        env={**os.environ, "DCN_ROOT": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_train_py(command, tmp_path)
 
     (run_dir,) = (tmp_path / "logs" / "default" / "runs").iterdir()  # rank 1 did not make its own
     assert sorted(p.name for p in run_dir.glob("results*.json")) == ["results.json"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from train_runs import TINY_DIGITS
 
 from dcn import export
 from dcn.backbones import ResNetBackbone
@@ -25,10 +26,7 @@ SHORT_CLASSIFICATION_RUN = [
     "trainer.limit_train_batches=1",
     "trainer.limit_val_batches=1",
     "test=false",
-    "data.canvas_size=12",
-    "data.digit_size=10",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
+    *TINY_DIGITS,
 ]
 SHORT_SEGMENTATION_RUN = [
     "experiment=deeplab_synthetic",

@@ -4,15 +4,13 @@ study runs train.py and reports the best of the trials it ran, with its value an
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from train_runs import TINY_DIGITS, run_train_py
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = "hparams_search=classification_optuna"
@@ -36,8 +34,6 @@ def test_search_space_composes() -> None:
 def test_two_trial_study(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
     command = [
-        sys.executable,
-        str(ROOT / "train.py"),
         SEARCH,
         f"hydra.sweep.dir={sweep}",
         "hydra.sweeper.n_trials=2",
@@ -46,10 +42,7 @@ def test_two_trial_study(tmp_path: Path) -> None:
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
         "test=false",
-        "data.canvas_size=12",
-        "data.digit_size=10",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
+        *TINY_DIGITS,
         # Two tiny trials tie on val/acc (both at chance), not on val/loss: minimise the loss (with
         # direction=minimize, as classification_optuna.yaml says for a loss), so that the choice of the
         # best trial below is really checked.
@@ -57,15 +50,7 @@ def test_two_trial_study(tmp_path: Path) -> None:
         "task.monitor_mode=min",
         "hydra.sweeper.direction=minimize",
     ]
-    done = subprocess.run(
-        command,
-        cwd=tmp_path,
-        env={**os.environ, "DCN_ROOT": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_train_py(command, tmp_path)
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"task.optimizer.lr", "task.optimizer.weight_decay"}
 

@@ -4,14 +4,12 @@ local executor (each job its own process, as on SLURM)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from train_runs import TINY_DIGITS, run_train_py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +43,6 @@ def test_local_launchers_compose() -> None:
 def test_two_job_sweep_through_submitit_local(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
     command = [
-        sys.executable,
-        str(ROOT / "train.py"),
         "-m",
         "hydra/launcher=local",
         f"hydra.sweep.dir={sweep}",
@@ -55,20 +51,9 @@ def test_two_job_sweep_through_submitit_local(tmp_path: Path) -> None:
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1",
-        "data.canvas_size=12",
-        "data.digit_size=10",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
+        *TINY_DIGITS,
     ]
-    done = subprocess.run(
-        command,
-        cwd=tmp_path,
-        env={**os.environ, "DCN_ROOT": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_train_py(command, tmp_path)
     records = [json.loads((sweep / str(i) / "results.json").read_text()) for i in range(2)]
     assert [r["status"] for r in records] == ["completed", "completed"]
     assert [r["seed"] for r in records] == [0, 1]

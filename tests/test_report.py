@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
 from scipy import stats
+from train_runs import TINY_DIGITS, run_train_py
 
 from dcn import report
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Test accuracies per (deform, seed): fabricated, with the deformable variant clearly better.
 ACC = {
@@ -315,8 +312,6 @@ def test_real_sweep_of_train_py(tmp_path: Path) -> None:
     """2 x 2 sweep of the default experiment (deform off/on x 2 seeds) on a tiny budget, then the report."""
     sweep = tmp_path / "multirun"
     command = [
-        sys.executable,
-        str(ROOT / "train.py"),
         "-m",
         f"hydra.sweep.dir={sweep}",
         "backbone.deform.enabled=false,true",
@@ -325,20 +320,9 @@ def test_real_sweep_of_train_py(tmp_path: Path) -> None:
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1",
-        "data.canvas_size=12",
-        "data.digit_size=10",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
+        *TINY_DIGITS,
     ]
-    done = subprocess.run(
-        command,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "DCN_ROOT": str(tmp_path)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_train_py(command, tmp_path)
     assert report.main([str(sweep)]) == 0
     result = report.build_report(report.find_runs([sweep]))
     assert [v.label for v in result.variants] == [

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_runs import TINY_DIGITS
 
 from dcn.backbones import SeedNet
 from dcn.viz import main, sampling_points
@@ -75,10 +76,7 @@ def test_command_line_writes_png_for_a_seed_net_checkpoint(compose_train, tmp_pa
             "trainer.limit_train_batches=1",
             "trainer.limit_val_batches=1",
             "test=false",
-            "data.canvas_size=12",
-            "data.digit_size=10",
-            "callbacks.progress_bar=null",
-            "callbacks.model_summary=null",
+            *TINY_DIGITS,
         ]
     )
     record = RunRecord(cfg.paths.output_dir, cfg)

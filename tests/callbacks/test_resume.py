@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from train_runs import TINY_DIGITS
 
 from dcn.checkpoints import load_checkpoint
 from dcn.results import RunRecord
@@ -25,11 +26,8 @@ TINY = [
     "trainer.limit_train_batches=3",
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
-    "data.canvas_size=12",
-    "data.digit_size=10",
     "data.batch_size=16",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
+    *TINY_DIGITS,
     "task.scheduler.T_max=2",  # the same schedule whether a run is planned for 1 or 2 epochs
 ]
 

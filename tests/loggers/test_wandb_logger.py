@@ -9,6 +9,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from train_runs import TINY_DIGITS
 from wandb_records import read_run
 
 from dcn.loggers import WandbLogger, wandb_credentials_available, wandb_run_id_of
@@ -123,10 +124,7 @@ def test_offline_training_run_records(no_credentials, compose_train, tmp_path: P
             "trainer.limit_train_batches=2",
             "trainer.limit_val_batches=1",
             "test=false",
-            "data.canvas_size=12",
-            "data.digit_size=10",
-            "callbacks.progress_bar=null",
-            "callbacks.model_summary=null",
+            *TINY_DIGITS,
         ]
     )
     record = RunRecord(cfg.paths.output_dir, cfg)

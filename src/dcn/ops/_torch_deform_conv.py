@@ -76,6 +76,21 @@ def _chunks(batch: int, per_image: int) -> list[tuple[int, int]]:
     return [(s, min(batch, s + step)) for s in range(0, batch, step)]
 
 
+def _kernel_conf(stride, padding, dilation, groups: int, offset_groups: int, per_image: int) -> tuple:
+    """What the compiled kernel's forward and backward take after the tensors: the geometry, the
+    images per chunk (``per_image`` column elements each) and the strategy knobs."""
+    return (
+        list(stride),
+        list(padding),
+        list(dilation),
+        groups,
+        offset_groups,
+        _chunk_images(per_image),
+        _COLUMN_ORDER,
+        _FUSE,
+    )
+
+
 def _fused_kernel(input: Tensor):
     """dcn's compiled CPU kernel (:mod:`dcn.ops._cpu_kernel`) for this input, or None (other
     devices, or no C++ toolchain: the ATen path below runs instead)."""
@@ -235,21 +250,8 @@ def deform_conv2d_forward(
     K, L = kh * kw, h_out * w_out
     kernel = _fused_kernel(input)
     if kernel is not None:
-        return kernel.deform_conv2d_forward(
-            input,
-            offset,
-            mask,
-            weight,
-            bias,
-            list(stride),
-            list(padding),
-            list(dilation),
-            groups,
-            offset_groups,
-            _chunk_images(c_in * K * L),
-            _COLUMN_ORDER,
-            _FUSE,
-        )
+        conf = _kernel_conf(stride, padding, dilation, groups, offset_groups, c_in * K * L)
+        return kernel.deform_conv2d_forward(input, offset, mask, weight, bias, *conf)
     out = input.new_empty((n, c_out, h_out, w_out))
     if n == 0:
         return out
@@ -326,21 +328,10 @@ def deform_conv2d_backward(
     grad_b = grad_out.sum(dim=(0, 2, 3)) if need_b else None
     kernel = _fused_kernel(input)
     if kernel is not None:
+        conf = _kernel_conf(stride, padding, dilation, groups, offset_groups, c_in * K * L)
+        needs = [need_in, need_off, need_mask, need_w]
         g_in, g_off, g_mask, g_w = kernel.deform_conv2d_backward(
-            grad_out,
-            input,
-            offset,
-            mask,
-            weight,
-            list(stride),
-            list(padding),
-            list(dilation),
-            groups,
-            offset_groups,
-            _chunk_images(c_in * K * L),
-            _COLUMN_ORDER,
-            _FUSE,
-            [need_in, need_off, need_mask, need_w],
+            grad_out, input, offset, mask, weight, *conf, needs
         )
         return g_in, g_off, g_mask, g_w, grad_b
 
