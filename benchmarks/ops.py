@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.ops
-from quiet_machine import MAX_LOAD, BusyMachine, LoadGuard
+from quiet_machine import BusyMachine, LoadGuard, add_guard_arguments
 
 import dcn
 from dcn.ops import _cpu_kernel, deform_conv2d
@@ -259,14 +259,7 @@ def main(argv=None) -> None:
     p.add_argument(
         "--cpu-dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
     )
-    p.add_argument(
-        "--max-load",
-        type=float,
-        default=MAX_LOAD,
-        help="1-minute load average above which a CPU table is marked NOT QUIET",
-    )
-    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the load to drop first")
-    p.add_argument("--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table")
+    add_guard_arguments(p)
     p.add_argument("--memory-probe", nargs=4, metavar=("IMPL", "N", "C", "H"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_probe:

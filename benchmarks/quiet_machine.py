@@ -20,6 +20,7 @@ is marked NOT QUIET when neither held before it, or when other processes took mo
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -31,6 +32,22 @@ import torch
 
 MAX_LOAD = 0.5
 MAX_OTHERS = 0.05
+
+
+def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark passes to its LoadGuards: --max-load, --wait, --strict."""
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=MAX_LOAD,
+        help="1-minute load average above which a CPU table is marked NOT QUIET",
+    )
+    parser.add_argument(
+        "--wait", type=float, default=120.0, help="seconds to wait for the load to drop first"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table"
+    )
 
 
 class BusyMachine(RuntimeError):

@@ -31,7 +31,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision
-from quiet_machine import MAX_LOAD, BusyMachine, LoadGuard
+from quiet_machine import BusyMachine, LoadGuard, add_guard_arguments
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
@@ -196,14 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         default=None,
         help="torch CPU threads (torchvision's CPU roi_align uses one whatever this is)",
     )
-    p.add_argument(
-        "--max-load",
-        type=float,
-        default=MAX_LOAD,
-        help="1-minute load average above which a CPU table is marked NOT QUIET",
-    )
-    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the load to drop first")
-    p.add_argument("--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table")
+    add_guard_arguments(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

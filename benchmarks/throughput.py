@@ -21,7 +21,7 @@ import time
 from typing import Callable, List, Tuple
 
 import torch
-from quiet_machine import MAX_LOAD, BusyMachine, LoadGuard
+from quiet_machine import BusyMachine, LoadGuard, add_guard_arguments
 from torch import nn
 
 from dcn.backbones import ResNetBackbone, SeedNet
@@ -106,18 +106,7 @@ def main() -> None:
         help="timed steps per variant (median reported)",
     )
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument(
-        "--max-load",
-        type=float,
-        default=MAX_LOAD,
-        help="1-minute load average above which a CPU table is marked NOT QUIET",
-    )
-    parser.add_argument(
-        "--wait", type=float, default=120.0, help="seconds to wait for the load to drop first"
-    )
-    parser.add_argument(
-        "--strict", action="store_true", help="refuse (exit 1) instead of marking a busy table"
-    )
+    add_guard_arguments(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

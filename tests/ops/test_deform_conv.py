@@ -104,23 +104,11 @@ GEOMETRIES = [
 GROUPINGS = [(1, 1), (2, 1), (1, 3), (2, 3)]  # (conv groups, offset groups)
 
 
-@pytest.fixture(params=["fused", "aten"])
-def cpu_backward(request, monkeypatch):
-    """Run a test with dcn's fused C++ CPU backward and with the pure-ATen fallback."""
-    from dcn.ops import _cpu_kernel
-
-    if request.param == "aten":
-        monkeypatch.setattr(_cpu_kernel, "load", lambda: None)
-    elif _cpu_kernel.load() is None:
-        pytest.fail(f"the fused CPU kernel did not build: {_cpu_kernel._failed}")
-    return request.param
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("grouping", GROUPINGS)
 @pytest.mark.parametrize("mask,bias", [(False, True), (True, False), (True, True)])
-def test_matches_torchvision(dtype, geometry, grouping, mask, bias, cpu_backward):
+def test_matches_torchvision(dtype, geometry, grouping, mask, bias, cpu_path):
     kernel, stride, padding, dilation = geometry
     groups, G = grouping
     case = make_case(2, 6, 4, (7, 9), kernel, stride, padding, dilation, groups, G, mask, bias, dtype)
@@ -143,7 +131,7 @@ def test_matches_torchvision(dtype, geometry, grouping, mask, bias, cpu_backward
 
 @pytest.mark.parametrize("n", [0, 1, 33])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batch_sizes(n, dtype, cpu_backward):
+def test_batch_sizes(n, dtype, cpu_path):
     case = make_case(n, 6, 4, (5, 6), (3, 2), (2, 1), (1, 0), (2, 1), 2, 3, True, True, dtype, seed=n)
     x, off, w, b, m = case
     stride, padding, dilation = (2, 1), (1, 0), (2, 1)
@@ -162,7 +150,7 @@ def test_batch_sizes(n, dtype, cpu_backward):
         _assert_close(a, r, dtype, "grad")
 
 
-def test_chunked_batch_matches_unchunked(monkeypatch, cpu_backward):
+def test_chunked_batch_matches_unchunked(monkeypatch, cpu_path):
     """A column budget forcing one image per chunk gives the same result as one chunk."""
     from dcn.ops import _torch_deform_conv
 
@@ -414,7 +402,7 @@ def test_integer_offsets_equal_conv_on_shifted_input(dy, dx):
 # Autograd machinery
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mask", [False, True])
-def test_gradcheck(mask, cpu_backward):
+def test_gradcheck(mask, cpu_path):
     stride, padding, dilation = (2, 1), (1, 0), (2, 1)
     case = make_case(
         2, 4, 2, (5, 4), (3, 2), stride, padding, dilation, 2, 2, mask, True, torch.float64, seed=4, far=0.1
@@ -438,7 +426,7 @@ def test_opcheck(mask, bias):
     )
 
 
-def test_partial_gradients(cpu_backward):
+def test_partial_gradients(cpu_path):
     """Only the requested gradients are computed, and they equal the full computation's."""
     case = make_case(2, 4, 4, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, torch.float64)
     x, off, w, b, m = case
@@ -490,7 +478,7 @@ def test_1x1_kernel_single_image_leaves_offset_unmodified():
 @pytest.mark.parametrize("geometry", GEOMETRIES + [((1, 1), (1, 1), (0, 0), (1, 1))])
 @pytest.mark.parametrize("grouping", GROUPINGS)
 @pytest.mark.parametrize("mask,bias", [(False, False), (True, True)])
-def test_inputs_unmodified(n, geometry, grouping, mask, bias, cpu_backward):
+def test_inputs_unmodified(n, geometry, grouping, mask, bias, cpu_path):
     """Forward and backward leave every input (and the incoming gradient) bit-identical."""
     kernel, stride, padding, dilation = geometry
     groups, G = grouping
@@ -507,7 +495,7 @@ def test_inputs_unmodified(n, geometry, grouping, mask, bias, cpu_backward):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_nonfinite_offsets(dtype, cpu_backward):
+def test_nonfinite_offsets(dtype, cpu_path):
     """NaN offsets: NaN only at the outputs that sample them; +-inf: a sample outside the image.
     The same check runs on the CUDA kernels (tests/ops/cuda)."""
 

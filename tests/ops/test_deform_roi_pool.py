@@ -29,16 +29,6 @@ from dcn.ops import (
 from dcn.ops.deform_roi_pool import _deform_roi_pool_op
 
 
-@pytest.fixture(params=["kernel", "aten"])
-def roi_path(request, monkeypatch):
-    """Run a test on dcn's compiled CPU kernel and on the ATen implementation (no C++ toolchain)."""
-    if request.param == "aten":
-        monkeypatch.setattr(_cpu_kernel, "load", lambda: None)
-    elif _cpu_kernel.load() is None:
-        pytest.fail(f"the CPU kernel did not build: {_cpu_kernel._failed}")
-    return request.param
-
-
 @pytest.fixture
 def aten_path(monkeypatch):
     """The ATen implementation only: for tests of its own machinery (entry chunks)."""
@@ -170,7 +160,7 @@ def smooth_offset(rois, output_size, spatial_scale, sampling_ratio, gamma, scale
         (2, 4, (13, 6), (1, 5), 1 / 3),
     ],
 )
-def test_matches_roi_align(dtype, sampling_ratio, aligned, n, c, hw, output_size, spatial_scale, roi_path):
+def test_matches_roi_align(dtype, sampling_ratio, aligned, n, c, hw, output_size, spatial_scale, cpu_path):
     x = torch.randn(n, c, *hw, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
     img_hw = (hw[0] / spatial_scale, hw[1] / spatial_scale)
     # Slightly degenerate boxes (x2 < x1 by < 0.5) included; more negative sizes make
@@ -252,7 +242,7 @@ def test_each_bin_is_roi_align_of_the_shifted_roi(sampling_ratio, aligned):
 
 @pytest.mark.parametrize("sampling_ratio", [0, 1, 3])
 @pytest.mark.parametrize("aligned", [True, False])
-def test_forward_and_grads_match_loop_reference(sampling_ratio, aligned, roi_path):
+def test_forward_and_grads_match_loop_reference(sampling_ratio, aligned, cpu_path):
     torch.manual_seed(0)  # the same case whatever ran before (the RoI count check below needs it)
     n, c, hw, out_hw, scale, gamma = 2, 2, (7, 8), (2, 3), 0.5, 0.3
     x = torch.randn(n, c, *hw, dtype=torch.float64, requires_grad=True)
@@ -272,7 +262,7 @@ def test_forward_and_grads_match_loop_reference(sampling_ratio, aligned, roi_pat
 
 
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_gradcheck(sampling_ratio, roi_path):
+def test_gradcheck(sampling_ratio, cpu_path):
     n, c, hw, out_hw, scale, gamma = 2, 1, (5, 6), (2, 2), 0.5, 0.2
     x = torch.randn(n, c, *hw, dtype=torch.float64, requires_grad=True)
     rois = make_rois(3, n, (10, 12), seed=13, min_size=1.5, margin=2.0)
@@ -310,7 +300,7 @@ def test_kernel_channel_blocks_equal_the_aten_path(sampling_ratio, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_only_input_or_only_offset_grad(roi_path):
+def test_only_input_or_only_offset_grad(cpu_path):
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     rois = make_rois(5, 1, (8, 8), seed=2, min_size=1.0)
     offset = torch.randn(5, 2, 2, 2, dtype=torch.float64) * 0.3
@@ -348,7 +338,7 @@ def test_chunked_equals_unchunked(monkeypatch, aten_path):
         torch.testing.assert_close(a, b)
 
 
-def test_degenerate_and_far_outside_boxes_are_finite(roi_path):
+def test_degenerate_and_far_outside_boxes_are_finite(cpu_path):
     x = torch.randn(1, 2, 6, 6, requires_grad=True)
     rois = torch.tensor(
         [
@@ -374,7 +364,7 @@ def test_degenerate_and_far_outside_boxes_are_finite(roi_path):
     torch.testing.assert_close(out, roi_align(x, rois, 3, 1.0, 0, aligned=True))
 
 
-def test_empty_boxes_and_empty_channels(roi_path):
+def test_empty_boxes_and_empty_channels(cpu_path):
     x = torch.randn(2, 3, 5, 5, requires_grad=True)
     out = deform_roi_pool(x, torch.zeros(0, 5), torch.zeros(0, 2, 2, 2), 2)
     assert out.shape == (0, 3, 2, 2)
@@ -390,7 +380,7 @@ def test_empty_boxes_and_empty_channels(roi_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_inputs_compute_in_float32(dtype, roi_path):
+def test_half_precision_inputs_compute_in_float32(dtype, cpu_path):
     x = torch.randn(1, 4, 8, 8)
     rois = make_rois(6, 1, (8, 8), torch.float32, seed=19, min_size=1.0)
     offset = torch.randn(6, 2, 2, 2) * 0.2
@@ -685,7 +675,7 @@ def test_per_level_modulated_heads_give_a_mask_per_box():
 # ------------------------------------------------------------------------------------------
 # Huge RoIs, non-finite offsets, inputs unmodified
 # ------------------------------------------------------------------------------------------
-def test_huge_roi_bounded_work_equals_roi_align(monkeypatch, roi_path):
+def test_huge_roi_bounded_work_equals_roi_align(monkeypatch, cpu_path):
     """A +-5000 px box with adaptive sampling has ~25 million samples: it is pooled in pieces of
     the entry budget (it used to exhaust memory), and equals roi_align."""
     from torchvision.ops import roi_align
@@ -706,7 +696,7 @@ def test_huge_roi_bounded_work_equals_roi_align(monkeypatch, roi_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_nonfinite_offsets(dtype, roi_path):
+def test_nonfinite_offsets(dtype, cpu_path):
     """NaN offset: NaN bin and NaN offset gradient, nothing into the input gradient; +-inf: the
     bin is outside the map. The same check runs on the CUDA kernels (tests/ops/cuda)."""
     check_nonfinite_offsets(
@@ -715,7 +705,7 @@ def test_nonfinite_offsets(dtype, roi_path):
 
 
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_inputs_unmodified(sampling_ratio, roi_path):
+def test_inputs_unmodified(sampling_ratio, cpu_path):
     x, rois, off, grad = roi_case(seed=21)
     before = [t.clone() for t in (x, rois, off, grad)]
     xs, offs = x.clone().requires_grad_(), off.clone().requires_grad_()
