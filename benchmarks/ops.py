@@ -11,7 +11,11 @@ this same run:
     vs tv           torchvision time / ours  (>1 means we are faster)
     vs dense        ours / dense conv time   (how far from a plain convolution of that shape)
 
-Usage: python benchmarks/ops.py [--device cpu|cuda|all] [--reps 5] [--cpu-dtypes float32 bfloat16] [--strict]
+Usage: python benchmarks/ops.py [--device cpu|cuda|all] [--reps 5] [--cpu-dtypes float32 bfloat16]
+                                [--gpu-dtypes float32 float16 bfloat16] [--tiny] [--strict]
+
+``--tiny`` replaces the shapes by one tiny layer and skips the CPU memory probe: a smoke test of every
+code path in seconds (the dry run of benchmarks/gpu_check.py), not a measurement.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from quiet_machine import BusyMachine, LoadGuard, add_guard_arguments
 
 import dcn
 from dcn.ops import _cpu_kernel, deform_conv2d
-from dcn.ops.deform_conv import cupy_unavailable_reason
+from dcn.ops._dispatch import cupy_unavailable_reason
 
 # (name, N, C, H): 3x3, padding 1, C_out = C_in, offsets ~ N(0, 2) px.
 CPU_SHAPES = [
@@ -47,6 +51,7 @@ GPU_SHAPES = CPU_SHAPES + [
     ("N32 C512 7x7 (R50 conv5 @224)", 32, 512, 7),
     ("N8 C512 33x33 (R50 conv5 OS16)", 8, 512, 33),
 ]
+TINY_SHAPES = [("N2 C8 12x12 (tiny)", 2, 8, 12)]
 
 
 @dataclass
@@ -153,9 +158,11 @@ def _speedup(reference: float, ours: float) -> str:
     return f"{ours / reference:.1f}× slower"
 
 
-def run_table(device: torch.device, dtype: torch.dtype, shapes, reps: int, with_tv: bool) -> str:
+def run_table(
+    device: torch.device, dtype: torch.dtype, shapes, reps: int, with_tv: bool, memory_probe: bool = True
+) -> str:
     # The memory probe runs float32 in a fresh process.
-    probe = device.type == "cpu" and dtype == torch.float32
+    probe = memory_probe and device.type == "cpu" and dtype == torch.float32
     backends = ["torch"]
     if device.type == "cuda":
         backends = ["cupy", "torch"] if cupy_unavailable_reason() is None else ["torch"]
@@ -214,6 +221,8 @@ def environment(device: torch.device) -> str:
     )
     if device.type == "cuda":
         what += f", GPU: {torch.cuda.get_device_name(device)}"
+        reason = cupy_unavailable_reason()
+        what += "" if reason is None else f" (no `cupy` rows: {reason})"
     return what
 
 
@@ -259,6 +268,13 @@ def main(argv=None) -> None:
     p.add_argument(
         "--cpu-dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
     )
+    p.add_argument(
+        "--gpu-dtypes",
+        nargs="+",
+        default=["float32", "float16", "bfloat16"],
+        choices=["float32", "float16", "bfloat16"],
+    )
+    p.add_argument("--tiny", action="store_true", help="one tiny layer, no memory probe (a smoke test)")
     add_guard_arguments(p)
     p.add_argument("--memory-probe", nargs=4, metavar=("IMPL", "N", "C", "H"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -275,11 +291,9 @@ def main(argv=None) -> None:
         sys.exit("no CUDA device available: run with --device cpu")
 
     for device in devices:
-        if device.type == "cuda":
-            dtypes = [torch.float32, torch.float16, torch.bfloat16]
-        else:
-            dtypes = [getattr(torch, name) for name in args.cpu_dtypes]
-        shapes = CPU_SHAPES if device.type == "cpu" else GPU_SHAPES
+        names = args.gpu_dtypes if device.type == "cuda" else args.cpu_dtypes
+        dtypes = [getattr(torch, name) for name in names]
+        shapes = TINY_SHAPES if args.tiny else CPU_SHAPES if device.type == "cpu" else GPU_SHAPES
         for dtype in dtypes:
             # torchvision's op has no bfloat16 kernels: that table compares with dense only.
             with_tv = not args.no_torchvision and dtype != torch.bfloat16
@@ -291,7 +305,7 @@ def main(argv=None) -> None:
                 continue
             try:
                 with LoadGuard(title, max_load=args.max_load, wait_s=args.wait, strict=args.strict) as guard:
-                    table = run_table(device, dtype, shapes, args.reps, with_tv)
+                    table = run_table(device, dtype, shapes, args.reps, with_tv, memory_probe=not args.tiny)
             except BusyMachine as exc:
                 sys.exit(str(exc))
             print(guard.header() + "\n")

@@ -16,8 +16,16 @@ Shapes (Faster R-CNN-like, 800x800 images, N=2, 7x7 bins):
 CPU tables are headed by the machine and its load, and marked NOT QUIET when other jobs shared
 the CPUs while they ran (benchmarks/quiet_machine.py).
 
+Dtypes: ``--cpu-dtypes`` (default float32) and ``--gpu-dtypes`` (default float32 float16). A 16-bit table
+runs every column under ``torch.autocast`` with the features in that dtype and boxes and offsets in
+float32, as mixed-precision training does: torchvision's autocast wrapper runs roi_align in float32,
+dcn's PyTorch path computes in float32 and its CUDA kernels read the features in the 16-bit dtype.
+
+``--tiny`` shrinks the problem (16 RoIs, C8, 128x128 images): a smoke test of every code path in seconds
+(the dry run of benchmarks/gpu_check.py), not a measurement.
+
 Usage: python benchmarks/roi_pool.py [--device cpu|cuda|all] [--reps 5] [--sampling-ratio 2 0] [--threads N]
-                                     [--strict]
+                                     [--cpu-dtypes float32] [--gpu-dtypes float32 float16] [--tiny] [--strict]
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -39,21 +49,28 @@ import dcn
 from dcn.ops import deform_roi_pool
 from dcn.ops._dispatch import cupy_unavailable_reason
 
-IMAGE = 800
-N_IMAGES = 2
-N_ROIS = 512
-CHANNELS = 256
-OUT = 7
+
+@dataclass(frozen=True)
+class Problem:
+    image: int = 800  # image side (pixels)
+    n_images: int = 2
+    n_rois: int = 512
+    channels: int = 256
+    out: int = 7  # output bins per side
 
 
-def _boxes(seed: int) -> List[Tensor]:
+FULL = Problem()
+TINY = Problem(image=128, n_rois=16, channels=8)
+
+
+def _boxes(pb: Problem, seed: int) -> List[Tensor]:
     g = torch.Generator().manual_seed(seed)
     boxes = []
-    for _ in range(N_IMAGES):
-        k = N_ROIS // N_IMAGES
-        xy = torch.rand(k, 2, generator=g) * IMAGE * 0.8
-        wh = torch.rand(k, 2, generator=g) ** 2 * IMAGE * 0.6 + 16  # many small, some large
-        boxes.append(torch.cat([xy, (xy + wh).clamp(max=IMAGE)], 1))
+    for _ in range(pb.n_images):
+        k = pb.n_rois // pb.n_images
+        xy = torch.rand(k, 2, generator=g) * pb.image * 0.8
+        wh = torch.rand(k, 2, generator=g) ** 2 * pb.image * 0.6 + 16  # many small, some large
+        boxes.append(torch.cat([xy, (xy + wh).clamp(max=pb.image)], 1))
     return boxes
 
 
@@ -82,12 +99,19 @@ def _time_round_robin(fns: Sequence[Callable[[], object]], reps: int, device: to
     return [statistics.median(t) for t in times]
 
 
-def _fwd_bwd(pool: Callable[[Tensor, Optional[Tensor]], Tensor], x: Tensor, offset: Optional[Tensor]):
-    """Callables for forward only and forward+backward of pool(x, offset)."""
+def _fwd_bwd(
+    pool: Callable[[Tensor, Optional[Tensor]], Tensor], x: Tensor, offset: Optional[Tensor], autocast: bool
+):
+    """Callables for forward only and forward+backward of pool(x, offset), under autocast to x's dtype
+    when ``autocast``."""
+
+    def run(x, offset):
+        with torch.autocast(x.device.type, dtype=x.dtype) if autocast else nullcontext():
+            return pool(x, offset)
 
     def fwd():
         with torch.no_grad():
-            return pool(x, offset)
+            return run(x, offset)
 
     def fwd_bwd():
         xr = x.detach().requires_grad_()
@@ -96,45 +120,59 @@ def _fwd_bwd(pool: Callable[[Tensor, Optional[Tensor]], Tensor], x: Tensor, offs
         if offset is not None:
             off = offset.detach().requires_grad_()
             inputs.append(off)
-        out = pool(xr, off)
+        out = run(xr, off)
         return torch.autograd.grad(out, inputs, torch.ones_like(out))
 
     return fwd, fwd_bwd
 
 
-def _single_level(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Callable, Callable]]:
+def _geometry_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Boxes and offsets: float32 under autocast (16-bit features), else the features' dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _single_level(
+    pb: Problem, device, dtype, sampling_ratio, backends
+) -> List[Tuple[str, Callable, Callable]]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N_IMAGES, CHANNELS, IMAGE // 16, IMAGE // 16, generator=g).to(device, dtype)
-    boxes = [b.to(device, dtype) for b in _boxes(1)]
-    offset = (torch.randn(N_ROIS, 2, OUT, OUT, generator=g) * 0.1).to(device, dtype)
-    rows = [
-        ("roi_align", *_fwd_bwd(lambda x, o: roi_align(x, boxes, OUT, 1 / 16, sampling_ratio, True), x, None))
-    ]
+    autocast, gdtype = dtype != _geometry_dtype(dtype), _geometry_dtype(dtype)
+    x = torch.randn(pb.n_images, pb.channels, pb.image // 16, pb.image // 16, generator=g).to(device, dtype)
+    boxes = [b.to(device, gdtype) for b in _boxes(pb, 1)]
+    offset = (torch.randn(pb.n_rois, 2, pb.out, pb.out, generator=g) * 0.1).to(device, gdtype)
+
+    def align(x, o):
+        return roi_align(x, boxes, pb.out, 1 / 16, sampling_ratio, True)
+
+    rows = [("roi_align", *_fwd_bwd(align, x, None, autocast))]
     for be in backends:
         for name, off in (("no offset", None), ("offsets", offset)):
 
             def pool(x, o, be=be):
-                return deform_roi_pool(x, boxes, o, OUT, 1 / 16, sampling_ratio, backend=be)
+                return deform_roi_pool(x, boxes, o, pb.out, 1 / 16, sampling_ratio, backend=be)
 
-            rows.append((f"dcn {be}, {name}", *_fwd_bwd(pool, x, off)))
+            rows.append((f"dcn {be}, {name}", *_fwd_bwd(pool, x, off, autocast)))
     return rows
 
 
-def _pyramid(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Callable, Callable]]:
+def _pyramid(pb: Problem, device, dtype, sampling_ratio, backends) -> List[Tuple[str, Callable, Callable]]:
     g = torch.Generator().manual_seed(0)
+    autocast, gdtype = dtype != _geometry_dtype(dtype), _geometry_dtype(dtype)
     names = ["p2", "p3", "p4", "p5"]
     feats = {
-        n: torch.randn(N_IMAGES, CHANNELS, IMAGE >> (2 + i), IMAGE >> (2 + i), generator=g).to(device, dtype)
+        n: torch.randn(pb.n_images, pb.channels, pb.image >> (2 + i), pb.image >> (2 + i), generator=g).to(
+            device, dtype
+        )
         for i, n in enumerate(names)
     }
-    boxes = [b.to(device, dtype) for b in _boxes(2)]
-    shapes = [(IMAGE, IMAGE)] * N_IMAGES
-    tv = MultiScaleRoIAlign(names, OUT, sampling_ratio)
-    tv(feats, boxes, shapes)  # infer scales and the level mapper once
+    boxes = [b.to(device, gdtype) for b in _boxes(pb, 2)]
+    shapes = [(pb.image, pb.image)] * pb.n_images
+    tv = MultiScaleRoIAlign(names, pb.out, sampling_ratio)
+    with torch.autocast(device.type, dtype=dtype) if autocast else nullcontext():
+        tv(feats, boxes, shapes)  # infer scales and the level mapper once
     levels = tv.map_levels(boxes)
     rois = torchvision.ops._utils.convert_boxes_to_roi_format(boxes)
     index = [torch.where(levels == lvl)[0] for lvl in range(len(names))]
-    offset = (torch.randn(N_ROIS, 2, OUT, OUT, generator=g) * 0.1).to(device, dtype)
+    offset = (torch.randn(pb.n_rois, 2, pb.out, pb.out, generator=g) * 0.1).to(device, gdtype)
     # The pyramid is passed stacked in one argument so _fwd_bwd can differentiate it.
     flat = torch.cat([f.flatten() for f in feats.values()])
     sizes = [f.numel() for f in feats.values()]
@@ -145,27 +183,24 @@ def _pyramid(device, dtype, sampling_ratio, backends) -> List[Tuple[str, Callabl
 
     def pooled(per_level: Callable[[Tensor, Tensor, Optional[Tensor], float], Tensor]):
         def run(t: Tensor, off: Optional[Tensor]) -> Tensor:
-            out = t.new_zeros((N_ROIS, CHANNELS, OUT, OUT))
+            out = t.new_zeros((pb.n_rois, pb.channels, pb.out, pb.out))
             for f, scale, idx in zip(unflat(t), tv.scales, index):
-                out[idx] = per_level(f, rois[idx], off[idx] if off is not None else None, scale)
+                pooled_level = per_level(f, rois[idx], off[idx] if off is not None else None, scale)
+                out[idx] = pooled_level.to(out.dtype)  # under autocast, as torchvision's MultiScaleRoIAlign
             return out
 
         return run
 
-    rows = [
-        (
-            "roi_align",
-            *_fwd_bwd(pooled(lambda f, r, o, s: roi_align(f, r, OUT, s, sampling_ratio, False)), flat, None),
-        )
-    ]
+    align = pooled(lambda f, r, o, s: roi_align(f, r, pb.out, s, sampling_ratio, False))
+    rows = [("roi_align", *_fwd_bwd(align, flat, None, autocast))]
     for be in backends:
         for name, off in (("no offset", None), ("offsets", offset)):
             pool = pooled(
                 lambda f, r, o, s, be=be: deform_roi_pool(
-                    f, r, o, OUT, s, sampling_ratio, aligned=False, backend=be
+                    f, r, o, pb.out, s, sampling_ratio, aligned=False, backend=be
                 )
             )
-            rows.append((f"dcn {be}, {name}", *_fwd_bwd(pool, flat, off)))
+            rows.append((f"dcn {be}, {name}", *_fwd_bwd(pool, flat, off, autocast)))
     return rows
 
 
@@ -196,8 +231,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         default=None,
         help="torch CPU threads (torchvision's CPU roi_align uses one whatever this is)",
     )
+    dtypes = ["float32", "float16", "bfloat16"]
+    p.add_argument("--cpu-dtypes", nargs="+", default=["float32"], choices=dtypes)
+    p.add_argument("--gpu-dtypes", nargs="+", default=["float32", "float16"], choices=dtypes)
+    p.add_argument("--tiny", action="store_true", help="a tiny problem (a smoke test, not a measurement)")
     add_guard_arguments(p)
     args = p.parse_args(argv)
+    pb = TINY if args.tiny else FULL
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -212,8 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cupy_reason = cupy_unavailable_reason("deform_roi_pool")
 
     print(
-        f"## Deformable RoI pooling ({N_ROIS} RoIs, {N_IMAGES} images {IMAGE}x{IMAGE}, "
-        f"C{CHANNELS}, {OUT}x{OUT} bins)"
+        f"## Deformable RoI pooling ({pb.n_rois} RoIs, {pb.n_images} images {pb.image}x{pb.image}, "
+        f"C{pb.channels}, {pb.out}x{pb.out} bins)"
     )
     print()
     print(
@@ -222,7 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f"{torch.get_num_threads()} threads · median of {args.reps}"
     )
     for device in devices:
-        dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16]
+        names = args.cpu_dtypes if device.type == "cpu" else args.gpu_dtypes
+        dtypes = [getattr(torch, name) for name in names]
         backends = ["torch"] + (["cupy"] if device.type == "cuda" and cupy_reason is None else [])
         if device.type == "cuda":
             print(
@@ -231,13 +272,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             )
         for dtype in dtypes:
             for sr in args.sampling_ratio:
-                for title, build in (("single level, C256 50x50", _single_level), ("FPN P2-P5", _pyramid)):
-                    if dtype == torch.float16 and "torch" in backends:
-                        be = [b for b in backends if b != "torch"]  # the PyTorch path computes in f32
-                    else:
-                        be = backends
-                    rows = build(device, dtype, sr, be)
-                    name = f"{device.type} {str(dtype).removeprefix('torch.')}, {title}, sampling_ratio={sr}"
+                single = f"single level, C{pb.channels} {pb.image // 16}x{pb.image // 16}"
+                for title, build in ((single, _single_level), ("FPN P2-P5", _pyramid)):
+                    rows = build(pb, device, dtype, sr, backends)
+                    precision = str(dtype).removeprefix("torch.")
+                    precision += " autocast" if dtype != _geometry_dtype(dtype) else ""
+                    name = f"{device.type} {precision}, {title}, sampling_ratio={sr}"
                     print()
                     if device.type == "cuda":
                         print(_table(name, rows, args.reps, device))

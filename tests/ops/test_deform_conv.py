@@ -223,6 +223,39 @@ def test_kernel_strategies_match_torchvision(kernel_strategy, n, geometry, group
         _assert_close(a, r, torch.float64, f"grad {nm}")
 
 
+_TENSOR_NAMES = ("input", "offset", "weight", "bias", "mask")
+_GRAD_SUBSETS = [
+    subset
+    for r in range(1, len(_TENSOR_NAMES) + 1)
+    for subset in itertools.combinations(range(len(_TENSOR_NAMES)), r)
+]
+
+
+@pytest.mark.parametrize("path", ["aten", *STRATEGIES])
+def test_every_subset_of_wanted_gradients(path, monkeypatch):
+    """Any combination of frozen tensors (e.g. an image input and a frozen offset predictor, with
+    only the weights trained) gives exactly the gradients of the full computation."""
+    from dcn.ops import _cpu_kernel
+
+    if path == "aten":
+        monkeypatch.setattr(_cpu_kernel, "load", lambda: None)
+    else:
+        order, fuse = STRATEGIES[path]
+        monkeypatch.setattr(_torch_deform_conv, "_COLUMN_ORDER", order)
+        monkeypatch.setattr(_torch_deform_conv, "_FUSE", fuse)
+    case = make_case(2, 4, 4, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, torch.float32)
+    go = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    fn = lambda x, o, w, b, m: deform_conv2d(x, o, w, b, 1, 1, 1, m)  # noqa: E731
+    _, full = _grads(fn, case, go)
+    for subset in _GRAD_SUBSETS:
+        leaves = [t.detach().requires_grad_(i in subset) for i, t in enumerate(case)]
+        out = fn(*leaves)
+        grads = torch.autograd.grad(out, [leaves[i] for i in subset], go)
+        for i, g in zip(subset, grads):
+            what = f"grad {_TENSOR_NAMES[i]} with only {[_TENSOR_NAMES[j] for j in subset]} wanted"
+            _assert_close(g, full[i], torch.float32, what)
+
+
 def test_kernel_strategies_agree_on_a_batch_of_large_images(monkeypatch):
     """Images large enough that each strategy works in several chunks of the batch (the per-thread
     tiles path keeps its channels-last tables to ~16 MiB)."""
@@ -816,3 +849,41 @@ def test_torch_compile_fullgraph_matches_eager():
     g_comp = torch.autograd.grad(out_comp.sum(), [x, model[1].conv_offset.weight])
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", ["pack", "external offsets"])
+def test_autocast_with_bfloat16_features_and_float32_weights(layer):
+    """Mixed precision (bf16-mixed): the features arrive in bfloat16 from the layer before, the weights
+    are float32. The op casts them to one compute dtype (float32 on the PyTorch path), as torchvision's
+    autocast kernel does, instead of refusing the dtype mismatch."""
+    torch.manual_seed(0)
+    stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+    if layer == "pack":
+        deform = DeformConv2dPack(8, 8, 3, padding=1, modulated=True)
+        run = deform
+    else:
+        deform = DeformConv2d(8, 8, 3, padding=1)
+        offset_conv = torch.nn.Conv2d(8, 18, 3, padding=1)
+        run = lambda h: deform(h, offset_conv(h))  # noqa: E731
+    x = torch.randn(2, 3, 10, 10)
+    expected = run(stem(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = stem(x)
+        assert features.dtype == torch.bfloat16 and deform.weight.dtype == torch.float32
+        out = run(features)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)
+    out.sum().backward()
+    assert deform.weight.grad is not None and deform.weight.grad.dtype == torch.float32
+    assert stem.weight.grad is not None and torch.isfinite(stem.weight.grad).all()
+
+
+def test_autocast_still_requires_floating_point_tensors():
+    x, off, w, b, m = make_case(
+        1, 4, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, torch.float32
+    )
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.raises(TypeError, match="mask must be a floating"),
+    ):
+        deform_conv2d(x, off, w, b, 1, 1, 1, (m > 0.5).to(torch.int64))

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torchvision.ops
-from cuda.roi_pool_cases import check_nonfinite_offsets
+from cuda.roi_pool_cases import check_nonfinite_offsets, large_box_case
 from cuda.roi_pool_cases import make_case as roi_case
 from torchvision.ops import MultiScaleRoIAlign, RoIAlign, roi_align
 
@@ -400,6 +400,34 @@ def test_cpu_autocast_computes_in_float32():
     torch.testing.assert_close(out, deform_roi_pool(x, rois, offset, 2))
 
 
+def test_cpu_autocast_keeps_large_boxes_float32():
+    """bfloat16 features under autocast: the boxes stay float32 (at 512-1024 px bfloat16 has 4 px
+    steps), so the result is the float32 computation on the features, not on rounded boxes."""
+    x, rois, off, _ = large_box_case()
+    x = x.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = deform_roi_pool(x, rois, off, 3, 1 / 8, 2)
+    ref = deform_roi_pool(x.float(), rois, off, 3, 1 / 8, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    rounded_boxes = deform_roi_pool(x.float(), rois.bfloat16().float(), off, 3, 1 / 8, 2)
+    assert not torch.allclose(rounded_boxes, ref, rtol=1e-2, atol=1e-2)
+
+
+def test_pack_under_autocast_with_float32_features():
+    """Under autocast the offset head predicts bfloat16 offsets for float32 features: the op casts
+    both, so their dtypes need not match (outside autocast they must)."""
+    torch.manual_seed(0)
+    pool = DeformRoIPoolPack(3, 2, 0.5, 0, hidden_channels=8)
+    with torch.no_grad():
+        pool.offset_head.fc[-1].weight.normal_(0, 0.1)
+    x = torch.randn(1, 3, 8, 8)
+    rois = torch.tensor([[0, 1.0, 2.0, 12.0, 13.0], [0, 4.0, 0.0, 15.0, 9.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pool(x, rois)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, pool(x, rois), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph():
     x = torch.randn(2, 4, 16, 16, requires_grad=True)
@@ -715,3 +743,16 @@ def test_inputs_unmodified(sampling_ratio, cpu_path):
         (xs.detach(), rois, offs.detach(), grad), before, ("input", "rois", "offset", "grad")
     ):
         assert torch.equal(t, b), f"{name} was modified"
+
+
+def test_multiscale_under_autocast_with_bfloat16_features():
+    """bfloat16 feature maps under autocast (a bf16-mixed FPN): the levels' float32 results go into one
+    output of the features' dtype, as torchvision's MultiScaleRoIAlign does; values match float32."""
+    feats, boxes, shapes = _pyramid()
+    pooler = MultiScaleDeformRoIPool(list(feats), 7, 2, in_channels=4, hidden_channels=16)
+    expected = pooler(feats, boxes, shapes)
+    half = {name: f.to(torch.bfloat16) for name, f in feats.items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pooler(half, boxes, shapes)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)

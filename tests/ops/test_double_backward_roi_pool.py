@@ -1,11 +1,12 @@
 """deform_roi_pool's backward is differentiable (create_graph=True): gradgradcheck in float64 and a
-gradient-penalty step, as for deform_conv2d."""
+gradient-penalty step, as for deform_conv2d. The composite op behind it also serves as the
+deterministic backward off the CPU, where autocast gives it 16-bit features with float32 boxes."""
 
 import pytest
 import torch
-from cuda.roi_pool_cases import make_case
+from cuda.roi_pool_cases import large_box_case, make_case
 
-from dcn.ops import DeformRoIPoolPack, _composite_deform_roi_pool, deform_roi_pool
+from dcn.ops import DeformRoIPoolPack, _composite_deform_roi_pool, _torch_deform_roi_pool, deform_roi_pool
 
 
 @pytest.mark.parametrize("sampling_ratio,aligned", [(2, True), (0, True), (0, False)])
@@ -16,6 +17,27 @@ def test_composite_equals_the_op(sampling_ratio, aligned):
     )
     fused = deform_roi_pool(x, rois, off, (3, 2), 0.5, sampling_ratio, 0.2, aligned=aligned, backend="torch")
     torch.testing.assert_close(composed, fused, rtol=1e-12, atol=1e-12)
+
+
+def test_composite_computes_16bit_features_in_float32():
+    """bfloat16 features with float32 boxes at 512-1024 px and float32 offsets (what autocast sends
+    the CUDA path): the float32 computation on the features, rounded once to bfloat16; each gradient
+    comes back in its tensor's dtype."""
+    x, rois, off, grad = large_box_case()
+    x, off = x.bfloat16().requires_grad_(), off.requires_grad_()
+    args = ((3, 3), 1 / 8, 2, 0.1, True)
+    out = _composite_deform_roi_pool.deform_roi_pool(x, rois, off, *args)
+    g_in, g_off = torch.autograd.grad(out, (x, off), grad.bfloat16())
+    features = x.detach().float()
+    ref = _torch_deform_roi_pool.deform_roi_pool_forward(features, rois, off.detach(), *args)
+    r_in, r_off = _torch_deform_roi_pool.deform_roi_pool_backward(
+        grad.bfloat16().float(), features, rois, off.detach(), *args
+    )
+    assert out.dtype == g_in.dtype == torch.bfloat16 and g_off.dtype == torch.float32
+    bf16 = dict(rtol=2**-8, atol=1e-5)  # one rounding of a float32 result
+    torch.testing.assert_close(out.float(), ref, **bf16)
+    torch.testing.assert_close(g_in.float(), r_in, **bf16)
+    torch.testing.assert_close(g_off, r_off, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("sampling_ratio", [2, 0])

@@ -8,7 +8,10 @@ number of times: :mod:`dcn.ops.deform_roi_pool` uses it for the backward pass wh
 itself be differentiable (``create_graph=True``), on both backends.
 
 Conventions are the backends' (roi_align's arithmetic, ``aligned`` shift, adaptive grids, a NaN
-offset gives a NaN bin). The boxes get no gradient, as in roi_align.
+offset gives a NaN bin, 16-bit features computed in float32 with boxes and offsets in float32). The
+boxes get no gradient, as in roi_align. Its backward is deterministic on CUDA under
+``torch.use_deterministic_algorithms(True)`` (``index_select``'s backward then is), so it is also the
+deterministic backward off the CPU. With a fixed ``sampling_ratio`` it makes no host synchronisation.
 """
 
 from __future__ import annotations
@@ -31,14 +34,20 @@ def deform_roi_pool(
 ) -> Tensor:
     """Same contract as the backends' ``deform_roi_pool_forward``, differentiable by autograd.
 
-    Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w).
+    Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w),
+    in input's dtype; float16/bfloat16 inputs are computed in float32 (rois and offset may be float32).
     """
     out_h, out_w = output_size
     n, c, H, W = input.shape
     K = rois.shape[0]
     if K == 0:
         return input.new_zeros((0, c, out_h, out_w))
-    dtype, device = input.dtype, input.device
+    out_dtype, device = input.dtype, input.device
+    # 16-bit features are computed in float32, like the kernels: geometry from 16-bit boxes would be off
+    # by up to 2 px at 512-1024 px (bfloat16), and autograd returns each gradient in its tensor's dtype.
+    dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+    input = input.to(dtype)
+    offset = offset.to(dtype) if offset is not None else None
     rois = rois.detach().to(dtype)
     shift = 0.5 if aligned else 0.0
     start_x, start_y = rois[:, 1] * spatial_scale - shift, rois[:, 2] * spatial_scale - shift
@@ -50,10 +59,11 @@ def deform_roi_pool(
     if sampling_ratio > 0:
         grid_h = torch.full((K,), sampling_ratio, dtype=torch.int64, device=device)
         grid_w = grid_h
+        gh = gw = sampling_ratio  # known on the host: no sync, so a CUDA graph can capture the op
     else:
         grid_h = torch.ceil(bin_h).clamp(min=0).long()
         grid_w = torch.ceil(bin_w).clamp(min=0).long()
-    gh, gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
+        gh, gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
 
     # Samples on a (K, out_h, out_w, gh, gw) grid padded to the largest RoI's; padding samples get weight 0.
     ph = torch.arange(out_h, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
@@ -90,4 +100,4 @@ def deform_roi_pool(
             values = table.index_select(0, index).view(K, out_h, out_w, gh, gw, c)
             term = (values * weight.unsqueeze(-1)).sum(dim=(3, 4))
             out = term if out is None else out + term
-    return out.permute(0, 3, 1, 2)  # (K, C, out_h, out_w)
+    return out.permute(0, 3, 1, 2).to(out_dtype)  # (K, C, out_h, out_w)

@@ -27,7 +27,10 @@ Kernels (templates over float32, float64, float16, bfloat16; half types compute 
   in float32 buffers for half types (atomics on 16-bit types lose too much precision), converted at
   the end.
 * GEMMs (``W @ cols``, ``W^T @ grad_out``, ``grad_out @ cols^T``) go through ``torch.matmul`` /
-  ``bmm`` (cuBLAS, float32 accumulation for half types).
+  ``bmm`` (cuBLAS, float32 accumulation for half types). For half types the weight-gradient GEMM
+  (``b * L`` products per batch chunk, the chunks summed in float32) also writes float32
+  (``torch.bmm(..., out_dtype=torch.float32)``): a 16-bit result could overflow (float16) or round
+  away what a later chunk cancels (bfloat16).
 
 Sampling conventions are torchvision's (equal to rounding in float64; the CPU tests check it): zero
 padding, a sample counts when ``-1 < y < H`` and ``-1 < x < W``, and position derivatives are
@@ -38,7 +41,9 @@ is open, like the original DCN code), so the two backends differ at those measur
 The batch is processed in chunks whose column buffer holds at most :data:`COLUMN_BUDGET` elements
 (one buffer, reused by every chunk and, in the backward, first for ``grad_cols`` and then for the
 recomputed columns of the weight gradient), so memory does not grow with the batch. Indices are
-64-bit in the kernels; a single image's columns may exceed 2^31 elements.
+64-bit in the kernels; a single image's columns may exceed 2^31 elements. The backward recomputes
+the columns rather than reusing the forward's: it is a separate op
+(``dcn::deform_conv2d_backward``) that receives the op's inputs only.
 
 Zero copy, no host synchronisation: tensors are passed as raw device pointers, kernels are launched
 on ``torch.cuda.current_stream()``, all buffers come from PyTorch's caching allocator. That also makes
@@ -115,12 +120,9 @@ def sample_launch_config(points: int, group_channels: int) -> LaunchConfig:
 
 
 def unavailable_reason() -> Optional[str]:
-    """None when the CuPy kernels can run here, else why not (e.g. "CuPy is not installed")."""
-    return _cupy_runtime.unavailable_reason()
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    """None when the CuPy kernels can run here, else why not (e.g. "CuPy is not installed"); the
+    check compiles and loads this op's module on the current device (once per process)."""
+    return _cupy_runtime.unavailable_reason(SOURCE)
 
 
 def _batch_chunks(batch: int, per_image: int) -> list[tuple[int, int]]:
@@ -189,6 +191,22 @@ def _im2col(
     )
 
 
+def _accumulate_weight_grad(g_w: Tensor, grad_out: Tensor, cols: Tensor) -> None:
+    """``g_w += grad_out @ cols^T`` per conv group, the weight gradient of one batch chunk.
+
+    Shapes: g_w (groups, C_out/groups, C_in/groups * K) in the accumulation dtype, grad_out
+    (groups, C_out/groups, b * L) and cols (groups, C_in/groups * K, b * L) in the input dtype.
+    For half types the product is formed in float32 and written as float32.
+    """
+    cols_t = cols.transpose(1, 2)  # a transposed cuBLAS operand: no copy
+    if grad_out.dtype == g_w.dtype:
+        g_w.baddbmm_(grad_out, cols_t)
+    elif g_w.is_cuda:  # cuBLAS: 16-bit operands, float32 accumulation and output
+        g_w += torch.bmm(grad_out, cols_t, torch.float32)
+    else:  # no 16-bit-in, float32-out GEMM off CUDA (the host-kernel tests): float32 operands
+        g_w.baddbmm_(grad_out.float(), cols_t.float())
+
+
 def forward(
     launch: Launch,
     input: Tensor,
@@ -251,7 +269,7 @@ def backward(
     need_mask = bool(need_mask) and mask is not None
     need_b = bool(need_b) and bias is not None
     geo = _Geometry(input, offset, weight, stride, padding, dilation, groups, offset_groups)
-    dtype, acc = input.dtype, _acc_dtype(input.dtype)
+    dtype, acc = input.dtype, _cupy_runtime.accumulation_dtype(input.dtype)
     grad_out = grad_out.contiguous()
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     mask = mask.contiguous() if mask is not None else None
@@ -313,10 +331,7 @@ def backward(
             if need_w:
                 # Recompute the (masked) columns into the same buffer; grad_cols is consumed.
                 _im2col(launch, geo, input[s:e], offset[s:e], m, cols)
-                if g_w_g.dtype == dtype:
-                    g_w_g.baddbmm_(go, cols.transpose(1, 2))
-                else:  # half types: float32 accumulation across chunks
-                    g_w_g += torch.bmm(go, cols.transpose(1, 2))
+                _accumulate_weight_grad(g_w_g, go, cols)
 
     def cast(t: Optional[Tensor]) -> Optional[Tensor]:
         return t.to(dtype) if t is not None else None

@@ -6,17 +6,24 @@ Design
   the PyTorch path's own :func:`dcn.ops._torch_deform_roi_pool._geometry` (K elements, a few tensor
   ops), so both backends share roi_align's arithmetic exactly, and the kernels receive it as two
   small tensors: every kernel argument is then a pointer or an integer (``_cupy_runtime``'s contract).
+* Boxes and offsets are read in the accumulation type (float32 for half types), whatever the features'
+  dtype: under autocast only the features are 16-bit (a bfloat16 box coordinate has 4 px steps at
+  512-1024 px). The geometry is computed from ``rois`` converted to that type, and the offsets are
+  converted to it (exactly: a 16-bit offset becomes the same value in float32). The offset gradient
+  comes back in the offsets' own dtype.
+* The kernels receive the batch size N and pool a RoI whose batch index is outside [0, N) to zero
+  (no gradient): the op's host-side check of the indices is skipped during CUDA-graph capture.
 * ``deform_roi_pool_forward``: one thread per output element (k, c, ph, pw), like torchvision's
   roi_align kernel, averaging the bin's bilinear samples (roi_align's border rule).
 * ``deform_roi_pool_backward``: one thread per output element, scattering into ``grad_input`` with
   ``atomicAdd`` and adding the bin's offset derivative into ``grad_offset`` (shared by the C channels
   of a bin, hence atomics too). Gradients accumulate in float32 for half types, converted at the end.
 
-No host synchronisation and no copies: tensors are passed as raw device pointers on
-``torch.cuda.current_stream()``. The orchestration (:func:`forward`, :func:`backward`) takes the
-kernel launcher as an argument: the CuPy launcher here, or the CPU launcher of the test suite
-(``tests/ops/cuda``), which runs the same ``.cu`` source compiled by the host C++ compiler over the
-real grid and block computed by :func:`launch_config`.
+No host synchronisation (so the op can be captured in a CUDA graph) and no copy of the features:
+tensors are passed as raw device pointers on ``torch.cuda.current_stream()``. The orchestration
+(:func:`forward`, :func:`backward`) takes the kernel launcher as an argument: the CuPy launcher here,
+or the CPU launcher of the test suite (``tests/ops/cuda``), which runs the same ``.cu`` source
+compiled by the host C++ compiler over the real grid and block computed by :func:`launch_config`.
 """
 
 from __future__ import annotations
@@ -58,31 +65,31 @@ def launch_config(threads: int) -> Tuple[Tuple[int, int, int], Tuple[int, int, i
 
 
 def unavailable_reason() -> Optional[str]:
-    """None when the CuPy kernels can run here, else why not (e.g. "CuPy is not installed")."""
-    return _cupy_runtime.unavailable_reason()
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    """None when the CuPy kernels can run here (including this module's kernels compiling and loading
+    on the current device), else why not (e.g. "CuPy is not installed")."""
+    return _cupy_runtime.unavailable_reason(SOURCE)
 
 
 def _roi_tensors(
     rois: Tensor,
+    offset: Optional[Tensor],
     output_size: Sequence[int],
     spatial_scale: float,
     sampling_ratio: int,
     gamma: float,
     aligned: bool,
     acc: torch.dtype,
-) -> Tuple[Tensor, Tensor]:
-    """geometry (K, 6) [start_x, start_y, bin_w, bin_h, shift_x, shift_y] in ``acc`` and
-    roi_index (K, 3) int64 [batch, grid_h, grid_w], the kernels' view of the RoIs."""
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """The kernels' view of the RoIs: geometry (K, 6) [start_x, start_y, bin_w, bin_h, shift_x,
+    shift_y] in ``acc``, roi_index (K, 3) int64 [batch, grid_h, grid_w], and offset
+    (K, 2, out_h, out_w) in ``acc`` (contiguous) or None."""
     geo = _geometry(rois.to(acc), output_size, spatial_scale, sampling_ratio, aligned)
     geometry = torch.stack(
         (geo.start_x, geo.start_y, geo.bin_w, geo.bin_h, gamma * geo.width, gamma * geo.height), 1
     ).contiguous()
     roi_index = torch.stack((geo.batch, geo.grid_h, geo.grid_w), 1).contiguous()
-    return geometry, roi_index
+    offset = offset.to(acc).contiguous() if offset is not None else None
+    return geometry, roi_index, offset
 
 
 def forward(
@@ -104,9 +111,15 @@ def forward(
     if out.numel() == 0:
         return out
     input = input.contiguous()
-    offset = offset.contiguous() if offset is not None else None
-    geometry, roi_index = _roi_tensors(
-        rois, output_size, spatial_scale, sampling_ratio, gamma, aligned, _acc_dtype(input.dtype)
+    geometry, roi_index, offset = _roi_tensors(
+        rois,
+        offset,
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        gamma,
+        aligned,
+        _cupy_runtime.accumulation_dtype(input.dtype),
     )
     grid, block = launch_config(out.numel())
     launch(
@@ -114,7 +127,7 @@ def forward(
         input.dtype,
         grid,
         block,
-        (input, geometry, roi_index, offset, out, k, c, h, w, out_h, out_w),
+        (input, geometry, roi_index, offset, out, k, n, c, h, w, out_h, out_w),
     )
     return out
 
@@ -138,13 +151,13 @@ def backward(
     out_h, out_w = output_size
     n, c, h, w = input.shape
     k = rois.shape[0]
-    dtype, acc = input.dtype, _acc_dtype(input.dtype)
+    dtype, acc = input.dtype, _cupy_runtime.accumulation_dtype(input.dtype)
     g_in = torch.zeros(input.shape, dtype=acc, device=input.device) if need_in else None
     g_off = torch.zeros(offset.shape, dtype=acc, device=input.device) if need_off else None
     threads = k * c * out_h * out_w
     if threads > 0 and (need_in or need_off):
-        geometry, roi_index = _roi_tensors(
-            rois, output_size, spatial_scale, sampling_ratio, gamma, aligned, acc
+        geometry, roi_index, offset_acc = _roi_tensors(
+            rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned, acc
         )
         grid, block = launch_config(threads)
         launch(
@@ -157,10 +170,11 @@ def backward(
                 input.contiguous(),
                 geometry,
                 roi_index,
-                offset.contiguous() if offset is not None else None,
+                offset_acc,
                 g_in,
                 g_off,
                 k,
+                n,
                 c,
                 h,
                 w,
@@ -168,7 +182,10 @@ def backward(
                 out_w,
             ),
         )
-    return (g_in.to(dtype) if g_in is not None else None, g_off.to(dtype) if g_off is not None else None)
+    return (
+        g_in.to(dtype) if g_in is not None else None,
+        g_off.to(offset.dtype) if g_off is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -186,7 +203,9 @@ def deform_roi_pool_forward(
 ) -> Tensor:
     """Forward pass on CUDA tensors; arguments already validated by :func:`dcn.ops.deform_roi_pool`.
 
-    Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w).
+    Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w),
+    in input's dtype. ``rois`` and ``offset`` may be float32 beside a 16-bit input (autocast); a RoI
+    whose batch index is outside [0, N) pools to zero.
     """
     launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
     return forward(launch, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned)
@@ -204,7 +223,9 @@ def deform_roi_pool_backward(
     aligned: bool,
     needs_input_grad: Sequence[bool] = (True, True),
 ):
-    """Gradients (input, offset); ``None`` where not needed (or offset is None)."""
+    """Gradients (input (N, C, H, W), offset (K, 2, out_h, out_w)), each in its tensor's dtype;
+    ``None`` where not needed (or offset is None). A RoI whose batch index is outside [0, N) adds no
+    gradient."""
     launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
     return backward(
         launch,

@@ -27,7 +27,14 @@ from torch.nn.modules.utils import _pair
 from torch.utils.flop_counter import register_flop_formula
 
 from dcn.ops import _composite_deform_conv
-from dcn.ops._dispatch import BACKENDS, cupy_unavailable_reason, implementation, resolve_backend
+from dcn.ops._dispatch import (
+    BACKENDS,
+    backward_route,
+    composite_gradients,
+    cupy_unavailable_reason,
+    implementation,
+    resolve_backend,
+)
 
 __all__ = [
     "deform_conv2d",
@@ -118,21 +125,6 @@ def _setup_context(ctx, inputs, output):
     ctx.conf = (stride, padding, dilation, groups, offset_groups, backend)
 
 
-def _differentiable_backward(grad_out, saved, needs, conf):
-    """Gradients that autograd can differentiate again: the op recomposed from differentiable
-    PyTorch operations (:mod:`dcn.ops._composite_deform_conv`) and differentiated by autograd."""
-    stride, padding, dilation, groups, offset_groups, _ = conf
-    with torch.enable_grad():
-        out = _composite_deform_conv.deform_conv2d(*saved, stride, padding, dilation, groups, offset_groups)
-        wanted = [t for t, need in zip(saved, needs) if need]
-        found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
-    grads = []
-    for t, need in zip(saved, needs):
-        g = next(found) if need else None
-        grads.append(torch.zeros_like(t) if need and g is None else g)
-    return grads
-
-
 def _backward(ctx, grad_out):
     input, offset, mask, weight, bias = ctx.saved_tensors
     stride, padding, dilation, groups, offset_groups, backend = ctx.conf
@@ -143,11 +135,17 @@ def _backward(ctx, grad_out):
         ctx.needs_input_grad[3],
         bias is not None and ctx.needs_input_grad[4],
     ]
-    if torch.is_grad_enabled():
-        # backward(create_graph=True) / autograd.grad(..., create_graph=True): the gradients must
-        # themselves be differentiable, which the fused kernels' are not.
-        g_in, g_off, g_mask, g_w, g_b = _differentiable_backward(
-            grad_out, (input, offset, mask, weight, bias), needs, ctx.conf
+    # Grad mode is on in a backward only under create_graph=True (backward of the backward).
+    create_graph = torch.is_grad_enabled()
+    route = backward_route(input.device.type, torch.are_deterministic_algorithms_enabled(), create_graph)
+    if route == "composite":
+        conv = ctx.conf[:-1]
+        g_in, g_off, g_mask, g_w, g_b = composite_gradients(
+            lambda *tensors: _composite_deform_conv.deform_conv2d(*tensors, *conv),
+            (input, offset, mask, weight, bias),
+            needs,
+            grad_out,
+            create_graph,
         )
         return g_in, g_off, g_mask, g_w, g_b, None, None, None, None, None, None
     grads = _deform_conv2d_backward_op(grad_out, input, offset, mask, weight, bias, *ctx.conf, needs)
@@ -216,10 +214,15 @@ def _check_args(
         raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kh, kw), got shape {tuple(weight.shape)}")
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+    # Under autocast the tensors may differ in floating dtype (bfloat16 features, float32 weights): the
+    # op casts them to one compute dtype, as torchvision's autocast kernel does.
+    autocast = torch.is_autocast_enabled(input.device.type)
     for name, t in (("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask)):
         if t is None:
             continue
-        if t.dtype != input.dtype:
+        if autocast and not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if not autocast and t.dtype != input.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; they must match")
         if t.device != input.device:
             raise ValueError(f"{name} is on {t.device} but input is on {input.device}; they must match")

@@ -14,6 +14,16 @@ The op dispatches to a backend like :func:`dcn.ops.deform_conv2d`: ``"torch"`` (
 :mod:`dcn.ops._cupy_deform_roi_pool`); ``"auto"`` picks CuPy for CUDA tensors when it is
 usable. It is registered with ``torch.library`` as ``dcn::deform_roi_pool`` (+ backward op),
 with fake implementations and autograd, so ``torch.compile`` and ``opcheck`` work.
+
+GPU behaviour:
+
+* autocast: boxes and offsets stay float32 (as in torchvision's roi_align); the PyTorch path computes
+  in float32 and the CUDA kernels read the features in the autocast dtype, computing in float32;
+* CUDA-graph capture: the eager check of the boxes' batch indices (a device-to-host copy) is skipped
+  while a graph is captured; the CUDA kernels then pool a RoI with an invalid index to zero;
+* ``torch.use_deterministic_algorithms(True)``: on every device but the CPU (whose backward is
+  deterministic already) the backward runs autograd over :mod:`dcn.ops._composite_deform_roi_pool`
+  (see :func:`dcn.ops._dispatch.backward_route`), bit-reproducible on CUDA.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops.poolers import _filter_input, _setup_scales
 
 from dcn.ops import _composite_deform_roi_pool
-from dcn.ops._dispatch import BACKENDS, implementation, resolve_backend
+from dcn.ops._dispatch import BACKENDS, backward_route, composite_gradients, implementation, resolve_backend
 
 __all__ = [
     "deform_roi_pool",
@@ -110,28 +120,24 @@ def _setup_context(ctx, inputs, output):
     ctx.conf = (output_size, spatial_scale, sampling_ratio, gamma, aligned, backend)
 
 
-def _differentiable_backward(grad_out, input, rois, offset, needs, conf):
-    """Gradients that autograd can differentiate again: the op recomposed from differentiable
-    PyTorch operations (:mod:`dcn.ops._composite_deform_roi_pool`) and differentiated by autograd."""
-    with torch.enable_grad():
-        out = _composite_deform_roi_pool.deform_roi_pool(input, rois, offset, *conf[:-1])
-        wanted = [t for t, need in zip((input, offset), needs) if need]
-        found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
-    grads = []
-    for t, need in zip((input, offset), needs):
-        g = next(found) if need else None
-        grads.append(torch.zeros_like(t) if need and g is None else g)
-    return grads
-
-
 def _backward(ctx, grad_out):
     input, rois, offset = ctx.saved_tensors
     needs = [ctx.needs_input_grad[0], offset is not None and ctx.needs_input_grad[2]]
-    if torch.is_grad_enabled():  # create_graph=True: the gradients must themselves be differentiable
-        g_in, g_off = _differentiable_backward(grad_out, input, rois, offset, needs, ctx.conf)
-        return g_in, None, g_off, None, None, None, None, None, None
-    grads = _deform_roi_pool_backward_op(grad_out, input, rois, offset, *ctx.conf, needs)
-    g_in, g_off = (g if need else None for g, need in zip(grads, needs))
+    # Grad mode is on in a backward only under create_graph=True (backward of the backward).
+    create_graph = torch.is_grad_enabled()
+    route = backward_route(input.device.type, torch.are_deterministic_algorithms_enabled(), create_graph)
+    if route == "composite":
+        pool = ctx.conf[:-1]
+        g_in, _, g_off = composite_gradients(
+            lambda x, r, o: _composite_deform_roi_pool.deform_roi_pool(x, r, o, *pool),
+            (input, rois, offset),
+            (needs[0], False, needs[1]),
+            grad_out,
+            create_graph,
+        )
+    else:
+        grads = _deform_roi_pool_backward_op(grad_out, input, rois, offset, *ctx.conf, needs)
+        g_in, g_off = (g if need else None for g, need in zip(grads, needs))
     # Like roi_align, the boxes get no gradient.
     return g_in, None, g_off, None, None, None, None, None, None
 
@@ -142,8 +148,16 @@ _deform_roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------
+def _capturing_cuda_graph(device: torch.device) -> bool:
+    """True while a CUDA graph is captured on the current stream (device-to-host copies would fail)."""
+    # Only CUDA tensors can be captured; on a machine without a CUDA driver the query itself raises.
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _to_rois(boxes: Boxes, input: Tensor) -> Tensor:
-    """Tensor[K, 5] (batch index, x1, y1, x2, y2) in input's dtype, from either box format."""
+    """Tensor[K, 5] (batch index, x1, y1, x2, y2) from either box format: float32 under autocast
+    (a bfloat16 coordinate has 4 px steps at 512-1024 px; torchvision's roi_align keeps boxes float32
+    too), else in input's dtype."""
     if isinstance(boxes, Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
             raise ValueError(
@@ -172,9 +186,11 @@ def _to_rois(boxes: Boxes, input: Tensor) -> Tensor:
         raise TypeError(f"boxes must be floating point, got {rois.dtype}")
     if rois.device != input.device:
         raise ValueError(f"boxes are on {rois.device} but input is on {input.device}; they must match")
-    rois = rois.to(input.dtype)
-    if rois.shape[0] and not torch.compiler.is_compiling():
-        # One host sync in eager mode, to turn silent garbage into an error.
+    rois = rois.to(torch.float32 if torch.is_autocast_enabled(input.device.type) else input.dtype)
+    if rois.shape[0] and not torch.compiler.is_compiling() and not _capturing_cuda_graph(input.device):
+        # One host sync in eager mode, to turn silent garbage into an error. Skipped while a CUDA graph
+        # is captured, where a sync is an error: the CUDA kernels then pool a RoI whose batch index is
+        # outside [0, N) to zero.
         idx = rois[:, 0]
         bad_index, bad_coords = torch.stack(
             (
@@ -225,7 +241,8 @@ def _check_args(
                 f"offset must have shape (K, 2, out_h, out_w) = {expected} for {k} boxes, "
                 f"got {tuple(offset.shape)}"
             )
-        if offset.dtype != input.dtype:
+        # Under autocast both are cast (offsets to float32), so their dtypes need not match.
+        if offset.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
             raise TypeError(f"offset has dtype {offset.dtype} but input has {input.dtype}; they must match")
         if offset.device != input.device:
             raise ValueError(f"offset is on {offset.device} but input is on {input.device}; they must match")
@@ -274,6 +291,9 @@ def deform_roi_pool(
     contributes zero, otherwise its coordinate is clamped into the map. Degenerate boxes
     (x2 < x1) pool to zero with adaptive sampling, as in roi_align.
 
+    Under autocast the boxes and offsets are used in float32; the result is float32 on the
+    PyTorch backend and in the autocast dtype on the CuPy backend.
+
     Returns:
         Tensor[K, C, out_h, out_w]
     """
@@ -294,13 +314,15 @@ def deform_roi_pool(
         resolved,
     )
     if torch.is_autocast_enabled(input.device.type):
-        # Like torchvision: the PyTorch path computes in float32; the CUDA kernels take the
-        # autocast dtype (float16/bfloat16) and accumulate in float32 internally.
+        # Boxes (already float32, see _to_rois) and offsets stay float32, as in torchvision's
+        # roi_align: in bfloat16 a box coordinate has 4 px steps at 512-1024 px. The PyTorch path
+        # computes in float32; the CUDA kernels read the features in the autocast dtype
+        # (float16/bfloat16) and compute in float32.
         dtype = torch.float32
         if resolved == "cupy":
             dtype = torch.get_autocast_dtype(input.device.type)
-        input, rois = input.to(dtype), rois.to(dtype)
-        offset = offset.to(dtype) if offset is not None else None
+        input = input.to(dtype)
+        offset = offset.float() if offset is not None else None
         with torch.autocast(input.device.type, enabled=False):
             return _deform_roi_pool_op(input, rois, offset, *args)
     return _deform_roi_pool_op(input, rois, offset, *args)
@@ -567,7 +589,7 @@ class MultiScaleDeformRoIPool(nn.Module):
         for feat, scale, idx in zip(features, self.scales, level_index):
             if idx.numel() == 0:
                 continue
-            out[idx] = deform_roi_pool(
+            pooled = deform_roi_pool(
                 feat,
                 rois[idx],
                 offset[idx] if offset is not None else None,
@@ -578,6 +600,8 @@ class MultiScaleDeformRoIPool(nn.Module):
                 aligned=self.aligned,
                 backend=self.backend,
             )
+            # Under autocast the PyTorch path returns float32 for 16-bit features (as torchvision does).
+            out[idx] = pooled.to(out.dtype)
         return out
 
     def forward(

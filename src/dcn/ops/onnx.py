@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -77,6 +77,22 @@ def _require_opset(opset: Optional[int], what: str) -> None:
         raise _opset_error(opset, what)
 
 
+def _deform_conv_attributes(
+    stride, padding, dilation, groups, offset_groups, kernel_shape: Optional[List[int]]
+) -> Dict[str, Any]:
+    """ONNX ``DeformConv``'s attributes; ``kernel_shape`` is left out when not known statically."""
+    attributes: Dict[str, Any] = dict(
+        strides=list(stride),
+        pads=[padding[0], padding[1], padding[0], padding[1]],  # (begin_h, begin_w, end_h, end_w)
+        dilations=list(dilation),
+        group=int(groups),
+        offset_group=int(offset_groups),
+    )
+    if kernel_shape is not None:
+        attributes["kernel_shape"] = kernel_shape
+    return attributes
+
+
 # --------------------------------------------------------------------------------------
 # The default exporter (torch.export -> onnxscript translations)
 # --------------------------------------------------------------------------------------
@@ -87,16 +103,13 @@ def deform_conv2d_to_onnx(
     from onnxscript import opset19 as op
 
     _require_opset(_target_opset(), "dcn::deform_conv2d")
-    attributes: Dict[str, Any] = dict(
-        strides=list(stride),
-        pads=[padding[0], padding[1], padding[0], padding[1]],
-        dilations=list(dilation),
-        group=int(groups),
-        offset_group=int(offset_groups),
-    )
     kernel = getattr(weight, "shape", None)
-    if kernel is not None and len(kernel) == 4 and all(isinstance(k, int) for k in (kernel[2], kernel[3])):
-        attributes["kernel_shape"] = [kernel[2], kernel[3]]
+    known = (
+        kernel is not None and len(kernel) == 4 and all(isinstance(k, int) for k in (kernel[2], kernel[3]))
+    )
+    attributes = _deform_conv_attributes(
+        stride, padding, dilation, groups, offset_groups, [kernel[2], kernel[3]] if known else None
+    )
     # ONNX's input order is (X, W, offset, B, mask); None leaves an optional input out.
     return op.DeformConv(input, weight, offset, bias, mask, **attributes)
 
@@ -273,16 +286,12 @@ def _deform_conv2d_symbolic(
         inputs.append(g.op("Constant", value_t=torch.zeros(sizes[0], dtype=dtype)))
     if has_mask:
         inputs.append(mask)
-    attributes: Dict[str, Any] = dict(
-        strides_i=list(stride),
-        pads_i=[padding[0], padding[1], padding[0], padding[1]],
-        dilations_i=list(dilation),
-        group_i=int(groups),
-        offset_group_i=int(offset_groups),
+    known = sizes and len(sizes) == 4 and None not in sizes[2:]
+    attributes = _deform_conv_attributes(
+        stride, padding, dilation, groups, offset_groups, list(sizes[2:]) if known else None
     )
-    if sizes and len(sizes) == 4 and None not in sizes[2:]:
-        attributes["kernel_shape_i"] = list(sizes[2:])
-    return g.op("DeformConv", *inputs, **attributes)
+    # The TorchScript exporter's g.op spells an attribute's type in its name: "_i" for ints and int lists.
+    return g.op("DeformConv", *inputs, **{f"{name}_i": value for name, value in attributes.items()})
 
 
 def _deform_conv2d_symbolic_old_opset(g, *args):

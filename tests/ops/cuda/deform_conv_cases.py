@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import pytest
 import torch
 import torchvision
 
@@ -87,6 +88,48 @@ def _random_config(seed: int) -> Config:
 CONFIGS.update({f"random{seed}": _random_config(seed) for seed in range(6)})
 
 
+# --------------------------------------------------------------------------------------
+# Launch geometries (the conftest's ``launch_mode`` fixture runs a test under each)
+# --------------------------------------------------------------------------------------
+_real_launch_config = cupy_backend.sample_launch_config
+
+
+def _two_channels_per_thread(points, group_channels):
+    cfg = _real_launch_config(points, group_channels)
+    per_thread = min(2, group_channels)
+    return replace(cfg, channels_per_thread=per_thread, chunks=-(-group_channels // per_thread))
+
+
+# Module attributes of dcn.ops._cupy_deform_conv to override. With the tiny shapes of CONFIGS the
+# defaults give one channel per thread (the problem is far below TARGET_THREADS); "one_chunk" keeps
+# each group's channels in one thread (offset/mask grads stored, not atomically added);
+# "two_channels" leaves a partial last chunk when a group has an odd channel count; "small_grid"
+# caps the grid at 2 blocks (grid-stride loops); "batch_chunks" forces one image per batch chunk
+# (column buffer reuse, partial launches).
+LAUNCH_MODES = {
+    "default": {},
+    "one_chunk": {"TARGET_THREADS": 1},
+    "two_channels": {"sample_launch_config": _two_channels_per_thread},
+    "small_grid": {"MAX_BLOCKS": 2},
+    "batch_chunks": {"COLUMN_BUDGET": 1},
+}
+
+
+def poison_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``torch.empty`` and ``Tensor.new_empty`` (the backend's uninitialised buffers) return
+    NaN-filled floating-point tensors until ``monkeypatch`` is undone: an element that a kernel or
+    GEMM fails to write then shows up as NaN instead of a plausible stale value."""
+    real_empty, real_new_empty = torch.empty, torch.Tensor.new_empty
+
+    def poisoned(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(real_empty(*a, **k)))
+    monkeypatch.setattr(
+        torch.Tensor, "new_empty", lambda self, *a, **k: poisoned(real_new_empty(self, *a, **k))
+    )
+
+
 def make_inputs(cfg: Config, dtype: torch.dtype, seed: int = 0, device="cpu"):
     """(input, offset, mask, weight, bias) for ``cfg``, generated in float64 on the CPU (the same
     values on every device), then cast and moved."""
@@ -143,6 +186,31 @@ def run_torchvision(cfg, tensors, grad_out):
     out.backward(grad_out.double())
     grads = tuple(t.grad if t is not None else None for t in (x, offset, mask, weight, bias))
     return out.detach(), grads
+
+
+def half_weight_grad_case(dtype: torch.dtype, device="cpu"):
+    """(cfg, tensors, grad_out, expected grad_weight) for float16 or bfloat16, run with one image
+    per batch chunk (``COLUMN_BUDGET = 1``): each image's part of the weight gradient is not
+    representable in ``dtype`` (float16: it overflows; bfloat16: it rounds away the unit that the
+    other image's part does not cancel), while their sum is, exactly.
+
+    1x1 kernel, zero offsets, no mask, weight 1: the columns are the input, and
+    grad_weight = sum over images b and positions l of grad_out[b, 0, 0, l] * input[b, 0, 0, l].
+    """
+    cfg = Config(n=2, c_in=1, c_out=1, h=1, w=2, kh=1, kw=1, padding=(0, 0), mask=False, bias=False)
+    if dtype == torch.float16:  # 115200 (> 65504, inf in float16) - 59520 = 55680
+        x, go = [[240.0, 240.0], [240.0, 8.0]], [[240.0, 240.0], [-240.0, -240.0]]
+    elif dtype == torch.bfloat16:  # 257 (rounds to 256 in bfloat16) - 256 = 1
+        x, go = [[256.0, 1.0], [256.0, 0.0]], [[1.0, 1.0], [-1.0, 0.0]]
+    else:
+        raise ValueError(f"a 16-bit dtype is needed, got {dtype}")
+    x = torch.tensor(x, dtype=torch.float64).view(2, 1, 1, 2)
+    grad_out = torch.tensor(go, dtype=torch.float64).view(2, 1, 1, 2)
+    expected = (x * grad_out).sum().view(1, 1, 1, 1)
+    offset = torch.zeros(2, 2, 1, 2, dtype=torch.float64)
+    weight = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    tensors = tuple(t.to(device, dtype) for t in (x, offset)) + (None, weight.to(device, dtype), None)
+    return cfg, tensors, grad_out.to(device, dtype), expected.to(device, dtype)
 
 
 GRAD_NAMES = ("input", "offset", "mask", "weight", "bias")

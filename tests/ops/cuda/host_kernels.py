@@ -3,9 +3,15 @@
 :func:`build` compiles a :class:`~dcn.ops._cupy_runtime.KernelSource` together with
 ``shim/cuda_shim.h`` and a generated wrapper that exports one ``extern "C"`` launcher per kernel
 instantiation (the source's own ``name_expressions``), into a shared library cached by content hash.
-:class:`HostKernels` is then a :data:`~dcn.ops._cupy_runtime.Launch`: it takes the grid and block
-computed by the op's own launch-configuration code and runs every thread serially on CPU tensors'
-memory. Arguments travel exactly as with ``cuLaunchKernel``: an array of pointers to 8-byte values.
+:class:`HostKernels` is then a :data:`~dcn.ops._cupy_runtime.Launch`: it checks the arguments
+exactly as the CuPy launcher does (:meth:`~dcn.ops._cupy_runtime.KernelSource.check_arguments`, with
+the CPU as the device), takes the grid and block computed by the op's own launch-configuration code
+and runs every thread serially on CPU tensors' memory. Arguments travel exactly as with
+``cuLaunchKernel``: an array of pointers to 8-byte values.
+
+The library also reports each kernel's parameter types as the C++ compiler sees them
+(:meth:`HostKernels.compiled_signature`), against which the tests check the launcher's reading of the
+source (:meth:`~dcn.ops._cupy_runtime.KernelSource.signature`).
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from dcn.ops._cupy_runtime import CUDA_SOURCE_DIR, KernelArg, KernelSource, kern
 
 SHIM_DIR = Path(__file__).resolve().parent / "shim"
 
-# Extra host-only entry points for testing the 16-bit conversions of common.cuh directly.
-_CONVERSIONS = r"""
+# Extra host-only entry points: the 16-bit conversions of common.cuh, to test them directly, and the
+# signature reporter behind HostKernels.compiled_signature.
+_HOST_HELPERS = r"""
+#include <type_traits>
+
 extern "C" void dcn_shim_float_to_half(const float* x, unsigned short* y, long long n) {
   for (long long i = 0; i < n; ++i) y[i] = dcn::float_to_half(x[i]);
 }
@@ -38,6 +47,25 @@ extern "C" void dcn_shim_float_to_bfloat16(const float* x, unsigned short* y, lo
 extern "C" void dcn_shim_bfloat16_to_float(const unsigned short* x, float* y, long long n) {
   for (long long i = 0; i < n; ++i) y[i] = dcn::bfloat16_to_float(x[i]);
 }
+
+// Parameter types of a kernel instantiated for T, one letter each (T element pointer, A accumulator
+// pointer, I index_t pointer, i index_t, ? anything else), as the compiler sees them.
+namespace dcn_shim {
+template <typename T, typename P>
+constexpr char parameter_kind() {
+  typedef typename std::remove_cv<typename std::remove_pointer<P>::type>::type E;
+  if (std::is_same<P, dcn::index_t>::value) return 'i';
+  if (!std::is_pointer<P>::value) return '?';
+  if (std::is_same<E, T>::value) return 'T';
+  if (std::is_same<E, typename dcn::acc_type<T>::type>::value) return 'A';
+  return std::is_same<E, dcn::index_t>::value ? 'I' : '?';
+}
+template <typename T, typename... Args>
+void signature(void (*)(Args...), char* out) {
+  const char kinds[] = {parameter_kind<T, Args>()..., '\0'};
+  for (std::size_t i = 0; i < sizeof kinds; ++i) out[i] = kinds[i];
+}
+}  // namespace dcn_shim
 """
 
 
@@ -47,13 +75,20 @@ def compiler() -> Optional[str]:
 
 def wrapper_source(source: KernelSource) -> str:
     """C++ translation unit: the kernel source plus one exported launcher per instantiation."""
-    lines = [f'#include "{source.filename}"', ""]
+    lines = [f'#include "{source.filename}"', _HOST_HELPERS]
     for i, expr in enumerate(source.name_expressions()):
         lines.append(
             f'extern "C" void dcn_shim_kernel_{i}(const unsigned int* grid, const unsigned int* block,'
             f" void** params) {{ dcn_shim::launch(&{expr}, grid, block, params); }}"
         )
-    return "\n".join(lines) + "\n" + _CONVERSIONS
+    # Signatures of the half instantiations, where T, acc_type<T>::type and index_t all differ.
+    for kernel in source.kernels:
+        expr = source.name_expression(kernel, torch.float16)
+        lines.append(
+            f'extern "C" void dcn_shim_signature_{kernel}(char* out) {{'
+            f" dcn_shim::signature<dcn::half_t>(&{expr}, out); }}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def build(source: KernelSource, cache_dir: Path, extra_flags: Sequence[str] = ()) -> Path:
@@ -103,9 +138,7 @@ class HostKernels:
 
     def __call__(self, kernel: str, dtype: torch.dtype, grid, block, args: Sequence[KernelArg]) -> None:
         expr = self.source.name_expression(kernel, dtype)
-        for a in args:
-            if isinstance(a, torch.Tensor) and a.device.type != "cpu":
-                raise ValueError("host kernels take CPU tensors")
+        self.source.check_arguments(kernel, dtype, torch.device("cpu"), args)
         grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
         if len(grid) != 3 or len(block) != 3 or min(grid + block) < 1:
             raise ValueError(f"invalid launch geometry grid={grid} block={block}")
@@ -117,6 +150,14 @@ class HostKernels:
         b = (ctypes.c_uint * 3)(*block)
         self.launches.append((expr, grid, block))
         getattr(self.lib, f"dcn_shim_kernel_{self._index[expr]}")(g, b, params)
+
+    def compiled_signature(self, kernel: str) -> Tuple[str, ...]:
+        """``kernel``'s parameter types as the C++ compiler sees them, spelled as
+        :attr:`~dcn.ops._cupy_runtime.KernelParameter.ctype` ("?" for a type the launcher cannot check)."""
+        letters = ctypes.create_string_buffer(256)
+        getattr(self.lib, f"dcn_shim_signature_{kernel}")(letters)
+        names = {"T": "T*", "A": "A*", "I": "index_t*", "i": "index_t"}
+        return tuple(names.get(c, "?") for c in letters.value.decode())
 
     def convert(self, name: str, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         """Run one of the ``dcn_shim_*`` conversion helpers elementwise on a contiguous CPU tensor."""

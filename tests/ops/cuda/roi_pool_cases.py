@@ -51,3 +51,17 @@ def check_nonfinite_offsets(forward, backward, dtype, device="cpu"):
         g_in, g_off = backward(grad, x, rois, bad, *args, (True, True))
         assert torch.isfinite(g_in).all() and torch.isfinite(g_off).all()
         assert (g_off[4, :, 1, 0] == 0).all()
+
+
+def large_box_case(k=12, c=3, output_size=(3, 3), seed=0):
+    """float32 features (2, c, 136, 136) at 1/8 scale (a 1088 px image), rois (k, 5) with every corner
+    at 512-1024 px, where bfloat16's step is 4 px; offsets (k, 2, out_h, out_w) and an output gradient
+    (k, c, out_h, out_w)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c, 136, 136, generator=g)
+    x1, y1 = (512 + torch.rand(k, generator=g) * 384 for _ in range(2))
+    x2, y2 = (start + 16 + torch.rand(k, generator=g) * 112 for start in (x1, y1))
+    rois = torch.stack([torch.randint(0, 2, (k,), generator=g).float(), x1, y1, x2, y2], 1)
+    off = torch.randn((k, 2) + tuple(output_size), generator=g) * 0.2
+    grad = torch.randn((k, c) + tuple(output_size), generator=g)
+    return x, rois, off, grad

@@ -3,12 +3,13 @@
 Two modes:
 
 * ``python sanitized_run.py CACHE_DIR`` — the host-compiled kernels built with AddressSanitizer and
-  UndefinedBehaviorSanitizer (used by test_host_kernels.py in a subprocess, since ASan must be
-  preloaded into the Python process);
+  UndefinedBehaviorSanitizer, under every launch geometry of ``LAUNCH_MODES`` (used by
+  test_host_kernels.py in a subprocess, since ASan must be preloaded into the Python process);
 * ``compute-sanitizer python sanitized_run.py --cuda`` — the real kernels on the GPU through CuPy,
-  with non-finite and far-outside offsets and both ops (run by ``make gpu-check``; set
-  ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` so that every tensor is its own allocation and an access
-  past its end is caught rather than landing in a neighbour inside a cached block).
+  under the geometries of ``CUDA_MODES``, with non-finite and far-outside offsets and both ops
+  (run by ``make gpu-check``; set ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` so that every tensor is its
+  own allocation and an access past its end is caught rather than landing in a neighbour inside a
+  cached block).
 
 Exits non-zero (with the sanitizer report on stderr) on any out-of-bounds access or undefined
 behaviour in a kernel; prints the number of cases run otherwise.
@@ -23,6 +24,7 @@ import host_kernels
 import torch
 from deform_conv_cases import (
     CONFIGS,
+    LAUNCH_MODES,
     NONFINITE_CFG,
     NONFINITE_POINT,
     make_inputs,
@@ -34,14 +36,16 @@ from dcn.ops import _cupy_deform_conv
 
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-# One channel per thread with a capped grid (grid-stride loops), then whole groups per thread.
-GEOMETRIES = ({"MAX_BLOCKS": 2}, {"TARGET_THREADS": 1})
+# Launch geometries under compute-sanitizer, which slows every launch down: the grid-stride loops
+# and partial channel chunks, where an index error would be.
+CUDA_MODES = ("small_grid", "two_channels")
 
 
-def _run_cases(kernels, device: str) -> int:
+def _run_cases(kernels, device: str, modes=tuple(LAUNCH_MODES)) -> int:
     runs = 0
-    for overrides in GEOMETRIES:
-        for name, value in overrides.items():
+    defaults = {name: getattr(_cupy_deform_conv, name) for mode in LAUNCH_MODES.values() for name in mode}
+    for mode in modes:
+        for name, value in {**defaults, **LAUNCH_MODES[mode]}.items():
             setattr(_cupy_deform_conv, name, value)
         for cfg in CONFIGS.values():
             for dtype in DTYPES:
@@ -91,7 +95,7 @@ def main(argv: list[str]) -> int:
         from dcn.ops import _cupy_runtime
 
         launch = _cupy_runtime.cupy_launcher(_cupy_deform_conv.SOURCE, torch.device("cuda"))
-        runs = _run_cases(launch, "cuda") + _run_roi_pool_cases()
+        runs = _run_cases(launch, "cuda", CUDA_MODES) + _run_roi_pool_cases()
         torch.cuda.synchronize()
     else:
         lib = host_kernels.build(_cupy_deform_conv.SOURCE, Path(argv[0]), SANITIZE)

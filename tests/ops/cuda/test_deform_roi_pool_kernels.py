@@ -5,36 +5,68 @@
 * Host: the same source compiled by the host C++ compiler through ``shim/cuda_shim.h`` is passed as
   the launcher to the CuPy backend's own orchestration (``_cupy_deform_roi_pool.forward/backward``),
   which runs the real grid and block serially; forward and gradients must match the PyTorch path.
+  The public op can be routed to it too (``cupy_on_host``), so its CuPy-path logic (autocast casts,
+  the skipped host check during CUDA-graph capture) runs on CPU tensors as it would on a GPU.
 * GPU: the CuPy backend against the PyTorch path on CUDA tensors; skipped without CUDA + CuPy.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
-from pathlib import Path
 
 import host_kernels
 import pytest
 import torch
-from roi_pool_cases import check_nonfinite_offsets, make_case
+from roi_pool_cases import check_nonfinite_offsets, large_box_case, make_case
 
 from dcn.ops import _cupy_deform_roi_pool as cupy_backend
 from dcn.ops import _torch_deform_roi_pool as torch_backend
 from dcn.ops import deform_roi_pool
+
+# The module, not the function of the same name that dcn.ops exports.
+roi_pool_module = importlib.import_module("dcn.ops.deform_roi_pool")
 
 ARCHS = ["sm_80", "sm_90"]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
 
 @pytest.fixture(scope="module")
-def roi_pool_kernels(pytestconfig, tmp_path_factory) -> host_kernels.HostKernels:
+def roi_pool_kernels(host_kernel_cache) -> host_kernels.HostKernels:
     """deform_roi_pool.cu compiled for the CPU (a ``Launch`` running threads serially)."""
-    if host_kernels.compiler() is None:
-        pytest.fail("no host C++ compiler (g++/clang++ or $CXX) for the CUDA kernel checks")
-    cache = getattr(pytestconfig, "cache", None)
-    cache_dir = Path(cache.mkdir("dcn_cuda_shim")) if cache is not None else tmp_path_factory.mktemp("shim")
-    lib = host_kernels.build(cupy_backend.SOURCE, cache_dir)
+    lib = host_kernels.build(cupy_backend.SOURCE, host_kernel_cache)
     return host_kernels.HostKernels(cupy_backend.SOURCE, lib)
+
+
+@pytest.fixture
+def cupy_on_host(roi_pool_kernels, monkeypatch):
+    """The public op's ``"cupy"`` backend on CPU tensors: ``deform_roi_pool`` resolves every call to
+    it, and its forward and backward run the orchestration with the host-compiled kernels."""
+    monkeypatch.setattr(roi_pool_module, "resolve_backend", lambda backend, device, op: "cupy")
+    for name, run in (
+        ("deform_roi_pool_forward", cupy_backend.forward),
+        ("deform_roi_pool_backward", cupy_backend.backward),
+    ):
+        monkeypatch.setattr(cupy_backend, name, functools.partial(run, roi_pool_kernels))
+    return roi_pool_kernels
+
+
+def _force_grid_stride(monkeypatch) -> int:
+    """Cap the launch at 2 blocks of 32 threads: every thread then loops over several output
+    elements (other channels and bins) in the kernels' grid-stride loop. Returns the thread count."""
+    monkeypatch.setattr(cupy_backend, "BLOCK_SIZE", 32)
+    monkeypatch.setattr(cupy_backend, "MAX_BLOCKS", 2)
+    return 64
+
+
+def _assert_grid_capped(
+    kernels: host_kernels.HostKernels, launches: int, elements: int, threads: int
+) -> None:
+    """The last ``launches`` launches ran ``threads`` threads for ``elements`` (> threads) outputs."""
+    assert elements > threads, "the case is too small to exercise the grid-stride loop"
+    for _, grid, block in kernels.launches[-launches:]:
+        assert grid[0] * block[0] == threads, f"launch grid={grid} block={block} is not capped"
 
 
 # --------------------------------------------------------------------------------------
@@ -75,8 +107,7 @@ CASES = {
 def test_host_kernels_match_torch_path(roi_pool_kernels, monkeypatch, name, dtype, small_grid):
     opts = dict(CASES[name])
     sr, aligned = opts.pop("sampling_ratio"), opts.pop("aligned")
-    if small_grid:  # 2 blocks only: every thread loops over several output elements
-        monkeypatch.setattr(cupy_backend, "MAX_BLOCKS", 2)
+    threads = _force_grid_stride(monkeypatch) if small_grid else None
     x, rois, off, grad = make_case(dtype=dtype, **opts)
     args = ((3, 2), 0.5, sr, 0.2, aligned)
     out = cupy_backend.forward(roi_pool_kernels, x, rois, off, *args)
@@ -96,6 +127,8 @@ def test_host_kernels_match_torch_path(roi_pool_kernels, monkeypatch, name, dtyp
         f"dcn::deform_roi_pool_forward<{cupy_backend._cupy_runtime.CTYPES[dtype]}>",
         f"dcn::deform_roi_pool_backward<{cupy_backend._cupy_runtime.CTYPES[dtype]}>",
     } <= launched
+    if small_grid:
+        _assert_grid_capped(roi_pool_kernels, 2, out.numel(), threads)
 
 
 def test_host_kernels_single_gradient(roi_pool_kernels):
@@ -137,6 +170,84 @@ def test_host_kernels_nonfinite_offsets(roi_pool_kernels, dtype):
     )
 
 
+@pytest.mark.parametrize("small_grid", [False, True], ids=["grid", "grid_stride"])
+@pytest.mark.parametrize("bad_index", [-1.0, 2.0, 1e6])
+def test_host_kernels_invalid_batch_index_pools_to_zero(roi_pool_kernels, monkeypatch, bad_index, small_grid):
+    """A RoI whose batch index is outside [0, N) (N = 2 here) gives zeros and no gradient; the other
+    RoIs are unaffected. The bad RoIs come first, so a thread that stopped at one (instead of moving
+    on to its next element) would leave later outputs unwritten in the grid-stride launch."""
+    threads = _force_grid_stride(monkeypatch) if small_grid else None
+    x, rois, off, grad = make_case(seed=17)
+    bad = torch.zeros(rois.shape[0], dtype=torch.bool)
+    bad[[0, 3]] = True
+    rois = rois.clone()
+    rois[bad, 0] = bad_index
+    args = ((3, 2), 0.5, 0, 0.2, True)
+    out = cupy_backend.forward(roi_pool_kernels, x, rois, off, *args)
+    g_in, g_off = cupy_backend.backward(roi_pool_kernels, grad, x, rois, off, *args)
+    if small_grid:
+        _assert_grid_capped(roi_pool_kernels, 2, out.numel(), threads)
+    good = ~bad
+    ref = torch_backend.deform_roi_pool_forward(x, rois[good], off[good], *args)
+    r_in, r_off = torch_backend.deform_roi_pool_backward(grad[good], x, rois[good], off[good], *args)
+    assert (out[bad] == 0).all() and (g_off[bad] == 0).all()
+    torch.testing.assert_close(out[good], ref, **TOL[torch.float64])
+    torch.testing.assert_close(g_in, r_in, **TOL[torch.float64])
+    torch.testing.assert_close(g_off[good], r_off, **TOL[torch.float64])
+
+
+BF16 = dict(rtol=2**-8, atol=1e-5)  # one rounding of a float32 result to bfloat16
+
+
+@pytest.mark.parametrize("feature_dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_autocast_keeps_boxes_and_offsets_float32(cupy_on_host, feature_dtype):
+    """Under autocast the CuPy path reads bfloat16 features but float32 boxes and offsets: with boxes
+    at 512-1024 px the result is the float32 computation on the bfloat16 features, rounded once. The
+    old behaviour (boxes and offsets cast to bfloat16, whose steps are 4 px there) fails the check."""
+    x, rois, off, grad = large_box_case()
+    x, off = x.to(feature_dtype).requires_grad_(), off.clone().requires_grad_()
+    args = ((3, 3), 1 / 8, 2, 0.1, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = deform_roi_pool(x, rois, off, *args[:4], aligned=args[4])
+    assert out.dtype == torch.bfloat16
+    assert cupy_on_host.launches[-1][0] == "dcn::deform_roi_pool_forward<dcn::bfloat16_t>"
+    features = x.detach().bfloat16().float()
+    ref = torch_backend.deform_roi_pool_forward(features, rois, off.detach(), *args)
+    torch.testing.assert_close(out.float(), ref, **BF16)
+
+    old = cupy_backend.forward(
+        cupy_on_host, x.detach().bfloat16(), rois.bfloat16(), off.detach().bfloat16(), *args
+    )
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(old.float(), ref, **BF16)
+
+    out.backward(grad.bfloat16())
+    r_in, r_off = torch_backend.deform_roi_pool_backward(
+        grad.bfloat16().float(), features, rois, off.detach(), *args
+    )
+    assert x.grad.dtype == feature_dtype and off.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad.float(), r_in, **BF16)  # accumulated in float32, stored in bfloat16
+    torch.testing.assert_close(off.grad, r_off, rtol=1e-5, atol=1e-5)  # float32 throughout
+
+
+def test_invalid_batch_index_while_capturing_pools_to_zero(cupy_on_host, monkeypatch):
+    """While a CUDA graph is captured the public op skips its host-side check of the batch indices
+    (a device-to-host copy is an error then) and the kernels pool an invalid RoI to zero. Outside a
+    capture the same call is an error."""
+    x, rois, off, grad = make_case(seed=19, dtype=torch.float32)
+    rois = rois.clone()
+    rois[2, 0] = 5.0  # N = 2
+    with pytest.raises(ValueError, match="batch indices"):
+        deform_roi_pool(x, rois, off, (3, 2), 0.5)
+    monkeypatch.setattr(roi_pool_module, "_capturing_cuda_graph", lambda device: True)
+    off = off.clone().requires_grad_()
+    out = deform_roi_pool(x, rois, off, (3, 2), 0.5)
+    out.backward(grad)
+    assert (out[2] == 0).all() and (off.grad[2] == 0).all()
+    ref = torch_backend.deform_roi_pool_forward(x, rois[:2], off.detach()[:2], (3, 2), 0.5, 0, 0.1, True)
+    torch.testing.assert_close(out[:2], ref, **TOL[torch.float32])
+
+
 def test_launch_config():
     assert cupy_backend.launch_config(1) == ((1, 1, 1), (256, 1, 1))
     assert cupy_backend.launch_config(257) == ((2, 1, 1), (256, 1, 1))
@@ -154,13 +265,20 @@ def _gpu_reason():
     return cupy_backend.unavailable_reason()
 
 
-gpu = pytest.mark.skipif(_gpu_reason() is not None, reason=f"CuPy backend unavailable: {_gpu_reason()}")
+def gpu(test):
+    """A GPU test: marked ``gpu`` (``-m gpu`` selects it, ``DCN_REQUIRE_CUPY=1`` fails its skip) and
+    skipped with the reason where the CuPy backend cannot run."""
+    skip = pytest.mark.skipif(_gpu_reason() is not None, reason=f"CuPy backend unavailable: {_gpu_reason()}")
+    return pytest.mark.gpu(skip(test))
 
 
 @gpu
+@pytest.mark.parametrize("small_grid", [False, True], ids=["grid", "grid_stride"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_gpu_cupy_matches_torch_path(dtype, sampling_ratio):
+def test_gpu_cupy_matches_torch_path(dtype, sampling_ratio, small_grid, monkeypatch):
+    if small_grid:  # the host tests' launch mode: each thread loops over many output elements
+        _force_grid_stride(monkeypatch)
     x, rois, off, grad = make_case(c=16, hw=(20, 24), k=64, output_size=(7, 7), seed=7)
     x, rois, off, grad = (t.cuda() for t in (x, rois, off, grad))
     xs, offs = x.to(dtype).requires_grad_(), off.to(dtype).requires_grad_()
@@ -203,3 +321,54 @@ def test_gpu_auto_backend_and_roi_align():
     x, rois = x.cuda(), rois.cuda()
     out = deform_roi_pool(x, rois, None, 7, 0.5, 0)  # auto -> cupy
     torch.testing.assert_close(out, roi_align(x, rois, 7, 0.5, 0, aligned=True), rtol=1e-5, atol=1e-5)
+
+
+@gpu
+def test_gpu_autocast_keeps_large_boxes_float32():
+    x, rois, off, _ = (t.cuda() for t in large_box_case())
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = deform_roi_pool(x, rois, off, 3, 1 / 8, 2, backend="cupy")
+    assert out.dtype == torch.bfloat16
+    ref = deform_roi_pool(x.bfloat16().float(), rois, off, 3, 1 / 8, 2, backend="cupy")
+    torch.testing.assert_close(out.float(), ref, **BF16)
+
+
+@gpu
+def test_gpu_cuda_graph_capture_with_an_invalid_batch_index():
+    """The op captures into a CUDA graph (no host sync); a RoI with a batch index outside [0, N)
+    pools to zero on replay, the others as in eager mode."""
+    x, rois, off, _ = (t.cuda() for t in make_case(seed=21, dtype=torch.float32))
+    rois = rois.clone()
+    rois[2, 0] = 5.0  # N = 2
+    keep = torch.arange(rois.shape[0], device="cuda") != 2
+    ref = deform_roi_pool(x, rois[keep], off[keep], (3, 2), 0.5, backend="cupy")  # also loads the kernels
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = deform_roi_pool(x, rois, off, (3, 2), 0.5, backend="cupy")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert (out[2] == 0).all()
+    torch.testing.assert_close(out[keep], ref)
+
+
+@gpu
+def test_gpu_deterministic_backward_is_bitwise_reproducible():
+    x, rois, off, grad = (
+        t.cuda() for t in make_case(c=16, hw=(20, 24), k=64, output_size=(7, 7), seed=7, dtype=torch.float32)
+    )
+
+    def grads():
+        xs, offs = x.clone().requires_grad_(), off.clone().requires_grad_()
+        out = deform_roi_pool(xs, rois, offs, 7, 0.5, 2, backend="cupy")
+        return torch.autograd.grad(out, (xs, offs), grad)
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = grads(), grads()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    fused = grads()
+    for name, a, b, f in zip(("input", "offset"), first, second, fused):
+        assert torch.equal(a, b), f"grad {name} differs between two runs in deterministic mode"
+        torch.testing.assert_close(a, f, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,9 @@
 """CuPy backend on a CUDA device: against the PyTorch backend, torchvision's CUDA op and gradcheck.
 
-Skipped (cleanly, with the reason) where there is no CUDA device or CuPy is not installed.
+The cases and launch geometries are those of the host-kernel tests (deform_conv_cases.py), with
+NaN-filled uninitialised buffers. Skipped (with the reason) where there is no CUDA device or the
+CuPy kernels cannot run; with ``DCN_REQUIRE_CUPY=1`` those skips are failures (conftest.py). Needs
+only torch, torchvision, CuPy and pytest: run with ``--confcutdir=tests/ops/cuda``.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from deform_conv_cases import (
     assert_close,
     check_nonfinite_offsets,
     conv_args,
+    half_weight_grad_case,
     make_inputs,
+    poison_empty,
     random_grad_out,
     run_reference,
     run_torchvision,
 )
 
-from dcn.ops import DeformConv2dPack, _cupy_deform_conv, deform_conv2d
+from dcn.ops import DeformConv2dPack, _cupy_deform_conv, _cupy_runtime, deform_conv2d
 from dcn.ops._dispatch import resolve_backend
 
 _REASON = _cupy_deform_conv.unavailable_reason()
@@ -63,11 +68,15 @@ def dcn_cupy(x, offset, mask, weight, bias, cfg):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_matches_torch_backend(name, dtype):
+def test_matches_torch_backend(launch_mode, monkeypatch, name, dtype):
+    """Under every launch geometry (several channels per thread, grid-stride loops, batch chunks),
+    with NaN-filled uninitialised buffers: an element left unwritten would show up as NaN."""
     cfg = CONFIGS[name]
     tensors = make_inputs(cfg, dtype, device=CUDA)
     grad_out = random_grad_out(cfg, dtype, device=CUDA)
-    out, grads = cupy_run(cfg, tensors, grad_out)
+    with monkeypatch.context() as m:
+        poison_empty(m)
+        out, grads = cupy_run(cfg, tensors, grad_out)
     ref_out, ref_grads = run_reference(cfg, tensors, grad_out)
     assert_close(out, ref_out, "output", **TOL[dtype])
     for g, r, gname in zip(grads, ref_grads, GRAD_NAMES):
@@ -75,7 +84,7 @@ def test_matches_torch_backend(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_nonfinite_offsets(dtype):
+def test_nonfinite_offsets(launch_mode, dtype):
     check_nonfinite_offsets(lambda cfg, t, g: cupy_run(cfg, t, g), dtype, device=CUDA)
 
 
@@ -186,6 +195,37 @@ def test_autocast(dtype):
         assert err < rel, f"grad {gname}: relative error {err:.3g}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_weight_gradient_is_summed_in_float32(monkeypatch, dtype):
+    """cuBLAS with float32 output (torch.bmm(..., out_dtype)): per-chunk weight gradients that a
+    16-bit result would overflow (float16) or round (bfloat16) still sum exactly."""
+    cfg, tensors, grad_out, expected = half_weight_grad_case(dtype, device=CUDA)
+    monkeypatch.setattr(_cupy_deform_conv, "COLUMN_BUDGET", 1)  # one image per batch chunk
+    _, (_, _, _, g_w, _) = cupy_run(cfg, tensors, grad_out, (False, False, False, True, False))
+    assert g_w.dtype == dtype
+    assert torch.equal(g_w, expected), f"grad weight {g_w.flatten().tolist()}, expected {expected.item()}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_channels_last_inputs(dtype):
+    """Channels-last input, offset, mask, weight and grad_out give the contiguous results."""
+    cfg = CONFIGS["groups_and_offset_groups"]
+    tensors = make_inputs(cfg, dtype, device=CUDA)
+    grad_out = random_grad_out(cfg, dtype, device=CUDA)
+    out, grads = public_grads(lambda *t: dcn_cupy(*t, cfg), tensors, grad_out)
+    channels_last = [t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in tensors]
+    assert not channels_last[0].is_contiguous()
+    out_cl, grads_cl = public_grads(
+        lambda *t: dcn_cupy(*t, cfg), channels_last, grad_out.to(memory_format=torch.channels_last)
+    )
+    # Same kernels on the same values, but atomics may sum in another order (and a GEMM algorithm
+    # may depend on alignment): equal up to rounding.
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+    assert_close(out_cl, out, "output", **tol)
+    for g, r, gname in zip(grads_cl, grads, GRAD_NAMES):
+        assert_close(g, r, f"grad {gname}", **tol)
+
+
 @pytest.mark.parametrize("mask", [False, True], ids=["v1", "v2"])
 def test_gradcheck_float64(mask):
     cfg = Config(
@@ -265,6 +305,13 @@ def test_runs_on_the_current_stream():
     assert_close(out, expected, "output", rtol=0, atol=0)
     for g, e, gname in zip(grads, expected_grads, GRAD_NAMES):
         assert_close(g, e, gname, rtol=1e-6, atol=1e-6)  # atomics: summation order may differ
+
+
+def test_availability_check_loaded_every_kernel():
+    """The check behind _REASON compiled the module and fetched all its kernel functions, so no
+    launch compiles (e.g. a first backward inside a CUDA-graph capture)."""
+    functions = _cupy_runtime._modules[(_cupy_deform_conv.SOURCE.filename, torch.cuda.current_device())]
+    assert sorted(functions) == sorted(_cupy_deform_conv.SOURCE.name_expressions())
 
 
 def test_auto_backend_selects_cupy_for_cuda_tensors(monkeypatch):

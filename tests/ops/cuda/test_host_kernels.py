@@ -25,7 +25,9 @@ from deform_conv_cases import (
     assert_close,
     check_nonfinite_offsets,
     conv_args,
+    half_weight_grad_case,
     make_inputs,
+    poison_empty,
     random_grad_out,
     run_kernels,
     run_reference,
@@ -33,46 +35,22 @@ from deform_conv_cases import (
 )
 
 from dcn.ops import _cupy_deform_conv as cupy_backend
+from dcn.ops import _cupy_deform_roi_pool
 
 HERE = Path(__file__).resolve().parent
 
 
-# Launch-geometry variants. With these tiny shapes the defaults give one channel per thread (the
-# problem is far below TARGET_THREADS); "one_chunk" keeps each group's channels in one thread
-# (offset/mask grads stored, not atomically added); "two_channels" leaves a partial last chunk when
-# a group has an odd channel count; "small_grid" caps the grid at 2 blocks (grid-stride loops);
-# "batch_chunks" forces one image per batch chunk (column buffer reuse, partial launches).
-def _two_channels_per_thread(points, group_channels):
-    cfg = _real_launch_config(points, group_channels)
-    per_thread = min(2, group_channels)
-    return replace(cfg, channels_per_thread=per_thread, chunks=-(-group_channels // per_thread))
-
-
-_real_launch_config = cupy_backend.sample_launch_config
-
-MODES = {
-    "default": {},
-    "one_chunk": {"TARGET_THREADS": 1},
-    "two_channels": {"sample_launch_config": _two_channels_per_thread},
-    "small_grid": {"MAX_BLOCKS": 2},
-    "batch_chunks": {"COLUMN_BUDGET": 1},
-}
-
-
-@pytest.fixture(params=list(MODES), ids=list(MODES))
-def launch_mode(request, monkeypatch):
-    for name, value in MODES[request.param].items():
-        monkeypatch.setattr(cupy_backend, name, value)
-    return request.param
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_matches_torch_backend(deform_conv_kernels, launch_mode, name, dtype):
+def test_matches_torch_backend(deform_conv_kernels, launch_mode, monkeypatch, name, dtype):
+    """Under every launch geometry (conftest's ``launch_mode``), with NaN-filled uninitialised
+    buffers: an element left unwritten would show up as NaN."""
     cfg = CONFIGS[name]
     tensors = make_inputs(cfg, dtype)
     grad_out = random_grad_out(cfg, dtype)
-    out, grads = run_kernels(deform_conv_kernels, cfg, tensors, grad_out)
+    with monkeypatch.context() as m:
+        poison_empty(m)
+        out, grads = run_kernels(deform_conv_kernels, cfg, tensors, grad_out)
     ref_out, ref_grads = run_reference(cfg, tensors, grad_out)
     assert out.dtype == dtype
     assert_close(out, ref_out, "output", **TOL[dtype])
@@ -196,6 +174,18 @@ def test_half_types(deform_conv_kernels, dtype):
         assert_close(g, r, f"grad {gname}", rtol=8 * eps, atol=8 * eps * r.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_weight_gradient_is_summed_in_float32(deform_conv_kernels, monkeypatch, dtype):
+    """Per-chunk weight gradients that a 16-bit GEMM result would overflow (float16) or round
+    (bfloat16), summing to a representable value: exact only with a float32-output GEMM."""
+    cfg, tensors, grad_out, expected = half_weight_grad_case(dtype)
+    monkeypatch.setattr(cupy_backend, "COLUMN_BUDGET", 1)  # one image per batch chunk
+    needs = (False, False, False, True, False)
+    _, (_, _, _, g_w, _) = run_kernels(deform_conv_kernels, cfg, tensors, grad_out, needs)
+    assert g_w.dtype == dtype
+    assert torch.equal(g_w, expected), f"grad weight {g_w.flatten().tolist()}, expected {expected.item()}"
+
+
 def test_shim_runs_the_launch_configuration(deform_conv_kernels):
     cfg = CONFIGS["groups_and_offset_groups"]
     tensors = make_inputs(cfg, torch.float32)
@@ -211,6 +201,111 @@ def test_shim_runs_the_launch_configuration(deform_conv_kernels):
     ]
     for _, grid, block in deform_conv_kernels.launches:
         assert (grid, block) == (expected.grid, expected.block)
+
+
+# --------------------------------------------------------------------------------------
+# Kernel signatures and the launchers' argument check
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "source", [cupy_backend.SOURCE, _cupy_deform_roi_pool.SOURCE], ids=lambda s: s.filename
+)
+def test_signatures_read_from_the_source_match_the_compiler(source, host_kernel_cache):
+    """The launchers check arguments against parameter lists parsed from the .cu text: the C++
+    compiler's view of the same kernels must agree, parameter by parameter."""
+    kernels = host_kernels.HostKernels(source, host_kernels.build(source, host_kernel_cache))
+    for kernel in source.kernels:
+        parsed = tuple(p.ctype for p in source.signature(kernel))
+        assert parsed == kernels.compiled_signature(kernel), kernel
+
+
+def test_deform_conv_signatures():
+    ints = ("batch", "channels", "height", "width", "out_h", "out_w", "kernel_h", "kernel_w")
+    ints += ("stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w")
+    ints += ("offset_groups", "channels_per_thread")
+    im2col = [(p.ctype, p.name) for p in cupy_backend.SOURCE.signature("deform_conv2d_im2col")]
+    assert im2col == [("T*", "input"), ("T*", "offset"), ("T*", "mask"), ("T*", "columns")] + [
+        ("index_t", n) for n in ints
+    ]
+    sample = [(p.ctype, p.name) for p in cupy_backend.SOURCE.signature("deform_conv2d_backward_sample")]
+    assert sample[:7] == [
+        ("T*", "input"),
+        ("T*", "offset"),
+        ("T*", "mask"),
+        ("T*", "grad_columns"),
+        ("A*", "grad_input"),  # float32 buffers for the 16-bit types
+        ("A*", "grad_offset"),
+        ("A*", "grad_mask"),
+    ]
+    assert sample[7:] == [("index_t", n) for n in ints]
+
+
+def _backward_sample_args(dtype: torch.dtype, grad_dtype: torch.dtype) -> list:
+    """Arguments of deform_conv2d_backward_sample for CONFIGS["basic"] (input gradient only),
+    the input gradient buffer in ``grad_dtype``."""
+    cfg = CONFIGS["basic"]
+    x, offset, mask, weight, _ = make_inputs(cfg, dtype)
+    geo = cupy_backend._Geometry(x, offset, weight, *conv_args(cfg))
+    grad_cols = torch.zeros(cfg.c_in * geo.K * cfg.n * geo.L, dtype=dtype)
+    grad_input = torch.zeros(x.shape, dtype=grad_dtype)
+    return [x, offset, mask, grad_cols, grad_input, None, None, *geo.kernel_ints(cfg.n, 1)]
+
+
+GRID, BLOCK = (1, 1, 1), (256, 1, 1)  # one block: the grid-stride loop covers the work
+
+
+def test_host_launcher_rejects_a_wrong_argument_dtype(deform_conv_kernels):
+    """A half kernel given a 16-bit gradient buffer where it writes float32 (or a float32 tensor
+    where it reads half) would reinterpret memory; the launcher refuses, naming what is wrong."""
+    kernel = "deform_conv2d_backward_sample"
+    deform_conv_kernels.launches.clear()
+    deform_conv_kernels(
+        kernel, torch.float16, GRID, BLOCK, _backward_sample_args(torch.float16, torch.float32)
+    )
+    assert len(deform_conv_kernels.launches) == 1  # the right dtypes run
+
+    half_grad = _backward_sample_args(torch.float16, torch.float16)
+    with pytest.raises(TypeError) as err:
+        deform_conv_kernels(kernel, torch.float16, GRID, BLOCK, half_grad)
+    assert str(err.value) == (
+        "dcn::deform_conv2d_backward_sample<dcn::half_t> args[4] (A* grad_input) must have dtype "
+        "torch.float32, got torch.float16"
+    )
+    float_input = _backward_sample_args(torch.float16, torch.float32)
+    float_input[0] = float_input[0].float()
+    with pytest.raises(
+        TypeError, match=r"args\[0\] \(T\* input\) must have dtype torch.float16, got torch.float32"
+    ):
+        deform_conv_kernels(kernel, torch.float16, GRID, BLOCK, float_input)
+    assert len(deform_conv_kernels.launches) == 1  # the rejected calls never ran
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda a: a[:-1], TypeError, "takes 23 arguments, got 22"),
+        (
+            lambda a: [*a[:7], 2.0, *a[8:]],
+            TypeError,
+            r"args\[7\] \(index_t batch\) must be an int, got float",
+        ),
+        (lambda a: [*a[:7], True, *a[8:]], TypeError, "must be an int, got bool"),
+        (
+            lambda a: [a[0], 0, *a[2:]],
+            TypeError,
+            r"args\[1\] \(T\* offset\) must be a tensor or None, got int",
+        ),
+        (
+            lambda a: [a[0].to("meta"), *a[1:]],
+            ValueError,
+            r"args\[0\] \(T\* input\) must be on cpu, got a tensor on meta",
+        ),
+    ],
+    ids=["count", "float_for_int", "bool_for_int", "int_for_pointer", "device"],
+)
+def test_host_launcher_rejects_malformed_arguments(deform_conv_kernels, change, error, match):
+    args = change(_backward_sample_args(torch.float32, torch.float32))
+    with pytest.raises(error, match=match):
+        deform_conv_kernels("deform_conv2d_backward_sample", torch.float32, GRID, BLOCK, args)
 
 
 # --------------------------------------------------------------------------------------
@@ -322,7 +417,7 @@ def _sanitizer_preload() -> list[str]:
 @pytest.mark.slow
 def test_kernels_stay_in_bounds_under_sanitizers(tmp_path):
     """An out-of-bounds read on the GPU returns garbage or nothing at all; on the CPU under ASan it
-    is a hard error. Runs every shared case, all dtypes, default and split-channel geometries."""
+    is a hard error. Runs every shared case, all dtypes, every launch geometry of LAUNCH_MODES."""
     preload = _sanitizer_preload()
     if not preload:
         pytest.skip(f"{host_kernels.compiler()} has no AddressSanitizer runtime")

@@ -11,7 +11,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from dcn.datamodules.classification.base import ClassificationDataModule, DigitClasses
 from dcn.datamodules.classification.deformation import GeometricDeformation
@@ -85,6 +84,10 @@ class DigitsDataModule(DigitClasses, ClassificationDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
+        # Imported here: scikit-learn (compiled) is needed by data=digits only, so the other datamodules and
+        # tasks import on machines without it (e.g. a bare GPU host running make gpu-check).
+        from sklearn.datasets import load_digits  # noqa: PLC0415
+
         digits = load_digits()
         images = torch.from_numpy(digits.images.astype(np.float32) / _DIGITS_MAX).unsqueeze(1)
         images = F.interpolate(images, size=self.digit_size, mode="bilinear", align_corners=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 __all__ = ["stratified_split"]
 
@@ -28,6 +27,8 @@ def stratified_split(
     n_classes = len(np.unique(targets))
     if sum(holdout_sizes) >= n:
         raise ValueError(f"held-out sizes {list(holdout_sizes)} leave no training samples out of {n}")
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 (see digits.py: imported when used)
+
     rng = np.random.RandomState(seed)
     remainder = np.arange(n)
     parts = []

@@ -1071,7 +1071,7 @@ void backward_fused(const Tensor& grad_out, const Tensor& input, const Tensor& o
             if constexpr (std::is_same_v<scalar_t, float>) {
               if (micro) {
                 backward_tile_brgemm(sc, tab, off, m, go_p, go_all + n * C_out * g.L + l0, go_t_buf[tid],
-                                     cols.data_ptr<scalar_t>(), w_mat.data_ptr<scalar_t>(),
+                                     cols.data_ptr<scalar_t>(), data_or_null<scalar_t>(w_mat),
                                      need_w ? gw_buf[tid].data_ptr<acc_t>() : nullptr,
                                      g_table ? g_table + n * HWC : nullptr, g_off, g_mask, n, l0, rt, gr.sampling(),
                                      gc);

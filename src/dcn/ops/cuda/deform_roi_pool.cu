@@ -4,12 +4,19 @@
 //   input        (N, C, H, W)
 //   geometry     (K, 6)  accumulation type: start_x, start_y, bin_w, bin_h, shift_x, shift_y
 //   roi_index    (K, 3)  index_t: batch index, grid_h, grid_w (samples per bin; 0 = no samples)
-//   offset       (K, 2, out_h, out_w) or null; channel 0 moves bins along x, channel 1 along y
+//   offset       (K, 2, out_h, out_w) or null, accumulation type; channel 0 moves bins along x,
+//                channel 1 along y
 //   output       (K, C, out_h, out_w)
 // The per-RoI geometry is computed once on the host side by the same PyTorch code as the PyTorch path
 // (dcn.ops._torch_deform_roi_pool._geometry), so both paths share roi_align's arithmetic exactly; the
 // bin (ph, pw) of RoI k is shifted by (shift_x * offset[k, 0, ph, pw], shift_y * offset[k, 1, ph, pw]),
-// shift = gamma * RoI size in feature coordinates.
+// shift = gamma * RoI size in feature coordinates. Like the geometry, the offsets are read in the
+// accumulation type (float32 for half types): under autocast the features are 16-bit but offsets stay
+// float32, and a float32 offset of a 1000 px RoI moves its bin by far less than a bfloat16 step.
+//
+// A RoI whose batch index is outside [0, N) pools to zero and receives no gradient: the host-side
+// check of the indices needs a device-to-host copy, which the op skips while a CUDA graph is captured,
+// so the kernels must never read outside the input on their own.
 //
 // Sampling follows torchvision's roi_align (bilinear_interpolate in roi_align_kernel.cpp), not the zero
 // padding of grid_sample: a sample with y < -1 or y > H (or likewise in x) contributes zero; otherwise
@@ -105,23 +112,29 @@ struct BinGeometry {
 
 // output[k, c, ph, pw] = mean over the bin's grid_h x grid_w samples of bilinear(input[batch, c], sample
 // + shift * offset[k, :, ph, pw]). Threads: K * C * out_h * out_w.
+// A RoI with a batch index outside [0, batch_size) gives zeros.
 template <typename T>
 __global__ void deform_roi_pool_forward(const T* __restrict__ input,
                                         const typename acc_type<T>::type* __restrict__ geometry,
                                         const index_t* __restrict__ roi_index,
-                                        const T* __restrict__ offset, T* __restrict__ output,
-                                        index_t rois, index_t channels, index_t height, index_t width,
+                                        const typename acc_type<T>::type* __restrict__ offset,
+                                        T* __restrict__ output, index_t rois, index_t batch_size,
+                                        index_t channels, index_t height, index_t width,
                                         index_t out_h, index_t out_w) {
   typedef typename acc_type<T>::type A;
   const index_t bins = out_h * out_w;
   const index_t total = rois * channels * bins;
   for (index_t i = global_thread_index(); i < total; i += grid_stride()) {
     const BinGeometry<A> b(i, geometry, roi_index, channels, out_h, out_w);
+    if (b.batch < 0 || b.batch >= batch_size) {
+      store(output + i, (A)0);
+      continue;
+    }
     A dy = 0, dx = 0;
     if (offset) {
       const index_t o = b.k * 2 * bins + b.ph * out_w + b.pw;
-      dx = b.shift_x * (A)load(offset + o);
-      dy = b.shift_y * (A)load(offset + o + bins);
+      dx = b.shift_x * load(offset + o);
+      dy = b.shift_y * load(offset + o + bins);
     }
     const T* plane = input + (b.batch * channels + b.c) * height * width;
     A sum = 0;
@@ -144,26 +157,28 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input,
 // atomicAdd (if non-null), and add d output / d offset, summed over the bin's samples, into
 // grad_offset[k, :, ph, pw] (if non-null; atomically, as the C channels of a bin share it). The
 // derivative is that of the clamped coordinate: zero where the clamp freezes it or the sample is cut.
-// Gradient buffers are in the accumulation type (float32 for half types) and start at zero.
+// Gradient buffers are in the accumulation type (float32 for half types) and start at zero. A RoI with
+// a batch index outside [0, batch_size) writes no gradient.
 template <typename T>
 __global__ void deform_roi_pool_backward(const T* __restrict__ grad_output, const T* __restrict__ input,
                                          const typename acc_type<T>::type* __restrict__ geometry,
                                          const index_t* __restrict__ roi_index,
-                                         const T* __restrict__ offset,
+                                         const typename acc_type<T>::type* __restrict__ offset,
                                          typename acc_type<T>::type* __restrict__ grad_input,
                                          typename acc_type<T>::type* __restrict__ grad_offset,
-                                         index_t rois, index_t channels, index_t height, index_t width,
-                                         index_t out_h, index_t out_w) {
+                                         index_t rois, index_t batch_size, index_t channels,
+                                         index_t height, index_t width, index_t out_h, index_t out_w) {
   typedef typename acc_type<T>::type A;
   const index_t bins = out_h * out_w;
   const index_t total = rois * channels * bins;
   for (index_t i = global_thread_index(); i < total; i += grid_stride()) {
     const BinGeometry<A> b(i, geometry, roi_index, channels, out_h, out_w);
+    if (b.batch < 0 || b.batch >= batch_size) continue;
     const index_t o = b.k * 2 * bins + b.ph * out_w + b.pw;
     A dy = 0, dx = 0;
     if (offset) {
-      dx = b.shift_x * (A)load(offset + o);
-      dy = b.shift_y * (A)load(offset + o + bins);
+      dx = b.shift_x * load(offset + o);
+      dy = b.shift_y * load(offset + o + bins);
     }
     const A g = (A)load(grad_output + i) / b.count();
     const index_t plane = (b.batch * channels + b.c) * height * width;

@@ -198,17 +198,23 @@ class DetectionTask(DcnTask):
         return self.hparams.warmup_factor * (1 - alpha) + alpha
 
     # -- evaluation -----------------------------------------------------------------------------
-    def _detect(self, batch: Batch) -> Tuple[List[Tensor], List[Dict[str, Tensor]], List[Dict[str, Tensor]]]:
+    def _evaluate(self, batch: Batch, metrics: Any) -> None:
+        """Detect the batch's images and add them to ``metrics`` (the validation or test metrics)."""
         images, targets = _check_batch(batch, self.hparams.num_classes)
-        return images, targets, self.net(images)
+        metrics.update(self.net(images), targets)
+
+    @staticmethod
+    def _epoch_scores(metrics: Any) -> Tuple[Dict[str, Tensor], Any]:
+        """The epoch's (scores, VOC table or None); the metrics start again from zero."""
+        result = metrics.compute()
+        metrics.reset()
+        return result
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        images, targets, detections = self._detect(batch)
-        self.val_metrics.update(detections, targets)
+        self._evaluate(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        scores, _ = self.val_metrics.compute()
-        self.val_metrics.reset()
+        scores, _ = self._epoch_scores(self.val_metrics)
         for name, value in scores.items():
             self.log(f"val/{name}", value, prog_bar=name == "mAP")
 
@@ -226,12 +232,10 @@ class DetectionTask(DcnTask):
         )
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        _, targets, detections = self._detect(batch)
-        self.test_metrics.update(detections, targets)
+        self._evaluate(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        scores, voc = self.test_metrics.compute()
-        self.test_metrics.reset()
+        scores, voc = self._epoch_scores(self.test_metrics)
         self.test_scores = scores
         for name, value in scores.items():
             self.log(f"test/{name}", value)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from dcn.backbones.frozen_bn import freeze_batch_norm
 from dcn.tasks.base import DcnTask
 from dcn.tasks.segmentation.deeplab import DeepLab
-from dcn.tasks.segmentation.loss import segmentation_cross_entropy
+from dcn.tasks.segmentation.loss import check_dense_pair, segmentation_cross_entropy
 from dcn.tasks.segmentation.metrics import SegmentationMetrics
 from dcn.tasks.segmentation.visualization import comparison_grid
 
@@ -114,16 +114,9 @@ class SegmentationTask(DcnTask):
 
     def _step(self, batch: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
         images, masks = batch
-        if (
-            images.dim() != 4
-            or masks.dim() != 3
-            or masks.shape[0] != images.shape[0]
-            or masks.shape[-2:] != images.shape[-2:]
-        ):
-            raise ValueError(
-                "segmentation batches must be (images Tensor[B, C, H, W], masks Tensor[B, H, W]) of the same "
-                f"B, H, W; got images {tuple(images.shape)} and masks {tuple(masks.shape)}"
-            )
+        check_dense_pair(
+            images, masks, "segmentation batches of images Tensor[B, C, H, W]", "masks Tensor[B, H, W]"
+        )
         logits = self(images)
         return segmentation_cross_entropy(logits, masks), logits
 
