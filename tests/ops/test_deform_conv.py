@@ -20,6 +20,7 @@ from dcn.ops import (
     _torch_deform_conv,
     deform_conv2d,
 )
+from dcn.ops._backend import ConvInputs
 
 
 def _out_size(size, k, s, p, d):
@@ -285,8 +286,10 @@ def test_kernel_strategies_agree_on_a_batch_of_large_images(monkeypatch):
 
 def test_kernel_strategies_nonfinite_offsets(kernel_strategy):
     def run(cfg, tensors, grad_out):
-        out = _torch_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg))
-        return out, _torch_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), [True] * 5)
+        out = _torch_deform_conv.deform_conv2d_forward(ConvInputs(*tensors), conv_args(cfg))
+        return out, _torch_deform_conv.deform_conv2d_backward(
+            grad_out, ConvInputs(*tensors), conv_args(cfg), [True] * 5
+        )
 
     check_nonfinite_offsets(run, torch.float64)
 
@@ -533,8 +536,10 @@ def test_nonfinite_offsets(dtype, cpu_path):
     The same check runs on the CUDA kernels (tests/ops/cuda)."""
 
     def run(cfg, tensors, grad_out):
-        out = _torch_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg))
-        return out, _torch_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), [True] * 5)
+        out = _torch_deform_conv.deform_conv2d_forward(ConvInputs(*tensors), conv_args(cfg))
+        return out, _torch_deform_conv.deform_conv2d_backward(
+            grad_out, ConvInputs(*tensors), conv_args(cfg), [True] * 5
+        )
 
     check_nonfinite_offsets(run, dtype)
 

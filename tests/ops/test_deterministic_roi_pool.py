@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dcn.ops import _composite_deform_roi_pool, _dispatch, deform_roi_pool
+from dcn.ops._backend import PoolInputs, PoolParams
 
 # The module, not the function of the same name that dcn.ops exports.
 roi_pool_module = importlib.import_module("dcn.ops.deform_roi_pool")
@@ -114,7 +115,7 @@ def test_composite_backward_keeps_a_graph_only_for_create_graph(create_graph):
     x, offset = x.clone().requires_grad_(), offset.clone().requires_grad_()
     pool = ([3, 3], 1.0, 0, 0.1, True)
     g_in, g_rois, g_off = _dispatch.composite_gradients(
-        lambda *tensors: _composite_deform_roi_pool.deform_roi_pool(*tensors, *pool),
+        lambda *tensors: _composite_deform_roi_pool.deform_roi_pool(PoolInputs(*tensors), PoolParams(*pool)),
         (x, rois, offset),
         (True, False, True),
         grad_out,

@@ -7,13 +7,14 @@ import torch
 from cuda.roi_pool_cases import large_box_case, make_case
 
 from dcn.ops import DeformRoIPoolPack, _composite_deform_roi_pool, _torch_deform_roi_pool, deform_roi_pool
+from dcn.ops._backend import PoolInputs, PoolParams
 
 
 @pytest.mark.parametrize("sampling_ratio,aligned", [(2, True), (0, True), (0, False)])
 def test_composite_equals_the_op(sampling_ratio, aligned):
     x, rois, off, _ = make_case(seed=5)
     composed = _composite_deform_roi_pool.deform_roi_pool(
-        x, rois, off, (3, 2), 0.5, sampling_ratio, 0.2, aligned
+        PoolInputs(x, rois, off), PoolParams((3, 2), 0.5, sampling_ratio, 0.2, aligned)
     )
     fused = deform_roi_pool(x, rois, off, (3, 2), 0.5, sampling_ratio, 0.2, aligned=aligned, backend="torch")
     torch.testing.assert_close(composed, fused, rtol=1e-12, atol=1e-12)
@@ -26,12 +27,14 @@ def test_composite_computes_16bit_features_in_float32():
     x, rois, off, grad = large_box_case()
     x, off = x.bfloat16().requires_grad_(), off.requires_grad_()
     args = ((3, 3), 1 / 8, 2, 0.1, True)
-    out = _composite_deform_roi_pool.deform_roi_pool(x, rois, off, *args)
+    out = _composite_deform_roi_pool.deform_roi_pool(PoolInputs(x, rois, off), PoolParams(*args))
     g_in, g_off = torch.autograd.grad(out, (x, off), grad.bfloat16())
     features = x.detach().float()
-    ref = _torch_deform_roi_pool.deform_roi_pool_forward(features, rois, off.detach(), *args)
+    ref = _torch_deform_roi_pool.deform_roi_pool_forward(
+        PoolInputs(features, rois, off.detach()), PoolParams(*args)
+    )
     r_in, r_off = _torch_deform_roi_pool.deform_roi_pool_backward(
-        grad.bfloat16().float(), features, rois, off.detach(), *args
+        grad.bfloat16().float(), PoolInputs(features, rois, off.detach()), PoolParams(*args)
     )
     assert out.dtype == g_in.dtype == torch.bfloat16 and g_off.dtype == torch.float32
     bf16 = dict(rtol=2**-8, atol=1e-5)  # one rounding of a float32 result

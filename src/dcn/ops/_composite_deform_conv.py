@@ -15,30 +15,21 @@ Conventions are the backends': zero padding, a sample counts when ``-1 < y < H``
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dcn.ops._backend import ConvInputs, ConvParams
 
-def deform_conv2d(
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-    offset_groups: int,
-) -> Tensor:
+
+def deform_conv2d(x: ConvInputs, conv: ConvParams) -> Tensor:
     """Same contract as the backends' ``deform_conv2d_forward``, differentiable by autograd.
 
     Shapes: input (N, C_in, H, W), offset (N, 2*G*K, H_out, W_out), mask (N, G*K, H_out, W_out)
     or None, weight (C_out, C_in/groups, kh, kw), bias (C_out,) or None -> (N, C_out, H_out, W_out).
     """
+    input, offset, mask, weight, bias = x
+    stride, padding, dilation, groups, offset_groups = conv
     n, c_in, H, W = input.shape
     c_out, c_in_g, kh, kw = weight.shape
     h_out, w_out = offset.shape[-2:]

@@ -16,27 +16,20 @@ deterministic backward off the CPU. With a fixed ``sampling_ratio`` it makes no 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import torch
 from torch import Tensor
 
+from dcn.ops._backend import PoolInputs, PoolParams
 
-def deform_roi_pool(
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: Sequence[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-) -> Tensor:
+
+def deform_roi_pool(x: PoolInputs, pool: PoolParams) -> Tensor:
     """Same contract as the backends' ``deform_roi_pool_forward``, differentiable by autograd.
 
     Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w),
     in input's dtype; float16/bfloat16 inputs are computed in float32 (rois and offset may be float32).
     """
+    input, rois, offset = x
+    output_size, spatial_scale, sampling_ratio, gamma, aligned = pool
     out_h, out_w = output_size
     n, c, H, W = input.shape
     K = rois.shape[0]

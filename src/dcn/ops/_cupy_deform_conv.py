@@ -49,10 +49,11 @@ Zero copy, no host synchronisation: tensors are passed as raw device pointers, k
 on ``torch.cuda.current_stream()``, all buffers come from PyTorch's caching allocator. That also makes
 the op capturable in CUDA graphs.
 
-The orchestration (:func:`forward`, :func:`backward`) takes the kernel launcher as an argument: the
-CuPy launcher here, or the CPU launcher of the test suite (``tests/ops/cuda``), which compiles the
-same ``.cu`` source with the host C++ compiler and runs the real grid and block sizes computed by
-:func:`sample_launch_config` serially. The CPU tests therefore exercise this very module.
+:func:`deform_conv2d_forward` and :func:`deform_conv2d_backward` take the kernel launcher as an
+optional argument: the CuPy launcher by default, or the CPU launcher of the test suite
+(``tests/ops/cuda``), which compiles the same ``.cu`` source with the host C++ compiler and runs the
+real grid and block sizes computed by :func:`sample_launch_config` serially. The CPU tests therefore
+exercise this very module.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ import torch
 from torch import Tensor
 
 from dcn.ops import _cupy_runtime
+from dcn.ops._backend import ConvInputs, ConvParams
 from dcn.ops._cupy_runtime import Launch
 
 __all__ = [
@@ -74,8 +76,6 @@ __all__ = [
     "unavailable_reason",
     "deform_conv2d_forward",
     "deform_conv2d_backward",
-    "forward",
-    "backward",
 ]
 
 SOURCE = _cupy_runtime.KernelSource(
@@ -133,23 +133,17 @@ def _batch_chunks(batch: int, per_image: int) -> list[tuple[int, int]]:
 class _Geometry:
     """Shapes of one call and the integer arguments shared by both kernels."""
 
-    def __init__(
-        self,
-        input: Tensor,
-        offset: Tensor,
-        weight: Tensor,
-        stride,
-        padding,
-        dilation,
-        groups: int,
-        offset_groups: int,
-    ) -> None:
-        self.n, self.c_in, self.h, self.w = input.shape
-        self.c_out, _, self.kh, self.kw = weight.shape
-        self.h_out, self.w_out = offset.shape[-2:]
+    def __init__(self, x: ConvInputs, conv: ConvParams) -> None:
+        self.n, self.c_in, self.h, self.w = x.input.shape
+        self.c_out, _, self.kh, self.kw = x.weight.shape
+        self.h_out, self.w_out = x.offset.shape[-2:]
         self.K, self.L = self.kh * self.kw, self.h_out * self.w_out
-        self.groups, self.G = groups, offset_groups
-        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.groups, self.G = conv.groups, conv.offset_groups
+        self.stride, self.padding, self.dilation = (
+            tuple(conv.stride),
+            tuple(conv.padding),
+            tuple(conv.dilation),
+        )
 
     def kernel_ints(self, batch: int, channels_per_thread: int) -> tuple[int, ...]:
         return (
@@ -207,21 +201,14 @@ def _accumulate_weight_grad(g_w: Tensor, grad_out: Tensor, cols: Tensor) -> None
         g_w.baddbmm_(grad_out.float(), cols_t.float())
 
 
-def forward(
-    launch: Launch,
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-    offset_groups: int,
-) -> Tensor:
-    """Forward pass with a given kernel launcher; same contract as :func:`deform_conv2d_forward`."""
-    geo = _Geometry(input, offset, weight, stride, padding, dilation, groups, offset_groups)
+def deform_conv2d_forward(x: ConvInputs, conv: ConvParams, launch: Optional[Launch] = None) -> Tensor:
+    """Forward pass; shapes in :class:`~dcn.ops._backend.ConvInputs` -> (N, C_out, H_out, W_out).
+    ``launch`` runs the kernels: CuPy on the input's CUDA device by default (the tests pass a CPU
+    launcher that runs the same source)."""
+    input, offset, mask, weight, bias = x
+    groups = conv.groups
+    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device) if launch is None else launch
+    geo = _Geometry(x, conv)
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     mask = mask.contiguous() if mask is not None else None
     out = input.new_empty((geo.n, geo.c_out, geo.h_out, geo.w_out))
@@ -249,26 +236,22 @@ def forward(
     return out
 
 
-def backward(
-    launch: Launch,
+def deform_conv2d_backward(
     grad_out: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-    offset_groups: int,
-    needs_input_grad: Sequence[bool],
-):
-    """Backward pass with a given kernel launcher; same contract as :func:`deform_conv2d_backward`."""
+    x: ConvInputs,
+    conv: ConvParams,
+    needs_input_grad: Sequence[bool] = (True,) * 5,
+    launch: Optional[Launch] = None,
+) -> Tuple[Optional[Tensor], ...]:
+    """Gradients ordered like ``x`` (and ``needs_input_grad``); ``None`` where not needed or not
+    applicable. ``launch`` as in :func:`deform_conv2d_forward`."""
+    input, offset, mask, weight, bias = x
+    groups = conv.groups
+    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device) if launch is None else launch
     need_in, need_off, need_mask, need_w, need_b = needs_input_grad
     need_mask = bool(need_mask) and mask is not None
     need_b = bool(need_b) and bias is not None
-    geo = _Geometry(input, offset, weight, stride, padding, dilation, groups, offset_groups)
+    geo = _Geometry(x, conv)
     dtype, acc = input.dtype, _cupy_runtime.accumulation_dtype(input.dtype)
     grad_out = grad_out.contiguous()
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
@@ -337,65 +320,3 @@ def backward(
         return t.to(dtype) if t is not None else None
 
     return cast(g_in), cast(g_off), cast(g_mask), cast(g_w), grad_b
-
-
-# --------------------------------------------------------------------------------------
-# Backend interface used by dcn.ops.deform_conv (same as dcn.ops._torch_deform_conv)
-# --------------------------------------------------------------------------------------
-def deform_conv2d_forward(
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-    offset_groups: int,
-) -> Tensor:
-    """Forward pass on CUDA tensors; arguments already validated by :func:`dcn.ops.deform_conv2d`.
-
-    Shapes: input (N, C_in, H, W), offset (N, 2*G*K, H_out, W_out), mask (N, G*K, H_out, W_out)
-    or None, weight (C_out, C_in/groups, kh, kw), bias (C_out,) or None -> (N, C_out, H_out, W_out).
-    """
-    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
-    return forward(
-        launch, input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups
-    )
-
-
-def deform_conv2d_backward(
-    grad_out: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-    offset_groups: int,
-    needs_input_grad: Sequence[bool] = (True, True, True, True, True),
-):
-    """Gradients (input, offset, mask, weight, bias); ``None`` where not needed or not applicable.
-
-    ``needs_input_grad`` is ordered like the return value.
-    """
-    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
-    return backward(
-        launch,
-        grad_out,
-        input,
-        offset,
-        mask,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        groups,
-        offset_groups,
-        needs_input_grad,
-    )

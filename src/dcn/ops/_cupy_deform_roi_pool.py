@@ -21,9 +21,10 @@ Design
 
 No host synchronisation (so the op can be captured in a CUDA graph) and no copy of the features:
 tensors are passed as raw device pointers on ``torch.cuda.current_stream()``. The orchestration
-(:func:`forward`, :func:`backward`) takes the kernel launcher as an argument: the CuPy launcher here,
-or the CPU launcher of the test suite (``tests/ops/cuda``), which runs the same ``.cu`` source
-compiled by the host C++ compiler over the real grid and block computed by :func:`launch_config`.
+(:func:`deform_roi_pool_forward`, :func:`deform_roi_pool_backward`) takes the kernel launcher as an
+argument: the CuPy launcher by default, or the CPU launcher of the test suite (``tests/ops/cuda``),
+which runs the same ``.cu`` source compiled by the host C++ compiler over the real grid and block
+computed by :func:`launch_config`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 from dcn.ops import _cupy_runtime
+from dcn.ops._backend import PoolInputs, PoolParams
 from dcn.ops._cupy_runtime import Launch
 from dcn.ops._torch_deform_roi_pool import _geometry
 
@@ -43,8 +45,6 @@ __all__ = [
     "unavailable_reason",
     "deform_roi_pool_forward",
     "deform_roi_pool_backward",
-    "forward",
-    "backward",
 ]
 
 SOURCE = _cupy_runtime.KernelSource(
@@ -71,18 +71,12 @@ def unavailable_reason() -> Optional[str]:
 
 
 def _roi_tensors(
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: Sequence[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-    acc: torch.dtype,
+    rois: Tensor, offset: Optional[Tensor], pool: PoolParams, acc: torch.dtype
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """The kernels' view of the RoIs: geometry (K, 6) [start_x, start_y, bin_w, bin_h, shift_x,
     shift_y] in ``acc``, roi_index (K, 3) int64 [batch, grid_h, grid_w], and offset
     (K, 2, out_h, out_w) in ``acc`` (contiguous) or None."""
+    output_size, spatial_scale, sampling_ratio, gamma, aligned = pool
     geo = _geometry(rois.to(acc), output_size, spatial_scale, sampling_ratio, aligned)
     geometry = torch.stack(
         (geo.start_x, geo.start_y, geo.bin_w, geo.bin_h, gamma * geo.width, gamma * geo.height), 1
@@ -92,19 +86,12 @@ def _roi_tensors(
     return geometry, roi_index, offset
 
 
-def forward(
-    launch: Launch,
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: Sequence[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-) -> Tensor:
-    """Forward pass with a given kernel launcher; same contract as :func:`deform_roi_pool_forward`."""
-    out_h, out_w = output_size
+def deform_roi_pool_forward(x: PoolInputs, pool: PoolParams, launch: Optional[Launch] = None) -> Tensor:
+    """Forward pass; shapes in :class:`~dcn.ops._backend.PoolInputs` -> (K, C, out_h, out_w). ``launch``
+    runs the kernels: CuPy on the input's CUDA device by default (the tests pass a CPU launcher)."""
+    input, rois, offset = x
+    out_h, out_w = pool.output_size
+    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device) if launch is None else launch
     n, c, h, w = input.shape
     k = rois.shape[0]
     out = input.new_empty((k, c, out_h, out_w))
@@ -112,14 +99,7 @@ def forward(
         return out
     input = input.contiguous()
     geometry, roi_index, offset = _roi_tensors(
-        rois,
-        offset,
-        output_size,
-        spatial_scale,
-        sampling_ratio,
-        gamma,
-        aligned,
-        _cupy_runtime.accumulation_dtype(input.dtype),
+        rois, offset, pool, _cupy_runtime.accumulation_dtype(input.dtype)
     )
     grid, block = launch_config(out.numel())
     launch(
@@ -132,23 +112,21 @@ def forward(
     return out
 
 
-def backward(
-    launch: Launch,
+def deform_roi_pool_backward(
     grad_out: Tensor,
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: Sequence[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
+    x: PoolInputs,
+    pool: PoolParams,
     needs_input_grad: Sequence[bool] = (True, True),
-):
-    """Backward pass with a given kernel launcher; same contract as :func:`deform_roi_pool_backward`."""
+    launch: Optional[Launch] = None,
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Gradients (input (N, C, H, W), offset (K, 2, out_h, out_w)), each in its tensor's dtype;
+    ``None`` where not needed (or offset is None). A RoI whose batch index is outside [0, N) adds no
+    gradient. ``launch`` as in :func:`deform_roi_pool_forward`."""
+    input, rois, offset = x
+    out_h, out_w = pool.output_size
+    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device) if launch is None else launch
     need_in, need_off = needs_input_grad
     need_off = bool(need_off) and offset is not None
-    out_h, out_w = output_size
     n, c, h, w = input.shape
     k = rois.shape[0]
     dtype, acc = input.dtype, _cupy_runtime.accumulation_dtype(input.dtype)
@@ -156,9 +134,7 @@ def backward(
     g_off = torch.zeros(offset.shape, dtype=acc, device=input.device) if need_off else None
     threads = k * c * out_h * out_w
     if threads > 0 and (need_in or need_off):
-        geometry, roi_index, offset_acc = _roi_tensors(
-            rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned, acc
-        )
+        geometry, roi_index, offset_acc = _roi_tensors(rois, offset, pool, acc)
         grid, block = launch_config(threads)
         launch(
             "deform_roi_pool_backward",
@@ -185,58 +161,4 @@ def backward(
     return (
         g_in.to(dtype) if g_in is not None else None,
         g_off.to(offset.dtype) if g_off is not None else None,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Backend interface used by dcn.ops.deform_roi_pool (same as dcn.ops._torch_deform_roi_pool)
-# --------------------------------------------------------------------------------------
-def deform_roi_pool_forward(
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: Sequence[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-) -> Tensor:
-    """Forward pass on CUDA tensors; arguments already validated by :func:`dcn.ops.deform_roi_pool`.
-
-    Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None -> (K, C, out_h, out_w),
-    in input's dtype. ``rois`` and ``offset`` may be float32 beside a 16-bit input (autocast); a RoI
-    whose batch index is outside [0, N) pools to zero.
-    """
-    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
-    return forward(launch, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned)
-
-
-def deform_roi_pool_backward(
-    grad_out: Tensor,
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: Sequence[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-    needs_input_grad: Sequence[bool] = (True, True),
-):
-    """Gradients (input (N, C, H, W), offset (K, 2, out_h, out_w)), each in its tensor's dtype;
-    ``None`` where not needed (or offset is None). A RoI whose batch index is outside [0, N) adds no
-    gradient."""
-    launch = _cupy_runtime.cupy_launcher(SOURCE, input.device)
-    return backward(
-        launch,
-        grad_out,
-        input,
-        rois,
-        offset,
-        output_size,
-        spatial_scale,
-        sampling_ratio,
-        gamma,
-        aligned,
-        needs_input_grad,
     )

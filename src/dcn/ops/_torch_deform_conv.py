@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dcn.ops import _cpu_kernel
+from dcn.ops._backend import ConvInputs, ConvParams
 
 # Largest column buffer (elements) a chunk may allocate: 1 Mi elements = 4 MiB in float32 (the
 # ATen path, and the compiled kernel's chunk-wide strategy; its per-thread-tile strategy holds
@@ -227,23 +228,10 @@ def _group_columns(cols: Tensor, groups: int, K: int, c_in: int) -> list[Tensor]
     return [c3[:, :, i * cg : (i + 1) * cg].reshape(-1, K * cg) for i in range(groups)]
 
 
-def deform_conv2d_forward(
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-    offset_groups: int,
-) -> Tensor:
-    """Forward pass; arguments already validated by :func:`dcn.ops.deform_conv2d`.
-
-    Shapes: input (N, C_in, H, W), offset (N, 2*G*K, H_out, W_out), mask (N, G*K, H_out, W_out)
-    or None, weight (C_out, C_in/groups, kh, kw), bias (C_out,) or None -> (N, C_out, H_out, W_out).
-    """
+def deform_conv2d_forward(x: ConvInputs, conv: ConvParams) -> Tensor:
+    """Forward pass; shapes in :class:`~dcn.ops._backend.ConvInputs` -> (N, C_out, H_out, W_out)."""
+    input, offset, mask, weight, bias = x
+    stride, padding, dilation, groups, offset_groups = conv
     n, c_in, H, W = input.shape
     c_out, _, kh, kw = weight.shape
     h_out, w_out = offset.shape[-2:]
@@ -295,25 +283,14 @@ def _to_mask_layout(t: Tensor, b: int, h_out: int, w_out: int, K: int, G: int) -
 
 
 def deform_conv2d_backward(
-    grad_out: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-    offset_groups: int,
-    needs_input_grad: Sequence[bool] = (True, True, True, True, True),
-) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Gradients (input, offset, mask, weight, bias); ``None`` where not needed or not applicable.
-
-    ``needs_input_grad`` is ordered like the return value. On CPU the sampling gradients come from
-    dcn's fused C++ kernel (:mod:`dcn.ops._cpu_kernel`) when it can be built, else from ATen's
-    ``grid_sampler_2d_backward``.
+    grad_out: Tensor, x: ConvInputs, conv: ConvParams, needs_input_grad: Sequence[bool] = (True,) * 5
+) -> tuple[Optional[Tensor], ...]:
+    """Gradients ordered like ``x`` (and ``needs_input_grad``); ``None`` where not needed or not
+    applicable. On CPU the sampling gradients come from dcn's fused C++ kernel
+    (:mod:`dcn.ops._cpu_kernel`) when it can be built, else from ATen's ``grid_sampler_2d_backward``.
     """
+    input, offset, mask, weight, bias = x
+    stride, padding, dilation, groups, offset_groups = conv
     need_in, need_off, need_mask, need_w, need_b = (bool(v) for v in needs_input_grad)
     need_mask = need_mask and mask is not None
     need_b = need_b and bias is not None

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dcn.ops import _cpu_kernel
+from dcn.ops._backend import PoolInputs, PoolParams
 
 # Most (pixel, weight) bag entries built at once: 4 per bilinear sample. 4 Mi entries
 # take ~100 MiB of index/weight buffers, and keep each embedding_bag call large.
@@ -341,21 +342,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def deform_roi_pool_forward(
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: Sequence[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-) -> Tensor:
-    """Forward pass; arguments already validated by :func:`dcn.ops.deform_roi_pool`.
-
-    Shapes: input (N, C, H, W), rois (K, 5), offset (K, 2, out_h, out_w) or None
-    -> (K, C, out_h, out_w).
-    """
+def deform_roi_pool_forward(x: PoolInputs, pool: PoolParams) -> Tensor:
+    """Forward pass; shapes in :class:`~dcn.ops._backend.PoolInputs` -> (K, C, out_h, out_w)."""
+    input, rois, offset = x
+    output_size, spatial_scale, sampling_ratio, gamma, aligned = pool
     out_h, out_w = output_size
     n, c, H, W = input.shape
     K = rois.shape[0]
@@ -390,21 +380,12 @@ def deform_roi_pool_forward(
 
 
 def deform_roi_pool_backward(
-    grad_out: Tensor,
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: Sequence[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-    needs_input_grad: Sequence[bool] = (True, True),
+    grad_out: Tensor, x: PoolInputs, pool: PoolParams, needs_input_grad: Sequence[bool] = (True, True)
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """Gradients (input, offset); ``None`` where not needed (or offset is None).
-
-    ``needs_input_grad`` is ordered like the return value.
-    """
+    """Gradients (input, offset), ordered like ``needs_input_grad``; ``None`` where not needed (or
+    offset is None)."""
+    input, rois, offset = x
+    output_size, spatial_scale, sampling_ratio, gamma, aligned = pool
     need_in, need_off = needs_input_grad
     need_off = need_off and offset is not None
     out_h, out_w = output_size

@@ -27,6 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from dcn.ops._backend import ConvInputs, ConvParams, PoolInputs, PoolParams
+
 __all__ = ["CONV_CASES", "ROI_CASES", "Row", "check", "quick_failure", "main"]
 
 # Relative tolerance per checked dtype: errors are measured against max(1, |reference|) of each tensor.
@@ -113,7 +115,7 @@ class Row:
 # --------------------------------------------------------------------------------------
 def _conv_inputs(
     case: ConvCase, device: torch.device, seed: int
-) -> Tuple[List[Optional[Tensor]], list, Tensor]:
+) -> Tuple[List[Optional[Tensor]], ConvParams, Tensor]:
     """float64 tensors (input, offset, mask, weight, bias), the conv arguments and grad_out."""
     g = torch.Generator().manual_seed(seed)
     (H, W), (kh, kw) = case.size, case.kernel
@@ -130,14 +132,14 @@ def _conv_inputs(
     weight = torch.randn(case.c_out, case.c_in // case.groups, kh, kw, **f64) / (case.c_in * K) ** 0.5
     bias = torch.randn(case.c_out, **f64)
     grad_out = torch.randn(case.n, case.c_out, h_out, w_out, **f64)
-    conf = [list(case.stride), list(case.padding), list(case.dilation), case.groups, case.offset_groups]
+    conf = ConvParams(case.stride, case.padding, case.dilation, case.groups, case.offset_groups)
     tensors = [t.to(device) if t is not None else None for t in (x, offset, mask, weight, bias)]
     return tensors, conf, grad_out.to(device)
 
 
 def _roi_inputs(
     case: RoICase, device: torch.device, seed: int
-) -> Tuple[List[Optional[Tensor]], list, Tensor]:
+) -> Tuple[List[Optional[Tensor]], PoolParams, Tensor]:
     """float64 tensors (input, rois, offset), the pooling arguments and grad_out."""
     g = torch.Generator().manual_seed(seed)
     f64 = dict(generator=g, dtype=torch.float64)
@@ -156,7 +158,7 @@ def _roi_inputs(
     out_h, out_w = case.output_size
     offset = 0.3 * torch.randn(rois.shape[0], 2, out_h, out_w, **f64) if case.offset else None
     grad_out = torch.randn(rois.shape[0], 8, out_h, out_w, **f64)
-    conf = [list(case.output_size), case.spatial_scale, case.sampling_ratio, 0.1, case.aligned]
+    conf = PoolParams(case.output_size, case.spatial_scale, case.sampling_ratio, 0.1, case.aligned)
     tensors = [t.to(device) if t is not None else None for t in (x, rois, offset)]
     return tensors, conf, grad_out.to(device)
 
@@ -164,16 +166,16 @@ def _roi_inputs(
 # --------------------------------------------------------------------------------------
 # Runs and comparison
 # --------------------------------------------------------------------------------------
-def _run_conv(impl: ModuleType, tensors: Sequence[Optional[Tensor]], conf: list, grad_out: Tensor):
-    out = impl.deform_conv2d_forward(*tensors, *conf)
-    grads = impl.deform_conv2d_backward(grad_out, *tensors, *conf, [True] * 5)
+def _run_conv(impl: ModuleType, tensors: Sequence[Optional[Tensor]], conf: ConvParams, grad_out: Tensor):
+    out = impl.deform_conv2d_forward(ConvInputs(*tensors), conf)
+    grads = impl.deform_conv2d_backward(grad_out, ConvInputs(*tensors), conf, [True] * 5)
     names = ["output", "grad input", "grad offset", "grad mask", "grad weight", "grad bias"]
     return dict(zip(names, [out, *grads]))
 
 
-def _run_roi(impl: ModuleType, tensors: Sequence[Optional[Tensor]], conf: list, grad_out: Tensor):
-    out = impl.deform_roi_pool_forward(*tensors, *conf)
-    grads = impl.deform_roi_pool_backward(grad_out, *tensors, *conf, [True, True])
+def _run_roi(impl: ModuleType, tensors: Sequence[Optional[Tensor]], conf: PoolParams, grad_out: Tensor):
+    out = impl.deform_roi_pool_forward(PoolInputs(*tensors), conf)
+    grads = impl.deform_roi_pool_backward(grad_out, PoolInputs(*tensors), conf, [True, True])
     return dict(zip(["output", "grad input", "grad offset"], [out, *grads]))
 
 
@@ -242,7 +244,7 @@ def check(
     """Compare ``candidate(op)`` (default: the CuPy backend) with ``reference(op)`` (default: the
     PyTorch backend, run in float64) on ``device``; one :class:`Row` per (op, configuration, dtype).
 
-    A backend here is a module with dcn's backend interface (``deform_conv2d_forward`` /
+    A backend here is a module with the interface of :mod:`dcn.ops._backend` (``deform_conv2d_forward`` /
     ``_backward``, ``deform_roi_pool_forward`` / ``_backward``). ``quick`` checks the first two
     configurations of each op only.
     """

@@ -27,6 +27,7 @@ from torch.nn.modules.utils import _pair
 from torch.utils.flop_counter import register_flop_formula
 
 from dcn.ops import _composite_deform_conv
+from dcn.ops._backend import ConvInputs, ConvParams
 from dcn.ops._dispatch import (
     BACKENDS,
     backward_route,
@@ -59,51 +60,38 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
 
 
-@torch.library.custom_op("dcn::deform_conv2d", mutates_args=())
-def _deform_conv2d_op(
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: List[int],
-    padding: List[int],
-    dilation: List[int],
-    groups: int,
-    offset_groups: int,
-    backend: str,
-) -> Tensor:
+# The ops' schemas: the tensors as in torchvision's kernel, then the geometry and the backend.
+_CONV_ARGS = (
+    "Tensor input, Tensor offset, Tensor? mask, Tensor weight, Tensor? bias, "
+    "int[] stride, int[] padding, int[] dilation, int groups, int offset_groups, str backend"
+)
+
+
+@torch.library.custom_op("dcn::deform_conv2d", mutates_args=(), schema=f"({_CONV_ARGS}) -> Tensor")
+def _deform_conv2d_op(input, offset, mask, weight, bias, *conf) -> Tensor:
+    *conv, backend = conf
     return _impl(backend).deform_conv2d_forward(
-        input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups
+        ConvInputs(input, offset, mask, weight, bias), ConvParams(*conv)
     )
 
 
 @_deform_conv2d_op.register_fake
-def _(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups, backend):
+def _(input, offset, mask, weight, bias, *conf):
     return input.new_empty((input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]))
 
 
-@torch.library.custom_op("dcn::deform_conv2d_backward", mutates_args=())
-def _deform_conv2d_backward_op(
-    grad_out: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Optional[Tensor],
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: List[int],
-    padding: List[int],
-    dilation: List[int],
-    groups: int,
-    offset_groups: int,
-    backend: str,
-    needs_input_grad: List[bool],
-) -> List[Tensor]:
+@torch.library.custom_op(
+    "dcn::deform_conv2d_backward",
+    mutates_args=(),
+    schema=f"(Tensor grad_out, {_CONV_ARGS}, bool[] needs_input_grad) -> Tensor[]",
+)
+def _deform_conv2d_backward_op(grad_out, input, offset, mask, weight, bias, *conf_and_needs) -> List[Tensor]:
     """Returns [grad_input, grad_offset, grad_mask, grad_weight, grad_bias]; an empty tensor
     stands for a gradient that was not requested (custom ops cannot return None)."""
-    conv = (stride, padding, dilation, groups, offset_groups)
+    *conv, backend, needs_input_grad = conf_and_needs
+    x = ConvInputs(input, offset, mask, weight, bias)
     grads = _impl(backend).deform_conv2d_backward(
-        grad_out.contiguous(), input, offset, mask, weight, bias, *conv, needs_input_grad
+        grad_out.contiguous(), x, ConvParams(*conv), needs_input_grad
     )
     # Contiguous outputs: the fake implementation promises contiguous strides to the compiler.
     return [g.contiguous() if g is not None else input.new_empty(0) for g in grads]
@@ -141,7 +129,7 @@ def _backward(ctx, grad_out):
     if route == "composite":
         conv = ctx.conf[:-1]
         g_in, g_off, g_mask, g_w, g_b = composite_gradients(
-            lambda *tensors: _composite_deform_conv.deform_conv2d(*tensors, *conv),
+            lambda *tensors: _composite_deform_conv.deform_conv2d(ConvInputs(*tensors), ConvParams(*conv)),
             (input, offset, mask, weight, bias),
             needs,
             grad_out,

@@ -38,6 +38,7 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops.poolers import _filter_input, _setup_scales
 
 from dcn.ops import _composite_deform_roi_pool
+from dcn.ops._backend import PoolInputs, PoolParams
 from dcn.ops._dispatch import BACKENDS, backward_route, composite_gradients, implementation, resolve_backend
 
 __all__ = [
@@ -60,47 +61,36 @@ def _impl(backend: str) -> ModuleType:
 # --------------------------------------------------------------------------------------
 # torch.library registration
 # --------------------------------------------------------------------------------------
-@torch.library.custom_op("dcn::deform_roi_pool", mutates_args=())
-def _deform_roi_pool_op(
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: List[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-    backend: str,
-) -> Tensor:
-    return _impl(backend).deform_roi_pool_forward(
-        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned
-    )
+# The ops' schemas: the tensors, roi_align's settings with the offset scale, and the backend.
+_POOL_ARGS = (
+    "Tensor input, Tensor rois, Tensor? offset, "
+    "int[] output_size, float spatial_scale, int sampling_ratio, float gamma, bool aligned, str backend"
+)
+
+
+@torch.library.custom_op("dcn::deform_roi_pool", mutates_args=(), schema=f"({_POOL_ARGS}) -> Tensor")
+def _deform_roi_pool_op(input, rois, offset, *conf) -> Tensor:
+    *pool, backend = conf
+    return _impl(backend).deform_roi_pool_forward(PoolInputs(input, rois, offset), PoolParams(*pool))
 
 
 @_deform_roi_pool_op.register_fake
-def _(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned, backend):
+def _(input, rois, offset, output_size, *conf):
     return input.new_empty((rois.shape[0], input.shape[1], output_size[0], output_size[1]))
 
 
-@torch.library.custom_op("dcn::deform_roi_pool_backward", mutates_args=())
-def _deform_roi_pool_backward_op(
-    grad_out: Tensor,
-    input: Tensor,
-    rois: Tensor,
-    offset: Optional[Tensor],
-    output_size: List[int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-    backend: str,
-    needs_input_grad: List[bool],
-) -> List[Tensor]:
+@torch.library.custom_op(
+    "dcn::deform_roi_pool_backward",
+    mutates_args=(),
+    schema=f"(Tensor grad_out, {_POOL_ARGS}, bool[] needs_input_grad) -> Tensor[]",
+)
+def _deform_roi_pool_backward_op(grad_out, input, rois, offset, *conf_and_needs) -> List[Tensor]:
     """Returns [grad_input, grad_offset]; an empty tensor stands for a gradient that was not
     requested (custom ops cannot return None)."""
-    pool = (output_size, spatial_scale, sampling_ratio, gamma, aligned)
+    *pool, backend, needs_input_grad = conf_and_needs
+    x = PoolInputs(input, rois, offset)
     grads = _impl(backend).deform_roi_pool_backward(
-        grad_out.contiguous(), input, rois, offset, *pool, needs_input_grad
+        grad_out.contiguous(), x, PoolParams(*pool), needs_input_grad
     )
     return [g if g is not None else input.new_empty(0) for g in grads]
 
@@ -129,7 +119,9 @@ def _backward(ctx, grad_out):
     if route == "composite":
         pool = ctx.conf[:-1]
         g_in, _, g_off = composite_gradients(
-            lambda x, r, o: _composite_deform_roi_pool.deform_roi_pool(x, r, o, *pool),
+            lambda *tensors: _composite_deform_roi_pool.deform_roi_pool(
+                PoolInputs(*tensors), PoolParams(*pool)
+            ),
             (input, rois, offset),
             (needs[0], False, needs[1]),
             grad_out,

@@ -11,6 +11,7 @@ import torchvision
 
 from dcn.ops import _cupy_deform_conv as cupy_backend
 from dcn.ops import _torch_deform_conv as torch_backend
+from dcn.ops._backend import ConvInputs, ConvParams
 from dcn.ops.deform_conv import _out_size
 
 
@@ -157,16 +158,18 @@ def random_grad_out(cfg: Config, dtype: torch.dtype, seed: int = 1, device="cpu"
     return torch.randn(cfg.n, cfg.c_out, *cfg.out_hw, dtype=torch.float64, generator=g).to(device, dtype)
 
 
-def conv_args(cfg: Config):
-    return cfg.stride, cfg.padding, cfg.dilation, cfg.groups, cfg.offset_groups
+def conv_args(cfg: Config) -> ConvParams:
+    return ConvParams(cfg.stride, cfg.padding, cfg.dilation, cfg.groups, cfg.offset_groups)
 
 
 def run_kernels(kernels, cfg, tensors, grad_out, needs=(True,) * 5):
     """The CuPy backend's orchestration with the given kernel launcher: (out, grads)."""
     x, offset, mask, weight, bias = tensors
-    out = cupy_backend.forward(kernels, x, offset, mask, weight, bias, *conv_args(cfg))
-    grads = cupy_backend.backward(
-        kernels, grad_out, x, offset, mask, weight, bias, *conv_args(cfg), list(needs)
+    out = cupy_backend.deform_conv2d_forward(
+        ConvInputs(x, offset, mask, weight, bias), conv_args(cfg), launch=kernels
+    )
+    grads = cupy_backend.deform_conv2d_backward(
+        grad_out, ConvInputs(x, offset, mask, weight, bias), conv_args(cfg), list(needs), launch=kernels
     )
     return out, grads
 
@@ -174,8 +177,10 @@ def run_kernels(kernels, cfg, tensors, grad_out, needs=(True,) * 5):
 def run_reference(cfg, tensors, grad_out):
     """The PyTorch backend in float64."""
     t64 = [t.double() if t is not None else None for t in tensors]
-    out = torch_backend.deform_conv2d_forward(*t64, *conv_args(cfg))
-    grads = torch_backend.deform_conv2d_backward(grad_out.double(), *t64, *conv_args(cfg), [True] * 5)
+    out = torch_backend.deform_conv2d_forward(ConvInputs(*t64), conv_args(cfg))
+    grads = torch_backend.deform_conv2d_backward(
+        grad_out.double(), ConvInputs(*t64), conv_args(cfg), [True] * 5
+    )
     return out, grads
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from dcn.ops._backend import PoolInputs, PoolParams
+
 
 def make_case(
     n=2, c=3, hw=(9, 10), k=10, output_size=(3, 2), scale=0.5, seed=0, dtype=torch.float64, offset=True
@@ -26,19 +28,20 @@ def make_case(
 
 
 def check_nonfinite_offsets(forward, backward, dtype, device="cpu"):
-    """A NaN offset makes exactly its bin NaN (every channel) and its offset gradient NaN; an
-    infinite offset moves the bin outside the map (zero output, zero gradient), never an error."""
+    """``forward`` / ``backward``: a backend's ``deform_roi_pool_forward`` / ``_backward``. A NaN
+    offset makes exactly its bin NaN (every channel) and its offset gradient NaN; an infinite offset
+    moves the bin outside the map (zero output, zero gradient), never an error."""
     x, rois, off, grad = (t.to(device) for t in make_case(seed=13, dtype=dtype))
     args = ((3, 2), 0.5, 2, 0.2, True)
-    base = forward(x, rois, off, *args)
+    base = forward(PoolInputs(x, rois, off), PoolParams(*args))
     bad = off.clone()
     bad[4, 1, 1, 0] = float("nan")
-    out = forward(x, rois, bad, *args)
+    out = forward(PoolInputs(x, rois, bad), PoolParams(*args))
     hit = torch.zeros_like(out, dtype=torch.bool)
     hit[4, :, 1, 0] = True
     assert torch.isnan(out[hit]).all() and torch.isfinite(out[~hit]).all()
     torch.testing.assert_close(out[~hit], base[~hit])
-    g_in, g_off = backward(grad, x, rois, bad, *args, (True, True))
+    g_in, g_off = backward(grad, PoolInputs(x, rois, bad), PoolParams(*args), (True, True))
     assert torch.isfinite(g_in).all()
     assert torch.isnan(g_off[4, :, 1, 0]).all()
     g_off[4, :, 1, 0] = 0
@@ -46,9 +49,9 @@ def check_nonfinite_offsets(forward, backward, dtype, device="cpu"):
     for inf in (float("inf"), float("-inf")):
         bad = off.clone()
         bad[4, 0, 1, 0] = inf
-        out = forward(x, rois, bad, *args)
+        out = forward(PoolInputs(x, rois, bad), PoolParams(*args))
         assert torch.isfinite(out).all() and (out[4, :, 1, 0] == 0).all()
-        g_in, g_off = backward(grad, x, rois, bad, *args, (True, True))
+        g_in, g_off = backward(grad, PoolInputs(x, rois, bad), PoolParams(*args), (True, True))
         assert torch.isfinite(g_in).all() and torch.isfinite(g_off).all()
         assert (g_off[4, :, 1, 0] == 0).all()
 

@@ -33,6 +33,7 @@ from deform_conv_cases import (
 )
 
 from dcn.ops import _cupy_deform_conv
+from dcn.ops._backend import PoolInputs, PoolParams
 
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -84,8 +85,8 @@ def _run_roi_pool_cases() -> int:
                 if value is not None:
                     off[3, 0, 1, 1] = value
                 args = ((3, 2), 0.5, sr, 0.2, aligned)
-                roi.deform_roi_pool_forward(x, rois, off, *args)
-                roi.deform_roi_pool_backward(grad, x, rois, off, *args, (True, True))
+                roi.deform_roi_pool_forward(PoolInputs(x, rois, off), PoolParams(*args))
+                roi.deform_roi_pool_backward(grad, PoolInputs(x, rois, off), PoolParams(*args), (True, True))
                 runs += 1
     return runs
 

@@ -24,6 +24,7 @@ from roi_pool_cases import check_nonfinite_offsets, large_box_case, make_case
 from dcn.ops import _cupy_deform_roi_pool as cupy_backend
 from dcn.ops import _torch_deform_roi_pool as torch_backend
 from dcn.ops import deform_roi_pool
+from dcn.ops._backend import PoolInputs, PoolParams
 
 # The module, not the function of the same name that dcn.ops exports.
 roi_pool_module = importlib.import_module("dcn.ops.deform_roi_pool")
@@ -44,11 +45,9 @@ def cupy_on_host(roi_pool_kernels, monkeypatch):
     """The public op's ``"cupy"`` backend on CPU tensors: ``deform_roi_pool`` resolves every call to
     it, and its forward and backward run the orchestration with the host-compiled kernels."""
     monkeypatch.setattr(roi_pool_module, "resolve_backend", lambda backend, device, op: "cupy")
-    for name, run in (
-        ("deform_roi_pool_forward", cupy_backend.forward),
-        ("deform_roi_pool_backward", cupy_backend.backward),
-    ):
-        monkeypatch.setattr(cupy_backend, name, functools.partial(run, roi_pool_kernels))
+    for name in ("deform_roi_pool_forward", "deform_roi_pool_backward"):
+        run = getattr(cupy_backend, name)
+        monkeypatch.setattr(cupy_backend, name, functools.partial(run, launch=roi_pool_kernels))
     return roi_pool_kernels
 
 
@@ -110,13 +109,19 @@ def test_host_kernels_match_torch_path(roi_pool_kernels, monkeypatch, name, dtyp
     threads = _force_grid_stride(monkeypatch) if small_grid else None
     x, rois, off, grad = make_case(dtype=dtype, **opts)
     args = ((3, 2), 0.5, sr, 0.2, aligned)
-    out = cupy_backend.forward(roi_pool_kernels, x, rois, off, *args)
-    ref = torch_backend.deform_roi_pool_forward(x, rois, off, *args)
+    out = cupy_backend.deform_roi_pool_forward(
+        PoolInputs(x, rois, off), PoolParams(*args), launch=roi_pool_kernels
+    )
+    ref = torch_backend.deform_roi_pool_forward(PoolInputs(x, rois, off), PoolParams(*args))
     assert out.dtype == dtype
     torch.testing.assert_close(out, ref, **TOL[dtype])
     assert out.abs().sum() > 0
-    g_in, g_off = cupy_backend.backward(roi_pool_kernels, grad, x, rois, off, *args, (True, True))
-    r_in, r_off = torch_backend.deform_roi_pool_backward(grad, x, rois, off, *args, (True, True))
+    g_in, g_off = cupy_backend.deform_roi_pool_backward(
+        grad, PoolInputs(x, rois, off), PoolParams(*args), (True, True), launch=roi_pool_kernels
+    )
+    r_in, r_off = torch_backend.deform_roi_pool_backward(
+        grad, PoolInputs(x, rois, off), PoolParams(*args), (True, True)
+    )
     torch.testing.assert_close(g_in, r_in, **TOL[dtype])
     if off is None:
         assert g_off is None and r_off is None
@@ -134,9 +139,15 @@ def test_host_kernels_match_torch_path(roi_pool_kernels, monkeypatch, name, dtyp
 def test_host_kernels_single_gradient(roi_pool_kernels):
     x, rois, off, grad = make_case(seed=3)
     args = ((3, 2), 0.5, 0, 0.1, True)
-    full = torch_backend.deform_roi_pool_backward(grad, x, rois, off, *args, (True, True))
-    only_in = cupy_backend.backward(roi_pool_kernels, grad, x, rois, off, *args, (True, False))
-    only_off = cupy_backend.backward(roi_pool_kernels, grad, x, rois, off, *args, (False, True))
+    full = torch_backend.deform_roi_pool_backward(
+        grad, PoolInputs(x, rois, off), PoolParams(*args), (True, True)
+    )
+    only_in = cupy_backend.deform_roi_pool_backward(
+        grad, PoolInputs(x, rois, off), PoolParams(*args), (True, False), launch=roi_pool_kernels
+    )
+    only_off = cupy_backend.deform_roi_pool_backward(
+        grad, PoolInputs(x, rois, off), PoolParams(*args), (False, True), launch=roi_pool_kernels
+    )
     assert only_in[1] is None and only_off[0] is None
     torch.testing.assert_close(only_in[0], full[0])
     torch.testing.assert_close(only_off[1], full[1])
@@ -147,13 +158,19 @@ def test_host_kernels_half_precision(roi_pool_kernels, dtype):
     """16-bit storage, float32 arithmetic: equals the float32 computation on the rounded inputs."""
     x, rois, off, grad = make_case(seed=5, dtype=dtype)
     args = ((3, 2), 0.5, 0, 0.1, True)
-    out = cupy_backend.forward(roi_pool_kernels, x, rois, off, *args)
-    ref = torch_backend.deform_roi_pool_forward(x.float(), rois.float(), off.float(), *args)
+    out = cupy_backend.deform_roi_pool_forward(
+        PoolInputs(x, rois, off), PoolParams(*args), launch=roi_pool_kernels
+    )
+    ref = torch_backend.deform_roi_pool_forward(
+        PoolInputs(x.float(), rois.float(), off.float()), PoolParams(*args)
+    )
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref.to(dtype).float(), rtol=0, atol=0)
-    g_in, g_off = cupy_backend.backward(roi_pool_kernels, grad, x, rois, off, *args)
+    g_in, g_off = cupy_backend.deform_roi_pool_backward(
+        grad, PoolInputs(x, rois, off), PoolParams(*args), launch=roi_pool_kernels
+    )
     r_in, r_off = torch_backend.deform_roi_pool_backward(
-        grad.float(), x.float(), rois.float(), off.float(), *args
+        grad.float(), PoolInputs(x.float(), rois.float(), off.float()), PoolParams(*args)
     )
     assert g_in.dtype == dtype and g_off.dtype == dtype
     tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.float16 else dict(rtol=2e-2, atol=2e-2)
@@ -164,8 +181,8 @@ def test_host_kernels_half_precision(roi_pool_kernels, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_host_kernels_nonfinite_offsets(roi_pool_kernels, dtype):
     check_nonfinite_offsets(
-        lambda *a: cupy_backend.forward(roi_pool_kernels, *a),
-        lambda *a: cupy_backend.backward(roi_pool_kernels, *a),
+        functools.partial(cupy_backend.deform_roi_pool_forward, launch=roi_pool_kernels),
+        functools.partial(cupy_backend.deform_roi_pool_backward, launch=roi_pool_kernels),
         dtype,
     )
 
@@ -183,13 +200,19 @@ def test_host_kernels_invalid_batch_index_pools_to_zero(roi_pool_kernels, monkey
     rois = rois.clone()
     rois[bad, 0] = bad_index
     args = ((3, 2), 0.5, 0, 0.2, True)
-    out = cupy_backend.forward(roi_pool_kernels, x, rois, off, *args)
-    g_in, g_off = cupy_backend.backward(roi_pool_kernels, grad, x, rois, off, *args)
+    out = cupy_backend.deform_roi_pool_forward(
+        PoolInputs(x, rois, off), PoolParams(*args), launch=roi_pool_kernels
+    )
+    g_in, g_off = cupy_backend.deform_roi_pool_backward(
+        grad, PoolInputs(x, rois, off), PoolParams(*args), launch=roi_pool_kernels
+    )
     if small_grid:
         _assert_grid_capped(roi_pool_kernels, 2, out.numel(), threads)
     good = ~bad
-    ref = torch_backend.deform_roi_pool_forward(x, rois[good], off[good], *args)
-    r_in, r_off = torch_backend.deform_roi_pool_backward(grad[good], x, rois[good], off[good], *args)
+    ref = torch_backend.deform_roi_pool_forward(PoolInputs(x, rois[good], off[good]), PoolParams(*args))
+    r_in, r_off = torch_backend.deform_roi_pool_backward(
+        grad[good], PoolInputs(x, rois[good], off[good]), PoolParams(*args)
+    )
     assert (out[bad] == 0).all() and (g_off[bad] == 0).all()
     torch.testing.assert_close(out[good], ref, **TOL[torch.float64])
     torch.testing.assert_close(g_in, r_in, **TOL[torch.float64])
@@ -212,18 +235,20 @@ def test_autocast_keeps_boxes_and_offsets_float32(cupy_on_host, feature_dtype):
     assert out.dtype == torch.bfloat16
     assert cupy_on_host.launches[-1][0] == "dcn::deform_roi_pool_forward<dcn::bfloat16_t>"
     features = x.detach().bfloat16().float()
-    ref = torch_backend.deform_roi_pool_forward(features, rois, off.detach(), *args)
+    ref = torch_backend.deform_roi_pool_forward(PoolInputs(features, rois, off.detach()), PoolParams(*args))
     torch.testing.assert_close(out.float(), ref, **BF16)
 
-    old = cupy_backend.forward(
-        cupy_on_host, x.detach().bfloat16(), rois.bfloat16(), off.detach().bfloat16(), *args
+    old = cupy_backend.deform_roi_pool_forward(
+        PoolInputs(x.detach().bfloat16(), rois.bfloat16(), off.detach().bfloat16()),
+        PoolParams(*args),
+        launch=cupy_on_host,
     )
     with pytest.raises(AssertionError):
         torch.testing.assert_close(old.float(), ref, **BF16)
 
     out.backward(grad.bfloat16())
     r_in, r_off = torch_backend.deform_roi_pool_backward(
-        grad.bfloat16().float(), features, rois, off.detach(), *args
+        grad.bfloat16().float(), PoolInputs(features, rois, off.detach()), PoolParams(*args)
     )
     assert x.grad.dtype == feature_dtype and off.grad.dtype == torch.float32
     torch.testing.assert_close(x.grad.float(), r_in, **BF16)  # accumulated in float32, stored in bfloat16
@@ -244,7 +269,9 @@ def test_invalid_batch_index_while_capturing_pools_to_zero(cupy_on_host, monkeyp
     out = deform_roi_pool(x, rois, off, (3, 2), 0.5)
     out.backward(grad)
     assert (out[2] == 0).all() and (off.grad[2] == 0).all()
-    ref = torch_backend.deform_roi_pool_forward(x, rois[:2], off.detach()[:2], (3, 2), 0.5, 0, 0.1, True)
+    ref = torch_backend.deform_roi_pool_forward(
+        PoolInputs(x, rois[:2], off.detach()[:2]), PoolParams((3, 2), 0.5, 0, 0.1, True)
+    )
     torch.testing.assert_close(out[:2], ref, **TOL[torch.float32])
 
 

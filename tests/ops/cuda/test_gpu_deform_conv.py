@@ -30,6 +30,7 @@ from deform_conv_cases import (
 )
 
 from dcn.ops import DeformConv2dPack, _cupy_deform_conv, _cupy_runtime, deform_conv2d
+from dcn.ops._backend import ConvInputs
 from dcn.ops._dispatch import resolve_backend
 
 _REASON = _cupy_deform_conv.unavailable_reason()
@@ -42,8 +43,10 @@ CUDA = "cuda"
 
 
 def cupy_run(cfg, tensors, grad_out, needs=(True,) * 5):
-    out = _cupy_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg))
-    grads = _cupy_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), list(needs))
+    out = _cupy_deform_conv.deform_conv2d_forward(ConvInputs(*tensors), conv_args(cfg))
+    grads = _cupy_deform_conv.deform_conv2d_backward(
+        grad_out, ConvInputs(*tensors), conv_args(cfg), list(needs)
+    )
     return out, grads
 
 
@@ -94,8 +97,8 @@ def test_nonfinite_offsets_torch_backend(dtype):
     from dcn.ops import _torch_deform_conv as torch_backend
 
     def run(cfg, t, g):
-        out = torch_backend.deform_conv2d_forward(*t, *conv_args(cfg))
-        return out, torch_backend.deform_conv2d_backward(g, *t, *conv_args(cfg), [True] * 5)
+        out = torch_backend.deform_conv2d_forward(ConvInputs(*t), conv_args(cfg))
+        return out, torch_backend.deform_conv2d_backward(g, ConvInputs(*t), conv_args(cfg), [True] * 5)
 
     check_nonfinite_offsets(run, dtype, device=CUDA)
 
@@ -315,12 +318,14 @@ def test_availability_check_loaded_every_kernel():
 
 
 def test_auto_backend_selects_cupy_for_cuda_tensors(monkeypatch):
+    # The first "auto" on a device runs the self-check (which calls the kernels): settle it first.
+    assert resolve_backend("auto", torch.device(CUDA)) == "cupy"
     calls = []
     real = _cupy_deform_conv.deform_conv2d_forward
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(_cupy_deform_conv, "deform_conv2d_forward", counting)
     cfg = CONFIGS["basic"]
@@ -436,11 +441,13 @@ def test_column_buffer_beyond_2_31_elements():
 def _torch_backend_forward(cfg, tensors):
     from dcn.ops import _torch_deform_conv
 
-    return _torch_deform_conv.deform_conv2d_forward(*tensors, *conv_args(cfg)).cpu()
+    return _torch_deform_conv.deform_conv2d_forward(ConvInputs(*tensors), conv_args(cfg)).cpu()
 
 
 def _torch_backend_grads(cfg, tensors, grad_out, needs):
     from dcn.ops import _torch_deform_conv
 
-    grads = _torch_deform_conv.deform_conv2d_backward(grad_out, *tensors, *conv_args(cfg), list(needs))
+    grads = _torch_deform_conv.deform_conv2d_backward(
+        grad_out, ConvInputs(*tensors), conv_args(cfg), list(needs)
+    )
     return [g.cpu() if g is not None else None for g in grads]

@@ -36,6 +36,7 @@ from deform_conv_cases import (
 
 from dcn.ops import _cupy_deform_conv as cupy_backend
 from dcn.ops import _cupy_deform_roi_pool
+from dcn.ops._backend import ConvInputs
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,8 +82,10 @@ def test_integer_positions_match_torchvision(deform_conv_kernels):
 def test_zero_offsets_equal_conv2d(deform_conv_kernels):
     cfg = Config(mask=False, groups=2, c_in=4, c_out=4, stride=(2, 1), dilation=(1, 2), padding=(1, 2))
     x, offset, _, weight, bias = make_inputs(cfg, torch.float64)
-    out = cupy_backend.forward(
-        deform_conv_kernels, x, torch.zeros_like(offset), None, weight, bias, *conv_args(cfg)
+    out = cupy_backend.deform_conv2d_forward(
+        ConvInputs(x, torch.zeros_like(offset), None, weight, bias),
+        conv_args(cfg),
+        launch=deform_conv_kernels,
     )
     expected = torch.nn.functional.conv2d(x, weight, bias, cfg.stride, cfg.padding, cfg.dilation, cfg.groups)
     assert_close(out, expected, "output", rtol=1e-12, atol=1e-12)
@@ -244,7 +247,7 @@ def _backward_sample_args(dtype: torch.dtype, grad_dtype: torch.dtype) -> list:
     the input gradient buffer in ``grad_dtype``."""
     cfg = CONFIGS["basic"]
     x, offset, mask, weight, _ = make_inputs(cfg, dtype)
-    geo = cupy_backend._Geometry(x, offset, weight, *conv_args(cfg))
+    geo = cupy_backend._Geometry(ConvInputs(x, offset, None, weight, None), conv_args(cfg))
     grad_cols = torch.zeros(cfg.c_in * geo.K * cfg.n * geo.L, dtype=dtype)
     grad_input = torch.zeros(x.shape, dtype=grad_dtype)
     return [x, offset, mask, grad_cols, grad_input, None, None, *geo.kernel_ints(cfg.n, 1)]

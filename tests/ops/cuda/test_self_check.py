@@ -28,8 +28,8 @@ def host_backends(host_kernel_cache):
     backends = {}
     for op, module in (("deform_conv2d", _cupy_deform_conv), ("deform_roi_pool", _cupy_deform_roi_pool)):
         launch = host_kernels.HostKernels(module.SOURCE, host_kernels.build(module.SOURCE, host_kernel_cache))
-        forward = partial(module.forward, launch)
-        backward = lambda *args, module=module, launch=launch: module.backward(launch, *args)  # noqa: E731
+        forward = partial(getattr(module, f"{op}_forward"), launch=launch)
+        backward = partial(getattr(module, f"{op}_backward"), launch=launch)
         backends[op] = SimpleNamespace(**{f"{op}_forward": forward, f"{op}_backward": backward})
     return backends
 

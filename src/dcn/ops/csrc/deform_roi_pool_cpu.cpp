@@ -138,6 +138,22 @@ bool for_each_sample(const std::vector<Axis<T>>& ys, const std::vector<Axis<T>>&
   return nan;
 }
 
+// Calls f(b) for each bin b = ph * out_w + pw of RoI k, with ys and xs holding the bin's sample axes.
+template <typename T, typename F>
+void for_each_bin(const RoI<T>& roi, int64_t k, const T* offset, const Pooling& p, std::vector<Axis<T>>& ys,
+                  std::vector<Axis<T>>& xs, F&& f) {
+  const int64_t bins = p.bins();
+  for (int64_t ph = 0; ph < p.out_h; ++ph) {
+    for (int64_t pw = 0; pw < p.out_w; ++pw) {
+      const int64_t b = ph * p.out_w + pw;
+      const T* oy = offset ? offset + ((k * 2 + 1) * bins + b) : nullptr;
+      const T* ox = offset ? offset + (k * 2 * bins + b) : nullptr;
+      bin_axes(roi, oy, ox, ph, pw, p, ys, xs);
+      f(b);
+    }
+  }
+}
+
 // Threads work on stripes of RoIs (RoI r belongs to stripe r % stripes): sizes, and so costs, vary.
 template <typename F>
 void for_roi_stripes(int64_t K, F&& f) {
@@ -157,24 +173,18 @@ void pool_forward(const T* table, const T* rois, const T* offset, T* out_rows, c
     thread_local std::vector<Axis<T>> ys, xs;
     const RoI<T> roi(rois + k * 5, p);
     const T* img = table + roi.batch * p.H * p.W * C;
-    for (int64_t ph = 0; ph < p.out_h; ++ph) {
-      for (int64_t pw = 0; pw < p.out_w; ++pw) {
-        const int64_t b = ph * p.out_w + pw;
-        const T* oy = offset ? offset + ((k * 2 + 1) * bins + b) : nullptr;
-        const T* ox = offset ? offset + (k * 2 * bins + b) : nullptr;
-        bin_axes(roi, oy, ox, ph, pw, p, ys, xs);
-        T* acc = out_rows + (k * bins + b) * C;
-        std::fill(acc, acc + C, T(0));
-        const bool nan = for_each_sample(ys, xs, [&](const Axis<T>& ay, const Axis<T>& ax) {
-          const T* r0 = img + ay.low * p.W * C;
-          const T* r1 = img + ay.high * p.W * C;
-          add_blend(acc, r0 + ax.low * C, r0 + ax.high * C, r1 + ax.low * C, r1 + ax.high * C, ay.h * ax.h,
-                    ay.h * ax.l, ay.l * ax.h, ay.l * ax.l, C);
-        });
-        const T v = nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
-        for (int64_t c = 0; c < C; ++c) acc[c] = nan ? v : acc[c] / roi.count;
-      }
-    }
+    for_each_bin(roi, k, offset, p, ys, xs, [&](int64_t b) {
+      T* acc = out_rows + (k * bins + b) * C;
+      std::fill(acc, acc + C, T(0));
+      const bool nan = for_each_sample(ys, xs, [&](const Axis<T>& ay, const Axis<T>& ax) {
+        const T* r0 = img + ay.low * p.W * C;
+        const T* r1 = img + ay.high * p.W * C;
+        add_blend(acc, r0 + ax.low * C, r0 + ax.high * C, r1 + ax.low * C, r1 + ax.high * C, ay.h * ax.h,
+                  ay.h * ax.l, ay.l * ax.h, ay.l * ax.l, C);
+      });
+      const T v = nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
+      for (int64_t c = 0; c < C; ++c) acc[c] = nan ? v : acc[c] / roi.count;
+    });
   });
 }
 
@@ -195,57 +205,51 @@ void pool_backward(const T* table, const T* rois, const T* offset, const T* grad
       for (int64_t k = 0; k < p.K; ++k) {
         const RoI<T> roi(rois + k * 5, p);
         const int64_t img = roi.batch * p.H * p.W * C;
-        for (int64_t ph = 0; ph < p.out_h; ++ph) {
-          for (int64_t pw = 0; pw < p.out_w; ++pw) {
-            const int64_t b = ph * p.out_w + pw;
-            const T* oy = offset ? offset + ((k * 2 + 1) * bins + b) : nullptr;
-            const T* ox = offset ? offset + (k * 2 * bins + b) : nullptr;
-            bin_axes(roi, oy, ox, ph, pw, p, ys, xs);
-            const T* g = grad_rows + (k * bins + b) * C + c0;
-            if (dots) {
-              std::fill(dy_row.begin(), dy_row.begin() + len, T(0));
-              std::fill(dx_row.begin(), dx_row.begin() + len, T(0));
-            }
-            const bool is_nan = for_each_sample(ys, xs, [&](const Axis<T>& ay, const Axis<T>& ax) {
-              const int64_t r0 = img + ay.low * p.W * C + c0, r1 = img + ay.high * p.W * C + c0;
-              const int64_t i00 = r0 + ax.low * C, i01 = r0 + ax.high * C, i10 = r1 + ax.low * C, i11 = r1 + ax.high * C;
-              if (grad_table) {
-                // torchvision: g_j = grad * w_j / count; corners may coincide at the border
-                const T w00 = ay.h * ax.h / roi.count, w01 = ay.h * ax.l / roi.count;
-                const T w10 = ay.l * ax.h / roi.count, w11 = ay.l * ax.l / roi.count;
-                T *q00 = grad_table + i00, *q01 = grad_table + i01, *q10 = grad_table + i10, *q11 = grad_table + i11;
-                for (int64_t c = 0; c < len; ++c) q00[c] += w00 * g[c];
-                for (int64_t c = 0; c < len; ++c) q01[c] += w01 * g[c];
-                for (int64_t c = 0; c < len; ++c) q10[c] += w10 * g[c];
-                for (int64_t c = 0; c < len; ++c) q11[c] += w11 * g[c];
-              }
-              if (dots && (ay.slope || ax.slope)) {
-                // d/dy of the sample: (row high - row low) weighted along x; d/dx alike.
-                const T sy = ay.slope ? T(1) : T(0), sx = ax.slope ? T(1) : T(0);
-                const T *p00 = table + i00, *p01 = table + i01, *p10 = table + i10, *p11 = table + i11;
-                const T hx = ax.h * sy, lx = ax.l * sy, hy = ay.h * sx, ly = ay.l * sx;
-                T* __restrict__ dyr = dy_row.data();
-                T* __restrict__ dxr = dx_row.data();
-#pragma omp simd
-                for (int64_t c = 0; c < len; ++c) {
-                  dyr[c] += (p10[c] - p00[c]) * hx + (p11[c] - p01[c]) * lx;
-                  dxr[c] += (p01[c] - p00[c]) * hy + (p11[c] - p10[c]) * ly;
-                }
-              }
-            });
-            if (dots) {
-              T sy = 0, sx = 0;
-#pragma omp simd reduction(+ : sy, sx)
-              for (int64_t c = 0; c < len; ++c) {
-                sy += g[c] * dy_row[c];
-                sx += g[c] * dx_row[c];
-              }
-              T* d = dots + (blk * p.K * bins + k * bins + b) * 2;
-              d[0] = is_nan ? nan : sx / roi.count;
-              d[1] = is_nan ? nan : sy / roi.count;
-            }
+        for_each_bin(roi, k, offset, p, ys, xs, [&](int64_t b) {
+          const T* g = grad_rows + (k * bins + b) * C + c0;
+          if (dots) {
+            std::fill(dy_row.begin(), dy_row.begin() + len, T(0));
+            std::fill(dx_row.begin(), dx_row.begin() + len, T(0));
           }
-        }
+          const bool is_nan = for_each_sample(ys, xs, [&](const Axis<T>& ay, const Axis<T>& ax) {
+            const int64_t r0 = img + ay.low * p.W * C + c0, r1 = img + ay.high * p.W * C + c0;
+            const int64_t i00 = r0 + ax.low * C, i01 = r0 + ax.high * C, i10 = r1 + ax.low * C, i11 = r1 + ax.high * C;
+            if (grad_table) {
+              // torchvision: g_j = grad * w_j / count; corners may coincide at the border
+              const T w00 = ay.h * ax.h / roi.count, w01 = ay.h * ax.l / roi.count;
+              const T w10 = ay.l * ax.h / roi.count, w11 = ay.l * ax.l / roi.count;
+              T *q00 = grad_table + i00, *q01 = grad_table + i01, *q10 = grad_table + i10, *q11 = grad_table + i11;
+              for (int64_t c = 0; c < len; ++c) q00[c] += w00 * g[c];
+              for (int64_t c = 0; c < len; ++c) q01[c] += w01 * g[c];
+              for (int64_t c = 0; c < len; ++c) q10[c] += w10 * g[c];
+              for (int64_t c = 0; c < len; ++c) q11[c] += w11 * g[c];
+            }
+            if (dots && (ay.slope || ax.slope)) {
+              // d/dy of the sample: (row high - row low) weighted along x; d/dx alike.
+              const T sy = ay.slope ? T(1) : T(0), sx = ax.slope ? T(1) : T(0);
+              const T *p00 = table + i00, *p01 = table + i01, *p10 = table + i10, *p11 = table + i11;
+              const T hx = ax.h * sy, lx = ax.l * sy, hy = ay.h * sx, ly = ay.l * sx;
+              T* __restrict__ dyr = dy_row.data();
+              T* __restrict__ dxr = dx_row.data();
+#pragma omp simd
+              for (int64_t c = 0; c < len; ++c) {
+                dyr[c] += (p10[c] - p00[c]) * hx + (p11[c] - p01[c]) * lx;
+                dxr[c] += (p01[c] - p00[c]) * hy + (p11[c] - p10[c]) * ly;
+              }
+            }
+          });
+          if (dots) {
+            T sy = 0, sx = 0;
+#pragma omp simd reduction(+ : sy, sx)
+            for (int64_t c = 0; c < len; ++c) {
+              sy += g[c] * dy_row[c];
+              sx += g[c] * dx_row[c];
+            }
+            T* d = dots + (blk * p.K * bins + k * bins + b) * 2;
+            d[0] = is_nan ? nan : sx / roi.count;
+            d[1] = is_nan ? nan : sy / roi.count;
+          }
+        });
       }
     }
   });
