@@ -175,20 +175,21 @@ class KernelSource:
             raise TypeError(f"{expr} takes {len(params)} arguments, got {len(args)}")
         tensor_dtypes = {"T*": dtype, "A*": accumulation_dtype(dtype), "index_t*": torch.int64}
         for i, (param, arg) in enumerate(zip(params, args)):
-            where = f"{expr} args[{i}] ({param.ctype} {param.name})"
+            # Built only for an error message: this runs on every launch.
+            where = lambda i=i, param=param: f"{expr} args[{i}] ({param.ctype} {param.name})"  # noqa: E731
             if param.ctype == "index_t":
                 if isinstance(arg, bool) or not isinstance(arg, int):
-                    raise TypeError(f"{where} must be an int, got {type(arg).__name__}")
+                    raise TypeError(f"{where()} must be an int, got {type(arg).__name__}")
                 continue
             if arg is None:
                 continue
             if not isinstance(arg, Tensor):
-                raise TypeError(f"{where} must be a tensor or None, got {type(arg).__name__}")
+                raise TypeError(f"{where()} must be a tensor or None, got {type(arg).__name__}")
             expected = tensor_dtypes[param.ctype]
             if arg.dtype != expected:
-                raise TypeError(f"{where} must have dtype {expected}, got {arg.dtype}")
+                raise TypeError(f"{where()} must have dtype {expected}, got {arg.dtype}")
             if arg.device != device:
-                raise ValueError(f"{where} must be on {device}, got a tensor on {arg.device}")
+                raise ValueError(f"{where()} must be on {device}, got a tensor on {arg.device}")
 
 
 @functools.lru_cache(maxsize=None)
