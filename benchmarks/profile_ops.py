@@ -39,7 +39,11 @@ CATEGORIES = (
         "sampling",
         re.compile(r"deform|im2col|col2im|grid_sampl|gather|scatter|index_put|index_add|dcn_cpu", re.I),
     ),
-    ("GEMM", re.compile(r"gemm|gemv|xmma|cutlass|nvjet|matmul|aten::(mm|bmm|addmm|baddbmm)\b", re.I)),
+    # cuBLAS(Lt) kernels: GEMMs (nvjet, xmma, cutlass), GEMVs and split-K reductions beside them.
+    (
+        "GEMM",
+        re.compile(r"gemm|gemv|xmma|cutlass|nvjet|splitK|cublas|matmul|aten::(mm|bmm|addmm|baddbmm)\b", re.I),
+    ),
 )
 
 

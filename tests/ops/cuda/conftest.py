@@ -21,7 +21,7 @@ import host_kernels
 import pytest
 from deform_conv_cases import LAUNCH_MODES
 
-from dcn.ops import _cupy_deform_conv
+from dcn.ops import _cupy_deform_conv, _cupy_deform_roi_pool
 
 REQUIRE_CUPY = "DCN_REQUIRE_CUPY"
 
@@ -58,7 +58,8 @@ def launch_mode(request, monkeypatch) -> str:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = (yield).get_result()
     if report.skipped and os.environ.get(REQUIRE_CUPY) == "1" and item.get_closest_marker("gpu"):
-        reason = _cupy_deform_conv.unavailable_reason()
+        # Either op's kernels: a RoI-pool module that fails to build must not pass by skipping.
+        reason = _cupy_deform_conv.unavailable_reason() or _cupy_deform_roi_pool.unavailable_reason()
         if reason is not None:  # skips for other reasons (e.g. not enough free memory) stand
             report.outcome = "failed"
             report.longrepr = f"{REQUIRE_CUPY}=1 but the CuPy kernels cannot run here: {reason}"
