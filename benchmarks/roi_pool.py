@@ -47,6 +47,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 import dcn
 from dcn.ops import deform_roi_pool
+from dcn.ops._backend import compute_dtype  # boxes and offsets: float32 for 16-bit features
 from dcn.ops._dispatch import cupy_unavailable_reason
 
 
@@ -126,16 +127,11 @@ def _fwd_bwd(
     return fwd, fwd_bwd
 
 
-def _geometry_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Boxes and offsets: float32 under autocast (16-bit features), else the features' dtype."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _single_level(
     pb: Problem, device, dtype, sampling_ratio, backends
 ) -> List[Tuple[str, Callable, Callable]]:
     g = torch.Generator().manual_seed(0)
-    autocast, gdtype = dtype != _geometry_dtype(dtype), _geometry_dtype(dtype)
+    autocast, gdtype = dtype != compute_dtype(dtype), compute_dtype(dtype)
     x = torch.randn(pb.n_images, pb.channels, pb.image // 16, pb.image // 16, generator=g).to(device, dtype)
     boxes = [b.to(device, gdtype) for b in _boxes(pb, 1)]
     offset = (torch.randn(pb.n_rois, 2, pb.out, pb.out, generator=g) * 0.1).to(device, gdtype)
@@ -156,7 +152,7 @@ def _single_level(
 
 def _pyramid(pb: Problem, device, dtype, sampling_ratio, backends) -> List[Tuple[str, Callable, Callable]]:
     g = torch.Generator().manual_seed(0)
-    autocast, gdtype = dtype != _geometry_dtype(dtype), _geometry_dtype(dtype)
+    autocast, gdtype = dtype != compute_dtype(dtype), compute_dtype(dtype)
     names = ["p2", "p3", "p4", "p5"]
     feats = {
         n: torch.randn(pb.n_images, pb.channels, pb.image >> (2 + i), pb.image >> (2 + i), generator=g).to(
@@ -276,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 for title, build in ((single, _single_level), ("FPN P2-P5", _pyramid)):
                     rows = build(pb, device, dtype, sr, backends)
                     precision = str(dtype).removeprefix("torch.")
-                    precision += " autocast" if dtype != _geometry_dtype(dtype) else ""
+                    precision += " autocast" if dtype != compute_dtype(dtype) else ""
                     name = f"{device.type} {precision}, {title}, sampling_ratio={sr}"
                     print()
                     if device.type == "cuda":

@@ -18,9 +18,18 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
 
+import torch
 from torch import Tensor
 
-__all__ = ["ConvInputs", "ConvParams", "PoolInputs", "PoolParams"]
+__all__ = ["ConvInputs", "ConvParams", "PoolInputs", "PoolParams", "compute_dtype"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the ops compute and accumulate in for tensors of ``dtype``: float32 for float16 and
+    bfloat16 (as torchvision under autocast, and the CUDA kernels' ``acc_type<T>``, common.cuh), else
+    ``dtype`` itself. Boxes and offsets of 16-bit features stay in it too (16-bit box coordinates would
+    move whole bins)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class ConvInputs(NamedTuple):

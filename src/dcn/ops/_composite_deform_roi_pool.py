@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dcn.ops._backend import PoolInputs, PoolParams
+from dcn.ops._backend import PoolInputs, PoolParams, compute_dtype
 
 
 def deform_roi_pool(x: PoolInputs, pool: PoolParams) -> Tensor:
@@ -38,7 +38,7 @@ def deform_roi_pool(x: PoolInputs, pool: PoolParams) -> Tensor:
     out_dtype, device = input.dtype, input.device
     # 16-bit features are computed in float32, like the kernels: geometry from 16-bit boxes would be off
     # by up to 2 px at 512-1024 px (bfloat16), and autograd returns each gradient in its tensor's dtype.
-    dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+    dtype = compute_dtype(out_dtype)
     input = input.to(dtype)
     offset = offset.to(dtype) if offset is not None else None
     rois = rois.detach().to(dtype)

@@ -65,7 +65,7 @@ import torch
 from torch import Tensor
 
 from dcn.ops import _cupy_runtime
-from dcn.ops._backend import ConvInputs, ConvParams
+from dcn.ops._backend import ConvInputs, ConvParams, compute_dtype
 from dcn.ops._cupy_runtime import Launch
 
 __all__ = [
@@ -252,7 +252,7 @@ def deform_conv2d_backward(
     need_mask = bool(need_mask) and mask is not None
     need_b = bool(need_b) and bias is not None
     geo = _Geometry(x, conv)
-    dtype, acc = input.dtype, _cupy_runtime.accumulation_dtype(input.dtype)
+    dtype, acc = input.dtype, compute_dtype(input.dtype)
     grad_out = grad_out.contiguous()
     input, offset, weight = input.contiguous(), offset.contiguous(), weight.contiguous()
     mask = mask.contiguous() if mask is not None else None

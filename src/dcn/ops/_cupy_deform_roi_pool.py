@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from dcn.ops import _cupy_runtime
-from dcn.ops._backend import PoolInputs, PoolParams
+from dcn.ops._backend import PoolInputs, PoolParams, compute_dtype
 from dcn.ops._cupy_runtime import Launch
 from dcn.ops._torch_deform_roi_pool import _geometry
 
@@ -98,9 +98,7 @@ def deform_roi_pool_forward(x: PoolInputs, pool: PoolParams, launch: Optional[La
     if out.numel() == 0:
         return out
     input = input.contiguous()
-    geometry, roi_index, offset = _roi_tensors(
-        rois, offset, pool, _cupy_runtime.accumulation_dtype(input.dtype)
-    )
+    geometry, roi_index, offset = _roi_tensors(rois, offset, pool, compute_dtype(input.dtype))
     grid, block = launch_config(out.numel())
     launch(
         "deform_roi_pool_forward",
@@ -129,7 +127,7 @@ def deform_roi_pool_backward(
     need_off = bool(need_off) and offset is not None
     n, c, h, w = input.shape
     k = rois.shape[0]
-    dtype, acc = input.dtype, _cupy_runtime.accumulation_dtype(input.dtype)
+    dtype, acc = input.dtype, compute_dtype(input.dtype)
     g_in = torch.zeros(input.shape, dtype=acc, device=input.device) if need_in else None
     g_off = torch.zeros(offset.shape, dtype=acc, device=input.device) if need_off else None
     threads = k * c * out_h * out_w

@@ -38,6 +38,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from dcn.ops._backend import compute_dtype
+
 __all__ = [
     "CUDA_SOURCE_DIR",
     "CTYPES",
@@ -45,7 +47,6 @@ __all__ = [
     "KernelParameter",
     "KernelSource",
     "Launch",
-    "accumulation_dtype",
     "cupy_launcher",
     "kernel_argument",
     "module_unavailable_reason",
@@ -67,11 +68,6 @@ KernelArg = Union[Tensor, int, None]
 Dim3 = Tuple[int, int, int]
 #: ``launch(kernel_name, dtype, grid, block, args)``: runs ``dcn::<kernel_name><ctype(dtype)>``.
 Launch = Callable[[str, torch.dtype, Dim3, Dim3, Sequence[KernelArg]], None]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of ``acc_type<T>::type`` (common.cuh): float32 for the 16-bit types, else ``dtype``."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 # The parameter types dcn's kernels use, as written in the .cu sources (without const and
@@ -165,7 +161,7 @@ class KernelSource:
     ) -> None:
         """Raise unless ``args`` fit ``dcn::<kernel><ctype(dtype)>`` on ``device``.
 
-        ``T*`` parameters take a tensor of ``dtype``, ``A*`` one of ``accumulation_dtype(dtype)``,
+        ``T*`` parameters take a tensor of ``dtype``, ``A*`` one of ``compute_dtype(dtype)``,
         ``index_t*`` an int64 tensor (any of them may be None, the null pointer), ``index_t`` an
         int. TypeError for a wrong count, kind or dtype; ValueError for a tensor on another device.
         """
@@ -173,7 +169,7 @@ class KernelSource:
         params = self.signature(kernel)
         if len(args) != len(params):
             raise TypeError(f"{expr} takes {len(params)} arguments, got {len(args)}")
-        tensor_dtypes = {"T*": dtype, "A*": accumulation_dtype(dtype), "index_t*": torch.int64}
+        tensor_dtypes = {"T*": dtype, "A*": compute_dtype(dtype), "index_t*": torch.int64}
         for i, (param, arg) in enumerate(zip(params, args)):
             # Built only for an error message: this runs on every launch.
             where = lambda i=i, param=param: f"{expr} args[{i}] ({param.ctype} {param.name})"  # noqa: E731

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dcn.ops import _cpu_kernel
-from dcn.ops._backend import PoolInputs, PoolParams
+from dcn.ops._backend import PoolInputs, PoolParams, compute_dtype
 
 # Most (pixel, weight) bag entries built at once: 4 per bilinear sample. 4 Mi entries
 # take ~100 MiB of index/weight buffers, and keep each embedding_bag call large.
@@ -337,11 +337,6 @@ def _fused_kernel(input: Tensor):
     return _cpu_kernel.load()
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half-precision inputs are computed in float32 (as torchvision does under autocast).
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def deform_roi_pool_forward(x: PoolInputs, pool: PoolParams) -> Tensor:
     """Forward pass; shapes in :class:`~dcn.ops._backend.PoolInputs` -> (K, C, out_h, out_w)."""
     input, rois, offset = x
@@ -350,7 +345,7 @@ def deform_roi_pool_forward(x: PoolInputs, pool: PoolParams) -> Tensor:
     n, c, H, W = input.shape
     K = rois.shape[0]
     out_dtype = input.dtype
-    cdt = _compute_dtype(out_dtype)
+    cdt = compute_dtype(out_dtype)
     if K == 0 or c == 0:
         return input.new_zeros((K, c, out_h, out_w))
     input, rois = input.to(cdt), rois.to(cdt)
@@ -395,7 +390,7 @@ def deform_roi_pool_backward(
     if K == 0 or c == 0 or not (need_in or need_off):
         return (torch.zeros_like(input) if need_in else None, torch.zeros_like(offset) if need_off else None)
 
-    cdt = _compute_dtype(input.dtype)
+    cdt = compute_dtype(input.dtype)
     x, rois_c = input.to(cdt), rois.to(cdt)
     off_c = offset.to(cdt) if offset is not None else None
     kernel = _fused_kernel(x)

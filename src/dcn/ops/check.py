@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from dcn.ops._backend import ConvInputs, ConvParams, PoolInputs, PoolParams
+from dcn.ops._backend import ConvInputs, ConvParams, PoolInputs, PoolParams, compute_dtype
 
 __all__ = ["CONV_CASES", "ROI_CASES", "Row", "check", "quick_failure", "main"]
 
@@ -187,8 +187,7 @@ def _cast_roi(tensors: Sequence[Optional[Tensor]], dtype: torch.dtype) -> List[O
     # As the public op passes them: features and offsets in the checked dtype, boxes in float32 at
     # least (a 16-bit box coordinate would move whole bins).
     x, rois, offset = tensors
-    box_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    return [x.to(dtype), rois.to(box_dtype), offset.to(dtype) if offset is not None else None]
+    return [x.to(dtype), rois.to(compute_dtype(dtype)), offset.to(dtype) if offset is not None else None]
 
 
 # op -> (cases, inputs(case, device, seed), run(impl, tensors, conf, grad_out), cast(tensors, dtype))

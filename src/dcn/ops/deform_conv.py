@@ -115,7 +115,6 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     input, offset, mask, weight, bias = ctx.saved_tensors
-    stride, padding, dilation, groups, offset_groups, backend = ctx.conf
     needs = [
         ctx.needs_input_grad[0],
         ctx.needs_input_grad[1],
