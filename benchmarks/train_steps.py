@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "dcn" / "conf"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -190,14 +191,6 @@ class _Repeat:
         return self.n
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    if torch.is_tensor(batch):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return type(batch)(_to(v, device) for v in batch)
-
-
 def step_times(
     module, batch: Any, device: torch.device, precision: str, warmup: int, steps: int
 ) -> List[float]:
@@ -254,7 +247,7 @@ def _fmt(seconds: float) -> str:
 
 def median_step(spec: TaskSpec, cfg, device: torch.device, precision: str, args: argparse.Namespace) -> float:
     module, num_classes = build(spec, cfg)
-    batch = _to(spec.make_batch(cfg, num_classes, torch.Generator().manual_seed(0)), device)
+    batch = move_data_to_device(spec.make_batch(cfg, num_classes, torch.Generator().manual_seed(0)), device)
     try:
         return statistics.median(step_times(module, batch, device, precision, args.warmup, args.steps))
     finally:
