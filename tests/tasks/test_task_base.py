@@ -163,6 +163,39 @@ def test_shared_constructor_checks(name, kwargs, match):
         TASKS[name](**kwargs)
 
 
+@pytest.mark.parametrize(
+    "name,builder,defaults",
+    [
+        (
+            "detection",
+            "build_faster_rcnn",
+            dict(pool_size=7, sampling_ratio=2, layout="fpn", frozen_stages=-1),
+        ),
+        ("segmentation", "DeepLab", dict(head="deeplabv3plus", aspp_dropout=0.1, aspp_rates=None)),
+    ],
+)
+def test_network_options_come_from_the_builder(name, builder, defaults):
+    # The builder's signature names and defaults the network options: every one is recorded (the
+    # checkpoint says what it was built with), overrides among them, and a misspelt one is an error.
+    task = TASKS[name]()
+    for key, value in defaults.items():
+        assert task.hparams[key] == value
+    assert "model_options" not in task.hparams and "optimizer" not in task.hparams
+    with pytest.raises(ValueError, match=rf"unknown task option\(s\) \['aspp_rate'\].*{builder}\) takes: "):
+        TASKS[name](aspp_rate=[1])
+
+
+def test_tracking_gets_the_shared_defaults_it_does_not_list():
+    hp = TASKS["tracking"]().hparams
+    assert (hp.num_classes, hp.class_names, hp.num_val_images, hp.scheduler_interval) == (
+        None,
+        None,
+        0,
+        "epoch",
+    )
+    assert (hp.monitor, hp.monitor_mode) == ("val/loss", "min")
+
+
 def test_class_agnostic_task_has_no_class_names():
     task = TASKS["tracking"]()
     assert task.class_names() == []

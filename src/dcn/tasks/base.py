@@ -18,7 +18,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import inspect
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import lightning as L
 import torch
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from dcn.tasks.class_names import CHECKPOINT_KEY, resolve_class_names
 from dcn.tasks.optimization import check_interval, optimizer_config
 
-__all__ = ["DcnTask", "MODEL_KEY", "plain"]
+__all__ = ["DcnTask", "MODEL_KEY", "SHARED_OPTIONS", "builder_options", "plain"]
 
 MODEL_KEY = "dcn_model"  # checkpoint entry: what built the model (DcnTask.model_description)
 
@@ -45,54 +46,95 @@ def plain(value: Any) -> Any:
     return value
 
 
+# The options every task shares, with their defaults for a task whose constructor lacks one.
+SHARED_OPTIONS: Dict[str, Any] = {
+    "scheduler_interval": "epoch",
+    "monitor": "val/loss",
+    "monitor_mode": "min",
+    "num_classes": None,
+    "class_names": None,
+    "num_val_images": 0,
+}
+
+
+def builder_options(
+    builder: Callable[..., Any], options: Mapping[str, Any], taken: Sequence[str]
+) -> Dict[str, Any]:
+    """``options`` checked against ``builder``'s keyword parameters (those not in ``taken``, which
+    the task passes itself) and completed with their defaults.
+
+    A task that builds its network with ``builder`` takes the builder's options as ``**kwargs``
+    (as torchvision's model builders pass theirs to the model class): the builder's signature is
+    the one place that names and defaults them. Completing them here records every option, default
+    or not, in the task's hyper-parameters, so a checkpoint says exactly what it was built with.
+    """
+    params = {
+        name: p.default
+        for name, p in inspect.signature(builder).parameters.items()
+        if name not in taken and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(
+            f"unknown task option(s) {unknown}; the task's own options are its arguments, and its network "
+            f"({builder.__module__}.{builder.__qualname__}) takes: {', '.join(params)}"
+        )
+    return {name: plain(options.get(name, default)) for name, default in params.items()}
+
+
+def _check_shared_options(hp: Any) -> None:
+    check_interval(hp.scheduler_interval)
+    monitor, num_val_images = hp.monitor, hp.num_val_images
+    if not isinstance(monitor, str) or not monitor:
+        raise ValueError(f"task.monitor must name a logged metric such as 'val/loss', got {monitor!r}")
+    if hp.monitor_mode not in MONITOR_MODES:
+        raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {hp.monitor_mode!r}")
+    if isinstance(num_val_images, bool) or not isinstance(num_val_images, int) or num_val_images < 0:
+        raise ValueError(f"task.num_val_images must be an integer >= 0, got {num_val_images!r}")
+    if hp.class_names is not None:
+        if hp.num_classes is None:
+            raise ValueError("task.class_names is set but the task has no classes (num_classes is None)")
+        if len(hp.class_names) != hp.num_classes:
+            raise ValueError(
+                f"task.class_names lists {len(hp.class_names)} names for num_classes={hp.num_classes}"
+            )
+
+
 class DcnTask(L.LightningModule):
     """Base of dcn's task modules (see the module docstring).
 
     Args:
         optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_`` optimizer).
-        scheduler: optional ``optimizer -> LRScheduler`` (Hydra ``_partial_``), stepped every
-            ``scheduler_interval`` ("epoch" or "step").
-        monitor, monitor_mode: the validation metric that selects the best checkpoint (and drives
-            ``ReduceLROnPlateau``) and whether higher ("max") or lower ("min") is better.
-        num_classes: classes the task predicts (None: class-agnostic, e.g. tracking).
-        class_names: names for tables and pictures (None: see :meth:`class_names`).
-        num_val_images: validation items drawn per picture (0: no pictures).
+        scheduler: optional ``optimizer -> LRScheduler`` (Hydra ``_partial_``).
 
-    Subclasses call ``super().__init__(...)`` first: it records every constructor argument of the
-    subclass (except ``backbone``, ``optimizer``, ``scheduler``) as plain hyper-parameters.
+    Subclasses call ``super().__init__(optimizer, scheduler)`` first: it records every constructor
+    argument of the subclass (except ``backbone``, ``optimizer``, ``scheduler``) as plain
+    hyper-parameters, then checks the options all tasks share (:data:`SHARED_OPTIONS`; a subclass
+    without one gets the default) from that record, so a subclass lists them once, in its own
+    signature:
+
+    * ``scheduler_interval``: the scheduler steps every "epoch" or "step";
+    * ``monitor``, ``monitor_mode``: the validation metric that selects the best checkpoint (and
+      drives ``ReduceLROnPlateau``) and whether higher ("max") or lower ("min") is better;
+    * ``num_classes``: classes the task predicts (None: class-agnostic, e.g. tracking);
+    * ``class_names``: names for tables and pictures (None: see :meth:`class_names`);
+    * ``num_val_images``: validation items drawn per picture (0: no pictures).
     """
 
     def __init__(
         self,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Optional[Callable[..., Any]] = None,
-        scheduler_interval: str = "epoch",
-        monitor: str = "val/loss",
-        monitor_mode: str = "min",
-        num_classes: Optional[int] = None,
-        class_names: Optional[Sequence[str]] = None,
-        num_val_images: int = 0,
     ) -> None:
         super().__init__()
-        check_interval(scheduler_interval)
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"task.monitor must name a logged metric such as 'val/loss', got {monitor!r}")
-        if monitor_mode not in MONITOR_MODES:
-            raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
-        if isinstance(num_val_images, bool) or not isinstance(num_val_images, int) or num_val_images < 0:
-            raise ValueError(f"task.num_val_images must be an integer >= 0, got {num_val_images!r}")
-        if class_names is not None:
-            if num_classes is None:
-                raise ValueError("task.class_names is set but the task has no classes (num_classes is None)")
-            if len(class_names) != num_classes:
-                raise ValueError(
-                    f"task.class_names lists {len(class_names)} names for num_classes={num_classes}"
-                )
-        # Collects the arguments of this and every subclass __init__ up the call chain (Lightning
-        # walks the frames), then makes them plain: checkpoints must load with weights_only=True.
+        # Collects the arguments of every subclass __init__ up the call chain (Lightning walks the
+        # frames), then makes them plain: checkpoints must load with weights_only=True.
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
         for key in list(self.hparams):
             self.hparams[key] = plain(self.hparams[key])
+        for key, default in SHARED_OPTIONS.items():
+            self.hparams.setdefault(key, default)
+        _check_shared_options(self.hparams)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.checkpoint_class_names: Optional[List[str]] = None

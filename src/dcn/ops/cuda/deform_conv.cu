@@ -70,30 +70,62 @@ struct Bilinear {
   }
 };
 
-// Geometry shared by the kernels: which sample point and channel range a flat thread index is.
-struct SamplePoint {
-  index_t b, g, k, l, c_begin, c_end;
+// One thread's sample point: batch b, offset group g, kernel point k, output position l, its
+// channel range [c_begin, c_end), the flat indices of its offset pair and mask value, and its
+// position (y, x) in the input plane with its mask value m.
+template <typename A>
+struct ConvSample {
+  index_t b, g, k, l, c_begin, c_end, off_idx, mask_idx;
+  A y, x, m;
 };
 
-__device__ __forceinline__ SamplePoint decompose(index_t i, index_t channels, index_t offset_groups,
-                                                 index_t chunks, index_t channels_per_thread,
-                                                 index_t kernel_size, index_t out_size) {
-  SamplePoint p;
-  p.l = i % out_size;
-  i /= out_size;
-  p.k = i % kernel_size;
-  i /= kernel_size;
-  const index_t chunk = i % chunks;
-  i /= chunks;
-  p.g = i % offset_groups;
-  p.b = i / offset_groups;
-  const index_t group_channels = channels / offset_groups;
-  p.c_begin = p.g * group_channels + chunk * channels_per_thread;
-  const index_t end = p.c_begin + channels_per_thread;
-  const index_t group_end = (p.g + 1) * group_channels;
-  p.c_end = end < group_end ? end : group_end;
-  return p;
-}
+// The geometry both kernels share, from their common arguments: the number of threads' work items
+// (total) and, for a flat thread index, its sample point. Flat index, slowest to fastest: b, g,
+// channel chunk, k, l (see the file comment).
+struct ConvGrid {
+  index_t batch, channels, height, width, out_w, kernel_w, stride_h, stride_w, pad_h, pad_w;
+  index_t dilation_h, dilation_w, offset_groups, channels_per_thread;
+  index_t K, L, group_channels, chunks, total, plane_size;
+
+  __device__ __forceinline__ ConvGrid(index_t batch, index_t channels, index_t height, index_t width,
+                                      index_t out_h, index_t out_w, index_t kernel_h, index_t kernel_w,
+                                      index_t stride_h, index_t stride_w, index_t pad_h, index_t pad_w,
+                                      index_t dilation_h, index_t dilation_w, index_t offset_groups,
+                                      index_t channels_per_thread)
+      : batch(batch), channels(channels), height(height), width(width), out_w(out_w),
+        kernel_w(kernel_w), stride_h(stride_h), stride_w(stride_w), pad_h(pad_h), pad_w(pad_w),
+        dilation_h(dilation_h), dilation_w(dilation_w), offset_groups(offset_groups),
+        channels_per_thread(channels_per_thread), K(kernel_h * kernel_w), L(out_h * out_w),
+        group_channels(channels / offset_groups),
+        chunks((group_channels + channels_per_thread - 1) / channels_per_thread),
+        total(batch * offset_groups * chunks * K * L), plane_size(height * width) {}
+
+  template <typename T>
+  __device__ __forceinline__ ConvSample<typename acc_type<T>::type> sample(index_t i, const T* offset,
+                                                                           const T* mask) const {
+    typedef typename acc_type<T>::type A;
+    ConvSample<A> p;
+    p.l = i % L;
+    i /= L;
+    p.k = i % K;
+    i /= K;
+    const index_t chunk = i % chunks;
+    i /= chunks;
+    p.g = i % offset_groups;
+    p.b = i / offset_groups;
+    p.c_begin = p.g * group_channels + chunk * channels_per_thread;
+    const index_t end = p.c_begin + channels_per_thread, group_end = (p.g + 1) * group_channels;
+    p.c_end = end < group_end ? end : group_end;
+    const index_t ho = p.l / out_w, wo = p.l % out_w;
+    const index_t ki = p.k / kernel_w, kj = p.k % kernel_w;
+    p.off_idx = ((p.b * offset_groups + p.g) * 2 * K + 2 * p.k) * L + p.l;
+    p.mask_idx = ((p.b * offset_groups + p.g) * K + p.k) * L + p.l;
+    p.y = (A)(ho * stride_h - pad_h + ki * dilation_h) + load(offset + p.off_idx);
+    p.x = (A)(wo * stride_w - pad_w + kj * dilation_w) + load(offset + p.off_idx + L);
+    p.m = mask ? (A)load(mask + p.mask_idx) : (A)1;
+    return p;
+  }
+};
 
 // Deformable im2col: columns[c, k, b, l] = mask[b, g, k, l] * bilinear(input[b, c], p_l + p_k + offset).
 // Threads: batch * offset_groups * chunks * K * L, chunks = ceil((C / G) / channels_per_thread).
@@ -106,26 +138,19 @@ __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __res
                                      index_t dilation_h, index_t dilation_w, index_t offset_groups,
                                      index_t channels_per_thread) {
   typedef typename acc_type<T>::type A;
-  const index_t K = kernel_h * kernel_w, L = out_h * out_w;
-  const index_t group_channels = channels / offset_groups;
-  const index_t chunks = (group_channels + channels_per_thread - 1) / channels_per_thread;
-  const index_t total = batch * offset_groups * chunks * K * L;
-  const index_t plane_size = height * width;
-  for (index_t i = global_thread_index(); i < total; i += grid_stride()) {
-    const SamplePoint p = decompose(i, channels, offset_groups, chunks, channels_per_thread, K, L);
-    const index_t ho = p.l / out_w, wo = p.l % out_w;
-    const index_t ki = p.k / kernel_w, kj = p.k % kernel_w;
-    const index_t off_idx = ((p.b * offset_groups + p.g) * 2 * K + 2 * p.k) * L + p.l;
-    const A y = (A)(ho * stride_h - pad_h + ki * dilation_h) + load(offset + off_idx);
-    const A x = (A)(wo * stride_w - pad_w + kj * dilation_w) + load(offset + off_idx + L);
-    const A m = mask ? (A)load(mask + ((p.b * offset_groups + p.g) * K + p.k) * L + p.l) : (A)1;
+  const ConvGrid grid(batch, channels, height, width, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
+                      pad_h, pad_w, dilation_h, dilation_w, offset_groups, channels_per_thread);
+  const index_t K = grid.K, L = grid.L;
+  for (index_t i = global_thread_index(); i < grid.total; i += grid_stride()) {
+    const ConvSample<A> p = grid.sample(i, offset, mask);
+    const A y = p.y, x = p.x, m = p.m;
     const Bilinear<A> s(y, x, height, width);
     A w[4];
     for (int j = 0; j < 4; ++j) w[j] = s.weight(j) * m;
     const A nan_sample = y + x;  // NaN; used only when s.nan
     for (index_t c = p.c_begin; c < p.c_end; ++c) {
       A v[4];
-      s.read(input + (p.b * channels + c) * plane_size, v);
+      s.read(input + (p.b * channels + c) * grid.plane_size, v);
       store(columns + ((c * K + p.k) * batch + p.b) * L + p.l,
             s.nan ? nan_sample : w[0] * v[0] + w[1] * v[1] + w[2] * v[2] + w[3] * v[3]);
     }
@@ -152,21 +177,14 @@ __global__ void deform_conv2d_backward_sample(
     index_t stride_h, index_t stride_w, index_t pad_h, index_t pad_w, index_t dilation_h,
     index_t dilation_w, index_t offset_groups, index_t channels_per_thread) {
   typedef typename acc_type<T>::type A;
-  const index_t K = kernel_h * kernel_w, L = out_h * out_w;
-  const index_t group_channels = channels / offset_groups;
-  const index_t chunks = (group_channels + channels_per_thread - 1) / channels_per_thread;
-  const index_t total = batch * offset_groups * chunks * K * L;
-  const index_t plane_size = height * width;
+  const ConvGrid grid(batch, channels, height, width, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
+                      pad_h, pad_w, dilation_h, dilation_w, offset_groups, channels_per_thread);
+  const index_t K = grid.K, L = grid.L, chunks = grid.chunks;
   const bool need_coordinates = grad_offset != nullptr || grad_mask != nullptr;
-  for (index_t i = global_thread_index(); i < total; i += grid_stride()) {
-    const SamplePoint p = decompose(i, channels, offset_groups, chunks, channels_per_thread, K, L);
-    const index_t ho = p.l / out_w, wo = p.l % out_w;
-    const index_t ki = p.k / kernel_w, kj = p.k % kernel_w;
-    const index_t off_idx = ((p.b * offset_groups + p.g) * 2 * K + 2 * p.k) * L + p.l;
-    const index_t mask_idx = ((p.b * offset_groups + p.g) * K + p.k) * L + p.l;
-    const A y = (A)(ho * stride_h - pad_h + ki * dilation_h) + load(offset + off_idx);
-    const A x = (A)(wo * stride_w - pad_w + kj * dilation_w) + load(offset + off_idx + L);
-    const A m = mask ? (A)load(mask + mask_idx) : (A)1;
+  for (index_t i = global_thread_index(); i < grid.total; i += grid_stride()) {
+    const ConvSample<A> p = grid.sample(i, offset, mask);
+    const A y = p.y, x = p.x, m = p.m;
+    const index_t off_idx = p.off_idx, mask_idx = p.mask_idx;
     const Bilinear<A> s(y, x, height, width);
     A grad_y = 0, grad_x = 0, grad_m = 0;
     if (s.inside) {
@@ -174,7 +192,7 @@ __global__ void deform_conv2d_backward_sample(
       for (int j = 0; j < 4; ++j) w[j] = s.weight(j);
       for (index_t c = p.c_begin; c < p.c_end; ++c) {
         const A gc = load(grad_columns + ((c * K + p.k) * batch + p.b) * L + p.l);
-        const index_t plane = (p.b * channels + c) * plane_size;
+        const index_t plane = (p.b * channels + c) * grid.plane_size;
         if (grad_input) {
           const A gcm = gc * m;
           for (int j = 0; j < 4; ++j)

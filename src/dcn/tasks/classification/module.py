@@ -65,16 +65,7 @@ class ClassificationTask(DcnTask):
             raise TypeError(
                 f"backbone must expose out_channels (a dcn backbone), got {type(backbone).__name__}"
             )
-        super().__init__(
-            optimizer,
-            scheduler,
-            scheduler_interval,
-            monitor,
-            monitor_mode,
-            num_classes,
-            class_names,
-            num_val_images,
-        )
+        super().__init__(optimizer, scheduler)
         self.backbone = backbone
         self.head = ClassificationHead(backbone.out_channels, num_classes)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -8,8 +8,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from dcn.images import IMAGENET_MEAN, IMAGENET_STD
-from dcn.tasks.base import DcnTask
+from dcn.tasks.base import DcnTask, builder_options
 from dcn.tasks.detection.metrics import DetectionMetrics
 from dcn.tasks.detection.model import build_faster_rcnn
 from dcn.tasks.detection.visualization import detection_grid
@@ -47,9 +46,6 @@ class DetectionTask(DcnTask):
         backbone: a dcn backbone.
         num_classes: classes including background (``train.py`` takes it from the datamodule).
         optimizer, scheduler, scheduler_interval: as in the other tasks.
-        layout, roi_pool, fpn_features, fpn_channels, c4_features, anchor_sizes, aspect_ratios, min_size,
-            max_size, representation_size, deform_roi_pool, rpn, roi_heads, freeze_bn, frozen_stages: the
-            network, see :func:`build_faster_rcnn`.
         warmup_iters, warmup_factor: linear warm-up (0 iterations: none).
         metrics: ``["voc"]``, ``["coco"]`` or both (the first gives ``mAP``).
         voc_iou_thresholds, voc_use_07_metric: VOC AP settings (11-point interpolation for VOC2007).
@@ -57,6 +53,12 @@ class DetectionTask(DcnTask):
         class_names: names for tables and pictures; None takes the datamodule's.
         num_val_images: validation images drawn per epoch (0: none).
         monitor, monitor_mode: the metric that selects the best checkpoint.
+        **model_options: the network's options, the keyword arguments of :func:`build_faster_rcnn`
+            (``layout``, ``roi_pool``, ``fpn_features``, ``fpn_channels``, ``c4_features``,
+            ``anchor_sizes``, ``aspect_ratios``, ``min_size``, ``max_size``, ``image_mean``,
+            ``image_std``, ``representation_size``, ``pool_size``, ``sampling_ratio``,
+            ``deform_roi_pool``, ``rpn``, ``roi_heads``, ``freeze_bn``, ``frozen_stages``), with its
+            defaults; an unknown name is an error.
     """
 
     def __init__(
@@ -66,23 +68,6 @@ class DetectionTask(DcnTask):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Optional[Callable[..., Any]] = None,
         scheduler_interval: str = "epoch",
-        layout: str = "fpn",
-        roi_pool: str = "align",
-        fpn_features: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
-        fpn_channels: int = 256,
-        c4_features: Sequence[str] = ("layer3", "layer4"),
-        anchor_sizes: Optional[Sequence[Sequence[int]]] = None,
-        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        min_size: int = 600,
-        max_size: int = 1000,
-        image_mean: Sequence[float] = IMAGENET_MEAN,
-        image_std: Sequence[float] = IMAGENET_STD,
-        representation_size: int = 1024,
-        deform_roi_pool: Optional[Mapping[str, Any]] = None,
-        rpn: Optional[Mapping[str, Any]] = None,
-        roi_heads: Optional[Mapping[str, Any]] = None,
-        freeze_bn: bool = False,
-        frozen_stages: int = -1,
         warmup_iters: int = 0,
         warmup_factor: float = 0.001,
         metrics: Sequence[str] = ("voc",),
@@ -94,59 +79,18 @@ class DetectionTask(DcnTask):
         score_threshold_for_images: float = 0.5,
         monitor: str = "val/mAP",
         monitor_mode: str = "max",
+        **model_options: Any,
     ) -> None:
         if warmup_iters < 0 or not 0 < warmup_factor <= 1:
             raise ValueError(
                 "task.warmup_iters must be >= 0 and task.warmup_factor in (0, 1], "
                 f"got {warmup_iters} and {warmup_factor}"
             )
-        super().__init__(
-            optimizer,
-            scheduler,
-            scheduler_interval,
-            monitor,
-            monitor_mode,
-            num_classes,
-            class_names,
-            num_val_images,
-        )
-        # The network from the plain hyper-parameters (Hydra hands lists and mappings over as
-        # ListConfig / DictConfig).
+        # Recorded with every default in the hyper-parameters (super().__init__ reads this local).
+        model_options = builder_options(build_faster_rcnn, model_options, taken=("backbone", "num_classes"))
+        super().__init__(optimizer, scheduler)
+        self.net = build_faster_rcnn(backbone, num_classes, **model_options)
         hp = self.hparams
-        fpn_features, c4_features, anchor_sizes, aspect_ratios = (
-            hp.fpn_features,
-            hp.c4_features,
-            hp.anchor_sizes,
-            hp.aspect_ratios,
-        )
-        image_mean, image_std, deform_roi_pool, rpn, roi_heads = (
-            hp.image_mean,
-            hp.image_std,
-            hp.deform_roi_pool,
-            hp.rpn,
-            hp.roi_heads,
-        )
-        self.net = build_faster_rcnn(
-            backbone,
-            num_classes,
-            layout,
-            roi_pool,
-            fpn_features=tuple(fpn_features),
-            fpn_channels=fpn_channels,
-            c4_features=tuple(c4_features),
-            anchor_sizes=anchor_sizes,
-            aspect_ratios=aspect_ratios,
-            min_size=min_size,
-            max_size=max_size,
-            image_mean=image_mean,
-            image_std=image_std,
-            representation_size=representation_size,
-            deform_roi_pool=deform_roi_pool,
-            rpn=rpn,
-            roi_heads=roi_heads,
-            freeze_bn=freeze_bn,
-            frozen_stages=frozen_stages,
-        )
         metric_args = dict(
             kinds=hp.metrics,
             voc_iou_thresholds=hp.voc_iou_thresholds,

@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from dcn.backbones.frozen_bn import freeze_batch_norm
-from dcn.tasks.base import DcnTask
+from dcn.tasks.base import DcnTask, builder_options
 from dcn.tasks.segmentation.deeplab import DeepLab
 from dcn.tasks.segmentation.loss import check_dense_pair, segmentation_cross_entropy
 from dcn.tasks.segmentation.metrics import SegmentationMetrics
@@ -44,8 +44,6 @@ class SegmentationTask(DcnTask):
         optimizer: ``params -> Optimizer`` (a Hydra ``_partial_`` optimizer).
         scheduler: optional ``optimizer -> LRScheduler`` (Hydra ``_partial_``).
         scheduler_interval: "step" (poly LR) or "epoch".
-        head, aspp_rates, aspp_channels, aspp_dropout, low_level_feature, low_level_channels,
-            decoder_channels: the network, see :class:`~dcn.tasks.segmentation.deeplab.DeepLab`.
         head_lr_mult: head learning rate / backbone learning rate.
         freeze_bn: replace the backbone's BatchNorm layers by frozen ones (fixed statistics and affine
             parameters); the head's BatchNorm keeps training.
@@ -53,6 +51,10 @@ class SegmentationTask(DcnTask):
             there is one, else ``class_<k>``.
         num_val_images: validation images drawn per epoch (0: none).
         monitor, monitor_mode: the metric that selects the best checkpoint ("val/mIoU", "max").
+        **model_options: the network's options, the keyword arguments of
+            :class:`~dcn.tasks.segmentation.deeplab.DeepLab` (``head``, ``aspp_rates``,
+            ``aspp_channels``, ``aspp_dropout``, ``low_level_feature``, ``low_level_channels``,
+            ``decoder_channels``), with its defaults; an unknown name is an error.
     """
 
     def __init__(
@@ -62,45 +64,22 @@ class SegmentationTask(DcnTask):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Optional[Callable[..., Any]] = None,
         scheduler_interval: str = "step",
-        head: str = "deeplabv3plus",
-        aspp_rates: Optional[Sequence[int]] = None,
-        aspp_channels: int = 256,
-        aspp_dropout: float = 0.1,
-        low_level_feature: Optional[str] = None,
-        low_level_channels: int = 48,
-        decoder_channels: int = 256,
         head_lr_mult: float = 10.0,
         freeze_bn: bool = False,
         class_names: Optional[Sequence[str]] = None,
         num_val_images: int = 4,
         monitor: str = "val/mIoU",
         monitor_mode: str = "max",
+        **model_options: Any,
     ) -> None:
         if not head_lr_mult > 0:
             raise ValueError(f"task.head_lr_mult must be > 0, got {head_lr_mult}")
-        super().__init__(
-            optimizer,
-            scheduler,
-            scheduler_interval,
-            monitor,
-            monitor_mode,
-            num_classes,
-            class_names,
-            num_val_images,
-        )
+        # Recorded with every default in the hyper-parameters (super().__init__ reads this local).
+        model_options = builder_options(DeepLab, model_options, taken=("backbone", "num_classes"))
+        super().__init__(optimizer, scheduler)
         if freeze_bn:
             backbone = freeze_batch_norm(backbone)
-        self.net = DeepLab(
-            backbone,
-            num_classes,
-            head=head,
-            aspp_rates=self.hparams.aspp_rates,
-            aspp_channels=aspp_channels,
-            aspp_dropout=aspp_dropout,
-            low_level_feature=low_level_feature,
-            low_level_channels=low_level_channels,
-            decoder_channels=decoder_channels,
-        )
+        self.net = DeepLab(backbone, num_classes, **model_options)
         self.val_metrics = SegmentationMetrics(num_classes)
         self.test_metrics = SegmentationMetrics(num_classes)
         self.test_scores: Optional[Dict[str, Tensor]] = None  # the last test run's scores, for callers

@@ -97,7 +97,7 @@ class TrackingTask(DcnTask):
         # The hyper-parameters record these locals: the options as plain dicts, the anchors as floats.
         targets, tracker = dataclasses.asdict(target_options), dataclasses.asdict(tracker_options)
         ratios, scales = [float(r) for r in ratios], [float(s) for s in scales]
-        super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode)
+        super().__init__(optimizer, scheduler)
         self.target_options, self.tracker_options = target_options, tracker_options
         self.net = SiamRPN(
             backbone,
