@@ -26,7 +26,7 @@ from dcn.ops import (
     _torch_deform_roi_pool,
     deform_roi_pool,
 )
-from dcn.ops.deform_roi_pool import _deform_roi_pool_op
+from dcn.ops.deform_roi_pool import _deform_roi_pool_op, pyramid_levels
 
 
 @pytest.fixture
@@ -600,6 +600,40 @@ def test_multiscale_at_init_equals_multiscale_roi_align(names):
     ref = MultiScaleRoIAlign(names, 7, 2)
     torch.testing.assert_close(ours(feats, boxes, shapes), ref(feats, boxes, shapes))
     assert ours.scales == ref.scales
+
+
+@pytest.mark.parametrize(
+    "image_shapes,sizes",
+    [
+        ([(512, 512)], [(128, 128), (64, 64), (32, 32), (16, 16)]),
+        ([(600, 1000), (480, 800)], [(150, 250), (75, 125), (38, 63), (19, 32)]),  # rounded strides
+        ([(333, 500)], [(42, 63), (21, 32), (11, 16)]),  # odd sizes, levels 3..5
+        ([(800, 1333)], [(50, 84)]),  # a single level
+    ],
+)
+@pytest.mark.parametrize("canonical", [(224, 4), (112, 3)])
+def test_pyramid_levels_are_torchvision_s(image_shapes, sizes, canonical):
+    # dcn's own inference of the level scales and the box-to-level rule equals what
+    # MultiScaleRoIAlign infers on its first call.
+    feats = OrderedDict((f"f{i}", torch.zeros(1, 1, h, w)) for i, (h, w) in enumerate(sizes))
+    boxes = [torch.tensor([[0.0, 0.0, 20.0, 30.0], [10.0, 10.0, 300.0, 250.0], [0.0, 0.0, 90.0, 60.0]])]
+    ref = MultiScaleRoIAlign(list(feats), 2, 0, canonical_scale=canonical[0], canonical_level=canonical[1])
+    ref(feats, boxes * len(image_shapes), image_shapes)
+    scales, mapper = pyramid_levels(list(feats.values()), image_shapes, *canonical)
+    assert scales == ref.scales
+    assert (mapper.k_min, mapper.k_max) == (ref.map_levels.k_min, ref.map_levels.k_max)
+    torch.testing.assert_close(mapper(boxes), ref.map_levels(boxes), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="image_shapes must give"):
+        pyramid_levels(list(feats.values()), [])
+
+
+def test_multiscale_takes_the_maps_in_the_order_of_x_as_torchvision():
+    feats, boxes, shapes = _pyramid()
+    names = ["p4", "p2", "p5", "p3"]  # x lists them fine to coarse
+    ours = MultiScaleDeformRoIPool(names, 3, 0, in_channels=4, hidden_channels=16)
+    torch.testing.assert_close(
+        ours(feats, boxes, shapes), MultiScaleRoIAlign(names, 3, 0)(feats, boxes, shapes)
+    )
 
 
 def test_multiscale_with_offsets_pools_each_box_at_its_level():

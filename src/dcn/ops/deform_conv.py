@@ -36,6 +36,7 @@ from dcn.ops._dispatch import (
     implementation,
     resolve_backend,
 )
+from dcn.ops._modulated import ModulatedByDefault
 
 __all__ = [
     "deform_conv2d",
@@ -580,9 +581,5 @@ class DeformConv2dPack(DeformConv2d):
         return s
 
 
-class ModulatedDeformConv2dPack(DeformConv2dPack):
+class ModulatedDeformConv2dPack(ModulatedByDefault, DeformConv2dPack):
     """:class:`DeformConv2dPack` with ``modulated=True`` (DCN v2), under mmcv's name."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("modulated", True)
-        super().__init__(*args, **kwargs)

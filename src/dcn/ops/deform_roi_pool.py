@@ -35,11 +35,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
-from torchvision.ops.poolers import _filter_input, _setup_scales
+from torchvision.ops.poolers import LevelMapper
 
 from dcn.ops import _composite_deform_roi_pool
 from dcn.ops._backend import PoolInputs, PoolParams
 from dcn.ops._dispatch import BACKENDS, backward_route, composite_gradients, implementation, resolve_backend
+from dcn.ops._modulated import ModulatedByDefault
 
 __all__ = [
     "deform_roi_pool",
@@ -144,6 +145,28 @@ def _capturing_cuda_graph(device: torch.device) -> bool:
     """True while a CUDA graph is captured on the current stream (device-to-host copies would fail)."""
     # Only CUDA tensors can be captured; on a machine without a CUDA driver the query itself raises.
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def pyramid_levels(
+    features: Sequence[Tensor],
+    image_shapes: Sequence[Tuple[int, int]],
+    canonical_scale: int = 224,
+    canonical_level: int = 4,
+) -> Tuple[List[float], LevelMapper]:
+    """Each feature map's scale relative to the images and the box-to-level rule, as
+    ``torchvision.ops.MultiScaleRoIAlign`` infers them on its first call.
+
+    A level's scale is ``2**-k``, k the integer nearest to ``log2(image height / map height)``
+    (the largest image height of the batch; the network halves the resolution at each level).
+    The levels ``k_min..k_max`` of the first and last map give torchvision's ``LevelMapper`` (FPN
+    eq. 1: a box of side ``canonical_scale`` goes to ``canonical_level``).
+    """
+    if not image_shapes:
+        raise ValueError("image_shapes must give the (H, W) of at least one image")
+    image_height = max(int(shape[0]) for shape in image_shapes)
+    scales = [2.0 ** round(math.log2(f.shape[-2] / image_height)) for f in features]
+    k_min, k_max = (int(-math.log2(s)) for s in (scales[0], scales[-1]))
+    return scales, LevelMapper(k_min, k_max, canonical_scale, canonical_level, eps=1e-6)
 
 
 def _to_rois(boxes: Boxes, input: Tensor) -> Tensor:
@@ -493,12 +516,8 @@ class DeformRoIPoolPack(DeformRoIPool):
         return s
 
 
-class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
+class ModulatedDeformRoIPoolPack(ModulatedByDefault, DeformRoIPoolPack):
     """:class:`DeformRoIPoolPack` with ``modulated=True`` (DCN v2), under mmcv's name."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("modulated", True)
-        super().__init__(*args, **kwargs)
 
 
 class MultiScaleDeformRoIPool(nn.Module):
@@ -604,14 +623,16 @@ class MultiScaleDeformRoIPool(nn.Module):
             raise ValueError(f"feature maps {missing} (featmap_names) are missing from x (keys {list(x)})")
         if not isinstance(boxes, (list, tuple)):
             raise TypeError(f"boxes must be a list of Tensor[L, 4] per image, got {type(boxes).__name__}")
-        features = _filter_input(x, self.featmap_names)
-        for name, f in zip(self.featmap_names, features):
+        # In x's order, as MultiScaleRoIAlign takes them (fine to coarse).
+        names = [name for name in x if name in self.featmap_names]
+        features = [x[name] for name in names]
+        for name, f in zip(names, features):
             if f.dim() != 4 or f.shape[1] != self.in_channels:
                 raise ValueError(
                     f"feature map {name!r} must be (N, {self.in_channels}, H, W), got {tuple(f.shape)}"
                 )
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(
+            self.scales, self.map_levels = pyramid_levels(
                 features, image_shapes, self.canonical_scale, self.canonical_level
             )
         rois = _to_rois(boxes, features[0])

@@ -71,6 +71,8 @@ class SyntheticDetGenerator(SyntheticShapesGenerator):
             annotated.
     """
 
+    # Overridden defaults: more, smaller objects per image (boxes at several scales) and no 255
+    # boundary band, which only segmentation labels have.
     num_train: int = 400
     image_size: int = 128
     objects: Tuple[int, int] = (1, 4)

@@ -37,15 +37,15 @@ __all__ = ["PairSampling", "SequenceDataset", "TrackingPairDataset"]
 class PairSampling:
     """Pair sampling and augmentation settings (config ``data.pairs``)."""
 
-    template_size: int = 127
-    search_size: int = 255
-    context: float = 0.5
-    frame_range: int = 100
-    shift: float = 64.0
-    scale: float = 0.18
-    flip: float = 0.0
-    blur: float = 0.2
-    negative: float = 0.2
+    template_size: int = 127  # template patch side, pixels
+    search_size: int = 255  # search patch side, pixels (> template_size)
+    context: float = 0.5  # crop margin p = context * (w + h) around the box
+    frame_range: int = 100  # most frames between the template and the search frame
+    shift: float = 64.0  # largest shift of the search window along each axis, patch pixels
+    scale: float = 0.18  # search window rescaled by a factor in [exp(-scale), exp(scale)]
+    flip: float = 0.0  # probability of flipping both patches horizontally
+    blur: float = 0.2  # probability of blurring the search patch
+    negative: float = 0.2  # probability of a search patch from another sequence
 
     def __post_init__(self) -> None:
         for key in ("flip", "blur", "negative"):

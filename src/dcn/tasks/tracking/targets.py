@@ -29,10 +29,10 @@ POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
 class TargetOptions:
     """Anchor target settings (config ``task.targets``)."""
 
-    pos_iou: float = 0.6
-    neg_iou: float = 0.3
-    num_pos: int = 16
-    num_total: int = 64
+    pos_iou: float = 0.6  # anchors above this IoU with the target are positive candidates
+    neg_iou: float = 0.3  # anchors below it are negative candidates
+    num_pos: int = 16  # most positives drawn per pair
+    num_total: int = 64  # positives plus negatives drawn per pair
 
     def __post_init__(self) -> None:
         if not 0 <= self.neg_iou <= self.pos_iou <= 1:

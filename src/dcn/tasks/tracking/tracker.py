@@ -34,11 +34,11 @@ __all__ = ["SiamRPNTracker", "TrackerOptions", "cosine_window", "select_box"]
 class TrackerOptions:
     """Inference settings (config ``task.tracker``); the defaults are pysot's SiamRPN values."""
 
-    penalty_k: float = 0.04
-    window_influence: float = 0.44
-    size_lr: float = 0.33
-    context: float = 0.5
-    min_size: float = 10.0
+    penalty_k: float = 0.04  # strength of the penalty on scale and aspect-ratio change
+    window_influence: float = 0.44  # weight of the cosine window against the penalised score
+    size_lr: float = 0.33  # rate at which the box size follows the best proposal
+    context: float = 0.5  # crop margin p = context * (w + h) around the box
+    min_size: float = 10.0  # smallest tracked box side, pixels
 
     def __post_init__(self) -> None:
         if not 0 <= self.window_influence <= 1:
