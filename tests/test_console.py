@@ -149,3 +149,16 @@ def test_debug_fdr_runs_without_misleading_warnings(compose_train, recwarn):
     train.train(cfg, record)
     assert not [w for w in recwarn if "no best checkpoint" in str(w.message)]
     assert set(record.data["metrics"]) >= {"test/acc", "test/loss"}
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "detect", "track", "viz", "offset_spread"])
+def test_every_command_on_a_trained_run_takes_the_run_first(command, capsys):
+    # One interface: the first argument is a run directory or one of its checkpoints.
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"dcn.{command}").main(["--help"])
+    assert exit_info.value.code == 0
+    usage = " ".join(capsys.readouterr().out.split())
+    assert re.search(rf"usage: python -m dcn\.{command} (\[-h\] )?(\[.*\] )*run\b", usage)
+    assert "run: its directory (the best checkpoint) or one of its checkpoints (*.ckpt)" in usage

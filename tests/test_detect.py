@@ -167,9 +167,9 @@ def test_a_run_of_another_task_is_refused(compose_train, tmp_path):
     cfg = compose_train([])  # classification on digits
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")  # refused before it is read
     image = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(image)
     with pytest.raises(TypeError, match="ClassificationTask, not dcn.tasks.detection"):
-        detect.main(
-            [str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(image), "--output", str(tmp_path / "o")]
-        )
+        detect.main([str(tmp_path / "run"), str(image), "--output", str(tmp_path / "o")])

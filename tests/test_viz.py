@@ -173,7 +173,7 @@ def test_sample_draws_the_kth_item_of_the_runs_validation_set(
         lambda backbone, image, point=None: drawn.append(image) or real(backbone, image, point),
     )
     out = tmp_path / "val3.png"
-    assert main([str(digits_run / "checkpoints" / "last.ckpt"), "--sample", "3", "--out", str(out)]) == 0
+    assert main([str(digits_run), "--sample", "3", "--out", str(out)]) == 0  # a run directory
     assert out.read_bytes().startswith(b"\x89PNG")
 
     datamodule = hydra.utils.instantiate(OmegaConf.load(digits_run / ".hydra" / "config.yaml").data)

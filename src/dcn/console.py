@@ -11,13 +11,22 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import sys
 import warnings
+from pathlib import Path
 from typing import List, Tuple
 
-__all__ = ["KNOWN_NOISE", "configure_logging", "is_terminal", "log_to_file_only", "quiet_known_noise"]
+__all__ = [
+    "KNOWN_NOISE",
+    "configure_logging",
+    "is_terminal",
+    "log_to_file_only",
+    "quiet_known_noise",
+    "run_parser",
+]
 
 # (logger or warning category, message pattern, why it is filtered)
 KNOWN_NOISE: List[Tuple[str, str, str]] = [
@@ -102,3 +111,15 @@ def log_to_file_only(message: str, level: int = logging.ERROR) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+def run_parser(prog: str, description: str, kind: str = "") -> argparse.ArgumentParser:
+    """The argument parser of a command on a trained run (``python -m dcn.eval``, ``dcn.export``,
+    ``dcn.detect``, ...). Its first argument, ``run``, is a train.py run directory or one of its
+    checkpoints, the same for every such command; :func:`dcn.trained_task.checkpoint_of` picks a
+    run directory's checkpoint. ``kind`` names the task the run must be of ("detection", ...)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    what = f"a train.py {kind} run" if kind else "a train.py run"
+    help = f"{what}: its directory (the best checkpoint) or one of its checkpoints (*.ckpt)"
+    parser.add_argument("run", type=Path, help=help)
+    return parser

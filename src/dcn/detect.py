@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dcn.console import run_parser
 from dcn.images import ImageReadError, read_image_array
 
 __all__ = ["IMAGE_SUFFIXES", "detect", "list_images", "main", "read_image"]
@@ -112,14 +113,15 @@ def _one_line(path: Path, detections: List[dict], shown: int = 8) -> str:
 def run(args: argparse.Namespace) -> dict:
     from dcn.tasks.detection import DetectionTask
     from dcn.tasks.detection.visualization import draw_predictions
-    from dcn.trained_task import load_trained_task
+    from dcn.trained_task import checkpoint_of, load_trained_task
 
     if not 0 <= args.score_threshold <= 1:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     files = list_images(args.inputs)  # bad paths fail before the model is built
-    task, _ = load_trained_task(args.checkpoint, args.config, task_type=DetectionTask, device=args.device)
+    checkpoint = checkpoint_of(args.run)
+    task, _ = load_trained_task(checkpoint, args.config, task_type=DetectionTask, device=args.device)
     names = task.class_names()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
                 Image.fromarray(picture).save(output / f"{path.stem}.png")
             print(_one_line(path, records[-1]["detections"]))
     summary = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(checkpoint),
         "class_names": names,
         "score_threshold": args.score_threshold,
         "images": records,
@@ -153,12 +155,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dcn.detect", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "checkpoint",
-        type=Path,
-        help="a Lightning checkpoint of a detection run (<run dir>/checkpoints/*.ckpt)",
-    )
+    p = run_parser("python -m dcn.detect", __doc__.split("\n\n")[0], kind="detection")
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
     p.add_argument(
         "--output", type=Path, default=Path("detections"), help="output folder (default: detections/)"

@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dcn.console import run_parser
+
 __all__ = ["EvalError", "apply_data_overrides", "evaluate", "main"]
 
 log = logging.getLogger("dcn")
@@ -131,8 +133,7 @@ def evaluate(
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dcn.eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a run directory of train.py, or one of its checkpoints")
+    p = run_parser("python -m dcn.eval", __doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="data overrides: data=<name>, data.<key>=<value>")
     p.add_argument("--split", default="test", choices=SPLITS, help="the split to test (default: test)")
     p.add_argument(

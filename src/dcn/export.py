@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from dcn.console import run_parser
 from dcn.extras import require
 from dcn.trained_task import checkpoint_of, load_datamodule
 
@@ -285,8 +286,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 def parser() -> argparse.ArgumentParser:
     from dcn.ops.onnx import DEFAULT_OPSET, MIN_OPSET
 
-    p = argparse.ArgumentParser(prog="python -m dcn.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a train.py run directory or one of its checkpoints (*.ckpt)")
+    p = run_parser("python -m dcn.export", __doc__.split("\n\n")[0])
     p.add_argument(
         "--format", choices=FORMATS, default="onnx", help="onnx (default) or exported-program (.pt2)"
     )

@@ -23,7 +23,6 @@ Outputs (``--out``, default ``<run dir>/offset_spread/``):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dcn.console import run_parser
 from dcn.sampling_points import SamplingPoints, render_figure, sampling_points
 
 __all__ = ["main", "point_spread", "spread_by_scale", "summarize_spread"]
@@ -134,12 +134,12 @@ def _spread_figure(summary: Dict[str, Any], title: str):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dcn.offset_spread",
-        description="Spread of the deformable sampling points of a trained mnist_scaled run against digit "
+    parser = run_parser(
+        "python -m dcn.offset_spread",
+        "Spread of the deformable sampling points of a trained mnist_scaled run against digit "
         "scale: numbers (JSON), a curve and a picture of the points on small and large digits.",
+        kind="mnist_scaled",
     )
-    parser.add_argument("run", type=Path, help="a train.py run directory or one of its checkpoints")
     parser.add_argument(
         "--images", type=int, default=200, help="test digits per scale (the first N; default 200)"
     )

@@ -32,6 +32,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from dcn.console import run_parser
+
 __all__ = ["build_task", "frame_caption", "main", "run", "write_boxes"]
 
 FORMATS = ("vot", "got10k")
@@ -97,8 +99,9 @@ def _draw(frame: Tensor, predicted: Tensor, truth: Optional[Tensor], caption: st
 def run(args: argparse.Namespace) -> dict:
     from dcn.geometry.boxes import box_overlap, centre_distance, xywh_to_cxcywh
     from dcn.tasks.tracking.metrics import precision_at, success_auc
+    from dcn.trained_task import checkpoint_of
 
-    checkpoint, folder = Path(args.checkpoint), Path(args.sequence)
+    checkpoint, folder = checkpoint_of(args.run), Path(args.sequence)
     sequence, detected = read_sequence(folder)
     fmt = args.format or detected
     count = len(sequence) if args.max_frames is None else min(args.max_frames, len(sequence))
@@ -167,10 +170,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dcn.track", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "checkpoint", help="a Lightning checkpoint of a tracking run (<run dir>/checkpoints/*.ckpt)"
-    )
+    p = run_parser("python -m dcn.track", __doc__.split("\n\n")[0], kind="tracking")
     p.add_argument("sequence", help="a VOT or GOT-10k sequence folder (frames + groundtruth.txt)")
     p.add_argument("--output", default=".", help="folder for the predicted boxes (default: the current one)")
     p.add_argument("--format", choices=FORMATS, default=None, help="result format (default: the sequence's)")

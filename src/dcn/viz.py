@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dcn.console import run_parser
 from dcn.figures import figure_to_array
 from dcn.images import read_image
 from dcn.sampling_points import SamplingPoints, draw_sampling_points, render_figure, sampling_points
@@ -123,12 +124,11 @@ def _parse_point(text: str) -> Tuple[float, float]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dcn.viz",
-        description="Draw the sampling locations of a trained network's deformable layers for one output "
+    parser = run_parser(
+        "python -m dcn.viz",
+        "Draw the sampling locations of a trained network's deformable layers for one output "
         "unit over an image (9^L points for L stacked 3x3 deformable layers).",
     )
-    parser.add_argument("checkpoint", type=Path, help="a train.py checkpoint (<run dir>/checkpoints/*.ckpt)")
     parser.add_argument("image", type=Path, nargs="?", help="an image file (PNG, JPEG, ...); or use --sample")
     parser.add_argument(
         "--sample",
@@ -164,14 +164,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.sample is not None and (args.size or args.invert):
         parser.error("--size and --invert apply to image files; a --sample is drawn as the network saw it")
 
-    model, config = load_model(args.checkpoint)
+    from dcn.trained_task import checkpoint_of
+
+    checkpoint = checkpoint_of(args.run)
+    model, config = load_model(checkpoint)
     backbone = model.backbone if hasattr(model, "backbone") else model
     in_channels = int(getattr(backbone, "in_channels", 3))
     if args.sample is not None:
         from dcn.trained_task import find_run_config
 
         try:
-            image = validation_sample(config, args.sample, str(find_run_config(args.checkpoint)))
+            image = validation_sample(config, args.sample, str(find_run_config(checkpoint)))
         except (IndexError, ValueError) as error:  # an index out of range, a config without (safe) data
             parser.error(str(error))
         out = args.out or Path(f"val_{args.sample}.offsets.png")

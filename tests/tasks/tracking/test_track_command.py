@@ -39,7 +39,7 @@ def test_tracks_a_sequence_and_writes_boxes_and_a_gif(run_dir, tmp_path):
     out = tmp_path / "out"
     summary = track.main(
         [
-            str(run_dir / "checkpoints" / "last.ckpt"),
+            str(run_dir),  # a run directory: its best (else last) checkpoint
             str(sequence),
             "--output",
             str(out),
