@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from dcn.datamodules.classification.base import ClassificationDataModule, DigitClasses
 from dcn.datamodules.classification.deformation import GeometricDeformation
-from dcn.datamodules.classification.deformed_dataset import DeformedImageDataset
+from dcn.datamodules.classification.deformed_dataset import deformed_splits
 from dcn.datamodules.classification.splits import stratified_split
 
 __all__ = ["DigitsDataModule"]
@@ -98,11 +98,9 @@ class DigitsDataModule(DigitClasses, ClassificationDataModule):
         n = len(targets)
         sizes = (round(self.val_fraction * n), round(self.test_fraction * n))
         train_idx, val_idx, test_idx = stratified_split(digits.target, sizes, self.split_seed)
-        eval_deformation = self.deformation if self.deform_eval else None
-        self.train_set = DeformedImageDataset(images[train_idx], targets[train_idx], self.deformation)
-        self.val_set = DeformedImageDataset(
-            images[val_idx], targets[val_idx], eval_deformation, fixed_seed=self.eval_seed
-        )
-        self.test_set = DeformedImageDataset(
-            images[test_idx], targets[test_idx], eval_deformation, fixed_seed=self.eval_seed + 1
+        self.train_set, self.val_set, self.test_set = deformed_splits(
+            *((images[idx], targets[idx]) for idx in (train_idx, val_idx, test_idx)),
+            self.deformation,
+            self.deform_eval,
+            self.eval_seed,
         )

@@ -11,7 +11,7 @@ from torchvision.datasets import MNIST
 
 from dcn.datamodules.classification.base import ClassificationDataModule, DigitClasses
 from dcn.datamodules.classification.deformation import GeometricDeformation
-from dcn.datamodules.classification.deformed_dataset import DeformedImageDataset
+from dcn.datamodules.classification.deformed_dataset import deformed_splits
 from dcn.datamodules.classification.splits import stratified_split
 
 __all__ = ["MNISTDataModule"]
@@ -102,13 +102,11 @@ class MNISTDataModule(DigitClasses, ClassificationDataModule):
         test_images = F.pad(test.data.unsqueeze(1), padding)
 
         train_idx, val_idx = stratified_split(train.targets.numpy(), (self.val_size,), self.split_seed)
-        eval_deformation = self.deformation if self.deform_eval else None
-        self.train_set = DeformedImageDataset(
-            train_images[train_idx], train.targets[train_idx], self.deformation
-        )
-        self.val_set = DeformedImageDataset(
-            train_images[val_idx], train.targets[val_idx], eval_deformation, fixed_seed=self.eval_seed
-        )
-        self.test_set = DeformedImageDataset(
-            test_images, test.targets, eval_deformation, fixed_seed=self.eval_seed + 1
+        self.train_set, self.val_set, self.test_set = deformed_splits(
+            (train_images[train_idx], train.targets[train_idx]),
+            (train_images[val_idx], train.targets[val_idx]),
+            (test_images, test.targets),
+            self.deformation,
+            self.deform_eval,
+            self.eval_seed,
         )
