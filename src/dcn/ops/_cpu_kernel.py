@@ -3,7 +3,8 @@
 ``deform_conv_cpu.cpp`` runs deformable convolution's forward and first-order backward: bilinear
 sampling straight into the GEMM's column matrix, oneDNN GEMMs, one multithreaded pass for the
 input scatter and the offset and mask gradients. ``deform_roi_pool_cpu.cpp`` runs deformable RoI
-pooling. See the sources for the design. They are compiled once per machine, for the vector
+pooling; ``library.cpp`` registers both as the ``torch.ops.dcn_cpu`` ops (the schemas), with the
+entry points declared in ``ops.h``. See the sources for the design. They are compiled once per machine, for the vector
 instructions ATen itself uses there, with ``torch.utils.cpp_extension.load`` (cached under
 ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), on first use.
 
@@ -28,7 +29,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / "deform_conv_cpu.cpp", _CSRC / "deform_roi_pool_cpu.cpp"]
+_SOURCES = [_CSRC / name for name in ("deform_conv_cpu.cpp", "deform_roi_pool_cpu.cpp", "library.cpp")]
 # Input dtypes the kernels take (half precision samples and accumulates in float32).
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _lock = threading.Lock()

@@ -41,7 +41,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -55,6 +54,7 @@
 #include <vector>
 
 #include "channels_last.h"
+#include "ops.h"
 
 // From libtorch_cpu. Weak: a torch build without them, or with other signatures, still loads this
 // library, and at::mm is used instead.
@@ -958,29 +958,6 @@ void forward_chunked(const Tensor& input, const Tensor& offset, const Tensor& ma
   }
 }
 
-Tensor deform_conv2d_forward(const Tensor& input_, const Tensor& offset_, const std::optional<Tensor>& mask_,
-                             const Tensor& weight, const std::optional<Tensor>& bias, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
-                             int64_t chunk, int64_t column_order, int64_t fuse) {
-  RECORD_FUNCTION("dcn_cpu::deform_conv2d_forward", std::vector<c10::IValue>());
-  Geometry g = make_geometry(input_, offset_, weight, stride, padding, dilation, groups, offset_groups);
-  g.kc = use_kc_layout(g, g.n, column_order);
-  const Tensor input = input_.detach();
-  auto out = at::empty({g.n, groups * g.cog, g.Ho, g.Wo}, input.options());
-  if (g.n == 0) return out;
-  const Tensor offset = offset_.detach().contiguous();
-  const Tensor mask = mask_.has_value() ? mask_->detach().contiguous() : Tensor();
-  const Tensor w_mat = weight_matrix(weight.detach(), g);  // (groups, cog, K * cig)
-  const Threads threads;
-  if (use_fused(g, input.scalar_type(), fuse, false, threads.count)) {
-    forward_fused(input, offset, mask, w_mat, out, g, threads);
-  } else {
-    forward_chunked(input, offset, mask, w_mat, out, g, std::min(std::max<int64_t>(1, chunk), g.n), threads);
-  }
-  if (bias.has_value()) out.add_(bias->detach().view({1, -1, 1, 1}));
-  return out;
-}
-
 struct Grads {
   Tensor input, offset, mask, weight_mat;  // undefined where not wanted; weight_mat (groups, cog, K*cig)
   bool sampling() const { return input.defined() || offset.defined() || mask.defined(); }
@@ -1183,6 +1160,34 @@ void backward_chunked(const Tensor& grad_out, const Tensor& input, const Tensor&
   }
 }
 
+}  // namespace
+
+// The entry points (ops.h), registered as torch.library ops in library.cpp.
+namespace dcn_cpu {
+
+Tensor deform_conv2d_forward(const Tensor& input_, const Tensor& offset_, const std::optional<Tensor>& mask_,
+                             const Tensor& weight, const std::optional<Tensor>& bias, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
+                             int64_t chunk, int64_t column_order, int64_t fuse) {
+  RECORD_FUNCTION("dcn_cpu::deform_conv2d_forward", std::vector<c10::IValue>());
+  Geometry g = make_geometry(input_, offset_, weight, stride, padding, dilation, groups, offset_groups);
+  g.kc = use_kc_layout(g, g.n, column_order);
+  const Tensor input = input_.detach();
+  auto out = at::empty({g.n, groups * g.cog, g.Ho, g.Wo}, input.options());
+  if (g.n == 0) return out;
+  const Tensor offset = offset_.detach().contiguous();
+  const Tensor mask = mask_.has_value() ? mask_->detach().contiguous() : Tensor();
+  const Tensor w_mat = weight_matrix(weight.detach(), g);  // (groups, cog, K * cig)
+  const Threads threads;
+  if (use_fused(g, input.scalar_type(), fuse, false, threads.count)) {
+    forward_fused(input, offset, mask, w_mat, out, g, threads);
+  } else {
+    forward_chunked(input, offset, mask, w_mat, out, g, std::min(std::max<int64_t>(1, chunk), g.n), threads);
+  }
+  if (bias.has_value()) out.add_(bias->detach().view({1, -1, 1, 1}));
+  return out;
+}
+
 // [grad_input, grad_offset, grad_mask, grad_weight]; None where not wanted.
 std::vector<std::optional<Tensor>> deform_conv2d_backward(
     const Tensor& grad_out_, const Tensor& input_, const Tensor& offset_, const std::optional<Tensor>& mask_,
@@ -1228,22 +1233,4 @@ std::vector<std::optional<Tensor>> deform_conv2d_backward(
 
 void release_workspace() { Workspace::release(); }
 
-}  // namespace
-
-// Registered as torch.library ops (no pybind11): the library is loaded with torch.ops.load_library.
-TORCH_LIBRARY(dcn_cpu, m) {
-  m.def("release_workspace() -> ()", &release_workspace);
-  m.def(
-      "deform_conv2d_forward(Tensor input, Tensor offset, Tensor? mask, Tensor weight, Tensor? bias, int[] stride, "
-      "int[] padding, int[] dilation, int groups, int offset_groups, int chunk, int column_order, int fuse) -> Tensor");
-  m.def(
-      "deform_conv2d_backward(Tensor grad_out, Tensor input, Tensor offset, Tensor? mask, Tensor weight, "
-      "int[] stride, int[] padding, int[] dilation, int groups, int offset_groups, int chunk, int column_order, "
-      "int fuse, bool[] needs) "
-      "-> Tensor?[]");
-}
-
-TORCH_LIBRARY_IMPL(dcn_cpu, CPU, m) {
-  m.impl("deform_conv2d_forward", &deform_conv2d_forward);
-  m.impl("deform_conv2d_backward", &deform_conv2d_backward);
-}
+}  // namespace dcn_cpu

@@ -20,7 +20,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,6 +27,7 @@
 #include <vector>
 
 #include "channels_last.h"
+#include "ops.h"
 
 // roi_align's arithmetic rounding for rounding (its float32 results are matched to the last bits):
 // no fused multiply-adds.
@@ -274,6 +274,11 @@ Tensor to_table(const Tensor& input) {
   return table;
 }
 
+}  // namespace
+
+// The entry points (ops.h), registered as torch.library ops in library.cpp.
+namespace dcn_cpu {
+
 Tensor deform_roi_pool_forward(const Tensor& input_, const Tensor& rois_, const std::optional<Tensor>& offset_,
                                int64_t out_h, int64_t out_w, double spatial_scale, int64_t sampling_ratio, double gamma,
                                bool aligned) {
@@ -347,19 +352,4 @@ std::vector<std::optional<Tensor>> deform_roi_pool_backward(
   return grads;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(dcn_cpu, m) {
-  m.def(
-      "deform_roi_pool_forward(Tensor input, Tensor rois, Tensor? offset, int out_h, int out_w, float spatial_scale, "
-      "int sampling_ratio, float gamma, bool aligned) -> Tensor");
-  m.def(
-      "deform_roi_pool_backward(Tensor grad_out, Tensor input, Tensor rois, Tensor? offset, int out_h, int out_w, "
-      "float spatial_scale, int sampling_ratio, float gamma, bool aligned, bool need_input, bool need_offset) "
-      "-> Tensor?[]");
-}
-
-TORCH_LIBRARY_IMPL(dcn_cpu, CPU, m) {
-  m.impl("deform_roi_pool_forward", &deform_roi_pool_forward);
-  m.impl("deform_roi_pool_backward", &deform_roi_pool_backward);
-}
+}  // namespace dcn_cpu
