@@ -469,6 +469,23 @@ struct Columns {
   }
 };
 
+// What the sampling of a chunk of images reads: the channels-last input table (accumulation
+// type, the chunk's images only), the chunk's offsets and its mask (null without one).
+template <typename scalar_t, typename acc_t>
+struct SampleInputs {
+  const acc_t* table;
+  const scalar_t* offset;
+  const scalar_t* mask;
+};
+
+// The sampling inputs of images s .. s + b - 1 of offset and mask, table holding those images.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+SampleInputs<scalar_t, acc_t> sample_inputs(const Tensor& table, const Tensor& offset, const Tensor& mask, int64_t s,
+                                            int64_t b) {
+  return {table.data_ptr<acc_t>(), offset.narrow(0, s, b).data_ptr<scalar_t>(),
+          mask.defined() ? mask.narrow(0, s, b).data_ptr<scalar_t>() : nullptr};
+}
+
 // Per-thread scratch of the sampling loops.
 template <typename scalar_t, typename acc_t>
 struct Scratch {
@@ -483,16 +500,16 @@ struct Scratch {
 
 // Columns of image n, output positions la .. lb - 1.
 template <typename scalar_t, typename acc_t>
-void fill_rows(Scratch<scalar_t, acc_t>& sc, const acc_t* table, const scalar_t* offset, const scalar_t* mask,
+void fill_rows(Scratch<scalar_t, acc_t>& sc, const SampleInputs<scalar_t, acc_t>& in,
                const Columns<typename Storage<scalar_t>::type>& cols, int64_t n, int64_t la, int64_t lb,
                const Geometry& g) {
   using st_t = typename Storage<scalar_t>::type;
   const int64_t C = g.C, K = g.K, G = g.G, cig = g.cig, cg = g.cg;
-  const acc_t* img = table + n * g.H * g.W * C;
+  const acc_t* img = in.table + n * g.H * g.W * C;
   const acc_t* z = sc.zeros.data();
   auto& tile = sc.tile;
   for (int64_t l0 = la; l0 < lb; l0 += kTile) {
-    tile.setup(g, offset, mask, n, l0, std::min(kTile, lb - l0), 0, G - 1);
+    tile.setup(g, in.offset, in.mask, n, l0, std::min(kTile, lb - l0), 0, G - 1);
     for (int64_t t = 0; t < tile.T; ++t) {
       const int64_t l = l0 + t;
       for (int64_t k = 0; k < K; ++k) {
@@ -532,18 +549,18 @@ void fill_rows(Scratch<scalar_t, acc_t>& sc, const acc_t* table, const scalar_t*
 // they are stored as block blk's partial sums, (blocks, 4, n, K, G, L); else the offset and mask
 // gradients are written (either may be null).
 template <typename scalar_t, typename acc_t>
-void scatter_rows(Scratch<scalar_t, acc_t>& sc, const acc_t* table, const scalar_t* offset, const scalar_t* mask,
+void scatter_rows(Scratch<scalar_t, acc_t>& sc, const SampleInputs<scalar_t, acc_t>& in,
                   const Columns<const typename Storage<scalar_t>::type>& gcols, acc_t* grad_img, int64_t n, int64_t la,
                   int64_t lb, int64_t b0, int64_t b1, int64_t blk, acc_t* dots, scalar_t* grad_offset,
                   scalar_t* grad_mask, const Geometry& g) {
   const int64_t C = g.C, K = g.K, cig = g.cig, cg = g.cg;
   const int64_t og0 = b0 / cg, og1 = (b1 - 1) / cg;
   const int64_t dots_stride = g.n * K * g.G * g.L;  // one corner's dot products
-  const acc_t* img = table + n * g.H * g.W * C;
+  const acc_t* img = in.table + n * g.H * g.W * C;
   const acc_t* z = sc.zeros.data();
   auto& tile = sc.tile;
   for (int64_t l0 = la; l0 < lb; l0 += kTile) {
-    tile.setup(g, offset, mask, n, l0, std::min(kTile, lb - l0), og0, og1);
+    tile.setup(g, in.offset, in.mask, n, l0, std::min(kTile, lb - l0), og0, og1);
     const int64_t Gt = tile.groups(), S = K * Gt;
     sc.dots.assign(4 * S * kTile, acc_t(0));  // dots[(j * S + s) * kTile + t]
     for (int64_t t = 0; t < tile.T; ++t) {
@@ -847,14 +864,13 @@ void fill_chunk(const Tensor& table, const Tensor& off, const Tensor& m, const T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cols.scalar_type(), "dcn_columns", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using st_t = typename Storage<scalar_t>::type;
-    const acc_t* tab = table.data_ptr<acc_t>();
-    const scalar_t *off_p = off.data_ptr<scalar_t>(), *m_p = data_or_null<scalar_t>(m);
+    const auto in = sample_inputs<scalar_t>(table, off, m, 0, g.n);
     const Columns<st_t> cv{reinterpret_cast<st_t*>(cols.data_ptr<scalar_t>()), g.rows()};
     at::parallel_for(0, g.n * per_image, 1, [&](int64_t t0, int64_t t1) {
       Scratch<scalar_t, acc_t> sc(g);
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t n = task / per_image, l0 = (task - n * per_image) * kTile;
-        fill_rows(sc, tab, off_p, m_p, cv, n, l0, std::min(l0 + kTile, g.L), g);
+        fill_rows(sc, in, cv, n, l0, std::min(l0 + kTile, g.L), g);
       }
     });
   });
@@ -893,9 +909,7 @@ void forward_fused(const Tensor& input, const Tensor& offset, const Tensor& mask
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "dcn_forward_fused", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using st_t = typename Storage<scalar_t>::type;
-      const acc_t* tab = table.data_ptr<acc_t>();
-      const scalar_t* off = offset.narrow(0, s, b).data_ptr<scalar_t>();
-      const scalar_t* m = mask.defined() ? mask.narrow(0, s, b).data_ptr<scalar_t>() : nullptr;
+      const auto in = sample_inputs<scalar_t>(table, offset, mask, s, b);
       scalar_t* o = out.narrow(0, s, b).data_ptr<scalar_t>();
       at::parallel_for(0, b * per_image, 1, [&](int64_t t0, int64_t t1) {
         const int64_t tid = threads.id();
@@ -903,8 +917,8 @@ void forward_fused(const Tensor& input, const Tensor& offset, const Tensor& mask
         for (int64_t task = t0; task < t1; ++task) {
           const int64_t n = task / per_image, l0 = (task - n * per_image) * R, rt = std::min(R, g.L - l0);
           const Tensor cols = cols_buf[tid].narrow(0, 0, g.groups * rt * Kcg).view({g.groups, rt, Kcg});
-          fill_rows(sc, tab, off, m, Columns<st_t>{reinterpret_cast<st_t*>(cols.data_ptr<scalar_t>()), rt, n, l0}, n,
-                    l0, l0 + rt, gc);
+          fill_rows(sc, in, Columns<st_t>{reinterpret_cast<st_t*>(cols.data_ptr<scalar_t>()), rt, n, l0}, n, l0,
+                    l0 + rt, gc);
           if constexpr (std::is_same_v<scalar_t, float>) {
             if (micro) {  // out^T (rt, cog) = cols (rt, K * cig) @ W^T, then transposed into out
               float* res = res_buf[tid].data_ptr<float>();
@@ -967,15 +981,15 @@ struct Grads {
 // holds the tile's grad_out rows, go_rows points at them in grad_out (row stride L).
 // (A template so that the callers' dispatch over dtypes compiles; only float does anything.)
 template <typename scalar_t, typename acc_t>
-void backward_tile_brgemm(Scratch<scalar_t, acc_t>& sc, const acc_t* table, const scalar_t* offset,
-                          const scalar_t* mask, const scalar_t* go, const scalar_t* go_rows, const Tensor& go_t_buf,
-                          scalar_t* cols, const scalar_t* w_mat, acc_t* gw, acc_t* grad_img, scalar_t* grad_offset,
+void backward_tile_brgemm(Scratch<scalar_t, acc_t>& sc, const SampleInputs<scalar_t, acc_t>& in,
+                          const scalar_t* go, const scalar_t* go_rows, const Tensor& go_t_buf, scalar_t* cols,
+                          const scalar_t* w_mat, acc_t* gw, acc_t* grad_img, scalar_t* grad_offset,
                           scalar_t* grad_mask, int64_t n, int64_t l0, int64_t rt, bool sampling, const Geometry& g) {
   if constexpr (std::is_same_v<scalar_t, float>) {
   using at::native::cpublas::brgemm;
   const int64_t Kcg = g.K * g.cig;
   if (gw) {  // grad_W (cog, K * cig) += go (cog, rt) @ cols (rt, K * cig)
-    fill_rows(sc, table, offset, mask, Columns<float>{cols, rt, n, l0}, n, l0, l0 + rt, g);
+    fill_rows(sc, in, Columns<float>{cols, rt, n, l0}, n, l0, l0 + rt, g);
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       brgemm(g.cog, Kcg, rt, rt, Kcg, Kcg, true, go + gi * g.cog * rt, cols + gi * rt * Kcg, gw + gi * g.cog * Kcg,
              false);
@@ -988,7 +1002,7 @@ void backward_tile_brgemm(Scratch<scalar_t, acc_t>& sc, const acc_t* table, cons
     dcn_cpu::transpose_block(go_rows + gi * g.cog * g.L, g.L, go_t, g.cog, g.cog, rt);
     brgemm(rt, Kcg, g.cog, g.cog, Kcg, Kcg, false, go_t, w_mat + gi * g.cog * Kcg, cols + gi * rt * Kcg, false);
   }
-  scatter_rows(sc, table, offset, mask, Columns<const float>{cols, rt, n, l0}, grad_img, n, l0, l0 + rt,
+  scatter_rows(sc, in, Columns<const float>{cols, rt, n, l0}, grad_img, n, l0, l0 + rt,
                int64_t(0), g.C, int64_t(0), static_cast<float*>(nullptr), grad_offset, grad_mask, g);
   }
 }
@@ -1026,9 +1040,7 @@ void backward_fused(const Tensor& grad_out, const Tensor& input, const Tensor& o
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "dcn_backward_fused", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using st_t = typename Storage<scalar_t>::type;
-      const acc_t* tab = table.data_ptr<acc_t>();
-      const scalar_t* off = offset.narrow(0, s, b).data_ptr<scalar_t>();
-      const scalar_t* m = mask.defined() ? mask.narrow(0, s, b).data_ptr<scalar_t>() : nullptr;
+      const auto in = sample_inputs<scalar_t>(table, offset, mask, s, b);
       const scalar_t* go_all = grad_out.narrow(0, s, b).data_ptr<scalar_t>();
       acc_t* g_table = need_in ? grad_table.data_ptr<acc_t>() : nullptr;
       scalar_t* g_off = gr.offset.defined() ? gr.offset.narrow(0, s, b).data_ptr<scalar_t>() : nullptr;
@@ -1047,7 +1059,7 @@ void backward_fused(const Tensor& grad_out, const Tensor& input, const Tensor& o
             const Tensor cols = cols_buf[tid].narrow(0, 0, g.groups * rt * Kcg).view({g.groups, rt, Kcg});
             if constexpr (std::is_same_v<scalar_t, float>) {
               if (micro) {
-                backward_tile_brgemm(sc, tab, off, m, go_p, go_all + n * C_out * g.L + l0, go_t_buf[tid],
+                backward_tile_brgemm(sc, in, go_p, go_all + n * C_out * g.L + l0, go_t_buf[tid],
                                      cols.data_ptr<scalar_t>(), data_or_null<scalar_t>(w_mat),
                                      need_w ? gw_buf[tid].data_ptr<acc_t>() : nullptr,
                                      g_table ? g_table + n * HWC : nullptr, g_off, g_mask, n, l0, rt, gr.sampling(),
@@ -1056,7 +1068,7 @@ void backward_fused(const Tensor& grad_out, const Tensor& input, const Tensor& o
               }
             }
             if (need_w) {
-              fill_rows(sc, tab, off, m, Columns<st_t>{reinterpret_cast<st_t*>(cols.data_ptr<scalar_t>()), rt, n, l0},
+              fill_rows(sc, in, Columns<st_t>{reinterpret_cast<st_t*>(cols.data_ptr<scalar_t>()), rt, n, l0},
                         n, l0, l0 + rt, gc);
               if (half) {  // accumulate in float32
                 grouped_gemm(go, cols, part_buf[tid], false);
@@ -1067,7 +1079,7 @@ void backward_fused(const Tensor& grad_out, const Tensor& input, const Tensor& o
             }
             if (!gr.sampling()) continue;
             grouped_gemm(go.transpose(1, 2), w_mat, cols, false);  // the column gradient, in place
-            scatter_rows(sc, tab, off, m,
+            scatter_rows(sc, in,
                          Columns<const st_t>{reinterpret_cast<const st_t*>(cols.data_ptr<scalar_t>()), rt, n, l0},
                          g_table ? g_table + n * HWC : nullptr, n, l0, l0 + rt, int64_t(0), g.C, int64_t(0),
                          static_cast<acc_t*>(nullptr), g_off, g_mask, gc);
@@ -1133,8 +1145,7 @@ void backward_chunked(const Tensor& grad_out, const Tensor& input, const Tensor&
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "dcn_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using st_t = typename Storage<scalar_t>::type;
-      const acc_t* tab = table.data_ptr<acc_t>();
-      const scalar_t *off_p = off.data_ptr<scalar_t>(), *m_p = data_or_null<scalar_t>(m);
+      const auto in = sample_inputs<scalar_t>(table, off, m, 0, b);
       scalar_t* g_off = gr.offset.defined() ? gr.offset.narrow(0, s, b).data_ptr<scalar_t>() : nullptr;
       scalar_t* g_mask = gr.mask.defined() ? gr.mask.narrow(0, s, b).data_ptr<scalar_t>() : nullptr;
       acc_t* g_table = need_in ? grad_table.data_ptr<acc_t>() : nullptr;
@@ -1149,12 +1160,14 @@ void backward_chunked(const Tensor& grad_out, const Tensor& input, const Tensor&
             const int64_t n = task / blocks, blk = task - n * blocks;
             const int64_t b0 = blk * block, b1 = std::min(g.C, b0 + block);
             if (b0 >= b1) continue;
-            scatter_rows(sc, tab, off_p, m_p, gcv, g_table ? g_table + n * HWC : nullptr, n, 0, g.L, b0, b1, blk,
+            scatter_rows(sc, in, gcv, g_table ? g_table + n * HWC : nullptr, n, 0, g.L, b0, b1, blk,
                          dots_p, g_off, g_mask, gc);
           }
         });
       }
-      if (blocks > 1 && need_grads) finish_grads<scalar_t, acc_t>(off_p, m_p, dots_p, blocks, g_off, g_mask, gc);
+      if (blocks > 1 && need_grads) {
+        finish_grads<scalar_t, acc_t>(in.offset, in.mask, dots_p, blocks, g_off, g_mask, gc);
+      }
       if (need_in) transpose_images(g_table, gr.input.narrow(0, s, b).data_ptr<scalar_t>(), b, g.H * g.W, g.C);
     });
   }
