@@ -4,9 +4,9 @@
 sampling straight into the GEMM's column matrix, oneDNN GEMMs, one multithreaded pass for the
 input scatter and the offset and mask gradients. ``deform_roi_pool_cpu.cpp`` runs deformable RoI
 pooling; ``library.cpp`` registers both as the ``torch.ops.dcn_cpu`` ops (the schemas), with the
-entry points declared in ``ops.h``. See the sources for the design. They are compiled once per machine, for the vector
-instructions ATen itself uses there, with ``torch.utils.cpp_extension.load`` (cached under
-``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), on first use.
+entry points declared in ``ops.h``. See the sources for the design. They are compiled once per
+machine, for the vector instructions ATen itself uses there, with ``torch.utils.cpp_extension.load``
+(cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), on first use.
 
 Where they cannot be built (no C++ compiler, no ninja) or when ``DCN_CPU_KERNEL=0`` is set, the
 PyTorch path runs on ATen operations (``embedding_bag``, ``grid_sampler_2d_backward``): same

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import lightning as L
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from dcn.datamodules.classification.deformation import GeometricDeformation
+from dcn.datamodules.classification.deformed_dataset import DeformedImageDataset
 from dcn.datamodules.loaders import LoaderOptions
 
-__all__ = ["ClassificationDataModule", "DigitClasses"]
+__all__ = ["ClassificationDataModule", "DeformedDigits", "DigitClasses"]
 
 
 class ClassificationDataModule(LoaderOptions, L.LightningDataModule):
@@ -70,3 +73,28 @@ class DigitClasses:
     @property
     def class_names(self) -> List[str]:
         return [str(d) for d in range(10)]
+
+
+class DeformedDigits(DigitClasses):
+    """Mixin for the digit datamodules under random geometric deformation (``digits``, ``mnist``).
+
+    Training samples are deformed afresh on every read, so each epoch sees new deformations;
+    validation and test samples get a deformation fixed by ``(eval_seed, index)`` (``eval_seed + 1``
+    for test), or none with ``deform_eval=False``, so their metrics compare across runs and training
+    seeds. ``split_seed`` fixes the train / validation / test split.
+    """
+
+    def set_deformation(
+        self, deformation: Optional[GeometricDeformation], deform_eval: bool, split_seed: int, eval_seed: int
+    ) -> None:
+        self.deformation, self.deform_eval = deformation, deform_eval
+        self.split_seed, self.eval_seed = split_seed, eval_seed
+
+    def set_deformed_splits(
+        self, train: Tuple[Tensor, Tensor], val: Tuple[Tensor, Tensor], test: Tuple[Tensor, Tensor]
+    ) -> None:
+        """``train_set``, ``val_set``, ``test_set`` from ``(images, targets)`` pairs, deformed as above."""
+        eval_deformation = self.deformation if self.deform_eval else None
+        self.train_set = DeformedImageDataset(*train, self.deformation)
+        self.val_set = DeformedImageDataset(*val, eval_deformation, fixed_seed=self.eval_seed)
+        self.test_set = DeformedImageDataset(*test, eval_deformation, fixed_seed=self.eval_seed + 1)

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from dcn.datamodules.classification.deformation import GeometricDeformation
 
-__all__ = ["DeformedImageDataset", "deformed_splits"]
+__all__ = ["DeformedImageDataset"]
 
 
 class DeformedImageDataset(Dataset):
@@ -63,23 +63,3 @@ class DeformedImageDataset(Dataset):
         # Hash (seed, index) so neighbouring seeds do not share per-sample streams.
         digest = hashlib.blake2b(f"{self.fixed_seed}:{index}".encode(), digest_size=8).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
-
-
-def deformed_splits(
-    train: Tuple[Tensor, Tensor],
-    val: Tuple[Tensor, Tensor],
-    test: Tuple[Tensor, Tensor],
-    deformation: Optional[GeometricDeformation],
-    deform_eval: bool = True,
-    eval_seed: int = 0,
-) -> Tuple[DeformedImageDataset, DeformedImageDataset, DeformedImageDataset]:
-    """The deformed-digits protocol's three datasets from ``(images, targets)`` pairs: training
-    images deformed afresh on every read; validation and test images deformed once per sample,
-    fixed by ``eval_seed`` (``eval_seed + 1`` for test), or left as they are with
-    ``deform_eval=False``."""
-    eval_deformation = deformation if deform_eval else None
-    return (
-        DeformedImageDataset(*train, deformation),
-        DeformedImageDataset(*val, eval_deformation, fixed_seed=eval_seed),
-        DeformedImageDataset(*test, eval_deformation, fixed_seed=eval_seed + 1),
-    )

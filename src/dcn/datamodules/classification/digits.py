@@ -12,9 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcn.datamodules.classification.base import ClassificationDataModule, DigitClasses
+from dcn.datamodules.classification.base import ClassificationDataModule, DeformedDigits
 from dcn.datamodules.classification.deformation import GeometricDeformation
-from dcn.datamodules.classification.deformed_dataset import deformed_splits
 from dcn.datamodules.classification.splits import stratified_split
 
 __all__ = ["DigitsDataModule"]
@@ -22,16 +21,14 @@ __all__ = ["DigitsDataModule"]
 _DIGITS_MAX = 16.0  # load_digits pixel values are integers in [0, 16]
 
 
-class DigitsDataModule(DigitClasses, ClassificationDataModule):
+class DigitsDataModule(DeformedDigits, ClassificationDataModule):
     """scikit-learn digits, upsampled onto a canvas under random geometric deformation.
 
     Each 8x8 digit is bilinearly upsampled to ``digit_size`` pixels and centred on a black
     ``canvas_size`` canvas (28 and 20 mimic MNIST's layout), then deformed by ``deformation``.
 
     Splits are stratified and fixed by ``split_seed`` (1,797 samples; by default 1,257 / 270 / 270).
-    Training samples are deformed afresh on every read, so each epoch sees new deformations;
-    validation and test samples get a deformation fixed by ``(eval_seed, index)`` (or none with
-    ``deform_eval=False``), so their metrics compare across runs and training seeds.
+    Deformations follow :class:`~dcn.datamodules.classification.base.DeformedDigits`.
 
     Batches: ``(Tensor[B, 1, canvas_size, canvas_size] float32 in [0, 1], Tensor[B] int64)``.
 
@@ -72,14 +69,9 @@ class DigitsDataModule(DigitClasses, ClassificationDataModule):
             raise ValueError(
                 f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}"
             )
-        self.deformation = deformation
-        self.deform_eval = deform_eval
-        self.canvas_size = canvas_size
-        self.digit_size = digit_size
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
-        self.eval_seed = eval_seed
+        self.set_deformation(deformation, deform_eval, split_seed, eval_seed)
+        self.canvas_size, self.digit_size = canvas_size, digit_size
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
@@ -98,9 +90,4 @@ class DigitsDataModule(DigitClasses, ClassificationDataModule):
         n = len(targets)
         sizes = (round(self.val_fraction * n), round(self.test_fraction * n))
         train_idx, val_idx, test_idx = stratified_split(digits.target, sizes, self.split_seed)
-        self.train_set, self.val_set, self.test_set = deformed_splits(
-            *((images[idx], targets[idx]) for idx in (train_idx, val_idx, test_idx)),
-            self.deformation,
-            self.deform_eval,
-            self.eval_seed,
-        )
+        self.set_deformed_splits(*((images[idx], targets[idx]) for idx in (train_idx, val_idx, test_idx)))

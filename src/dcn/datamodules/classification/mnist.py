@@ -9,9 +9,8 @@ from typing import List, Optional
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
-from dcn.datamodules.classification.base import ClassificationDataModule, DigitClasses
+from dcn.datamodules.classification.base import ClassificationDataModule, DeformedDigits
 from dcn.datamodules.classification.deformation import GeometricDeformation
-from dcn.datamodules.classification.deformed_dataset import deformed_splits
 from dcn.datamodules.classification.splits import stratified_split
 
 __all__ = ["MNISTDataModule"]
@@ -24,12 +23,12 @@ def _raw_files() -> List[str]:
     return [os.path.splitext(os.path.basename(name))[0] for name, _ in MNIST.resources]
 
 
-class MNISTDataModule(DigitClasses, ClassificationDataModule):
+class MNISTDataModule(DeformedDigits, ClassificationDataModule):
     """MNIST ("rotated/scaled MNIST" with a deformation), read by ``torchvision.datasets.MNIST``.
 
     The 60,000 training images are split (stratified, fixed by ``split_seed``) into ``val_size``
     validation images and the rest for training; the 10,000 official test images are the test set.
-    Deformations follow :class:`~dcn.datamodules.classification.digits.DigitsDataModule`: re-drawn every
+    Deformations follow :class:`~dcn.datamodules.classification.base.DeformedDigits`: re-drawn every
     read for training, fixed per sample by ``eval_seed`` for validation and test.
 
     Batches: ``(Tensor[B, 1, canvas_size, canvas_size] float32 in [0, 1], Tensor[B] int64)``.
@@ -63,14 +62,9 @@ class MNISTDataModule(DigitClasses, ClassificationDataModule):
             raise ValueError(f"data.canvas_size must be >= {_MNIST_SIZE} (MNIST's size), got {canvas_size}")
         if val_size < 1:
             raise ValueError(f"data.val_size must be >= 1, got {val_size}")
-        self.root = Path(root)
-        self.download = download
-        self.deformation = deformation
-        self.deform_eval = deform_eval
-        self.canvas_size = canvas_size
-        self.val_size = val_size
-        self.split_seed = split_seed
-        self.eval_seed = eval_seed
+        self.root, self.download = Path(root), download
+        self.canvas_size, self.val_size = canvas_size, val_size
+        self.set_deformation(deformation, deform_eval, split_seed, eval_seed)
 
     @property
     def raw_folder(self) -> Path:
@@ -102,11 +96,8 @@ class MNISTDataModule(DigitClasses, ClassificationDataModule):
         test_images = F.pad(test.data.unsqueeze(1), padding)
 
         train_idx, val_idx = stratified_split(train.targets.numpy(), (self.val_size,), self.split_seed)
-        self.train_set, self.val_set, self.test_set = deformed_splits(
+        self.set_deformed_splits(
             (train_images[train_idx], train.targets[train_idx]),
             (train_images[val_idx], train.targets[val_idx]),
             (test_images, test.targets),
-            self.deformation,
-            self.deform_eval,
-            self.eval_seed,
         )
