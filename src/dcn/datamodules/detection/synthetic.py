@@ -71,13 +71,12 @@ class SyntheticDetGenerator(SyntheticShapesGenerator):
             annotated.
     """
 
-    # Overridden defaults: more, smaller objects per image (boxes at several scales) and no 255
-    # boundary band, which only segmentation labels have.
-    num_train: int = 400
-    image_size: int = 128
-    objects: Tuple[int, int] = (1, 4)
-    size_range: Tuple[float, float] = (0.08, 0.22)
-    border_width: int = 0
+    # Defaults overridden for detection (the base's in the comments):
+    num_train: int = 400  # 320
+    image_size: int = 128  # 112
+    objects: Tuple[int, int] = (1, 4)  # (1, 3): more objects per image,
+    size_range: Tuple[float, float] = (0.08, 0.22)  # (0.14, 0.3): smaller, so boxes span several scales
+    border_width: int = 0  # 2: the 255 band belongs to segmentation labels only
     min_visible: float = 0.25
     difficult_below: float = 0.5
     min_box_size: int = 4
