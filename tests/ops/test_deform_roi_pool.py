@@ -471,7 +471,7 @@ def test_opcheck(with_offset):
             r"offset must have shape \(K, 2, out_h, out_w\) = \(1, 2, 2, 2\)",
         ),
         (dict(offset=torch.zeros(1, 2, 2, 2, dtype=torch.float64)), TypeError, "dtype"),
-        (dict(spatial_scale=-0.5), ValueError, "spatial_scale must be a positive"),
+        (dict(spatial_scale=-0.5), ValueError, "spatial_scale must be positive and finite"),
         (dict(output_size=0), ValueError, "output_size must be positive"),
         (dict(output_size=(2, -1)), ValueError, "output_size must be positive"),
         (dict(sampling_ratio=-1), ValueError, "sampling_ratio must be >= 0"),
@@ -568,8 +568,16 @@ def test_offset_module_is_the_functional_op():
     torch.testing.assert_close(layer(x, rois, off), deform_roi_pool(x, rois, off, (3, 2), 0.25, 2, 0.2))
     torch.testing.assert_close(layer(x, rois), RoIAlign((3, 2), 0.25, 2, aligned=True)(x, rois))
     assert layer.extra_repr() == "output_size=(3, 2), spatial_scale=0.25, sampling_ratio=2, gamma=0.2"
-    with pytest.raises(ValueError, match="spatial_scale must be positive"):
-        DeformRoIPool(7, 0.0)
+    # The module checks its settings as the functional op does, at construction.
+    for kwargs, match in [
+        (dict(spatial_scale=0.0), "spatial_scale must be positive and finite"),
+        (dict(spatial_scale=float("inf")), "spatial_scale must be positive and finite"),
+        (dict(output_size=(7, 0)), r"output_size must be positive \(int or \(out_h, out_w\)\)"),
+        (dict(sampling_ratio=-2), r"sampling_ratio must be >= 0 \(0 = adaptive"),
+        (dict(backend="triton"), "unknown backend 'triton'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            DeformRoIPool(**{"output_size": 7, **kwargs})
 
 
 def test_modulated_pack_name():

@@ -223,14 +223,26 @@ def _to_rois(boxes: Boxes, input: Tensor) -> Tensor:
     return rois
 
 
-def _check_args(
-    input: Tensor,
-    offset: Optional[Tensor],
-    output_size: Tuple[int, int],
-    spatial_scale: float,
+def _check_pool_settings(
+    output_size: Tuple[int, ...],
     sampling_ratio: int,
-    k: int,
+    spatial_scale: Optional[float] = None,
+    backend: Optional[str] = None,
 ) -> None:
+    """The pooling settings of the functional op and every module (None: not checked here)."""
+    if len(output_size) != 2 or min(output_size) < 1:
+        raise ValueError(f"output_size must be positive (int or (out_h, out_w)), got {output_size}")
+    if sampling_ratio < 0:
+        raise ValueError(
+            f"sampling_ratio must be >= 0 (0 = adaptive, ceil(roi_size / output_size)), got {sampling_ratio}"
+        )
+    if spatial_scale is not None and (not spatial_scale > 0 or not math.isfinite(spatial_scale)):
+        raise ValueError(f"spatial_scale must be positive and finite, got {spatial_scale}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def _check_input(input: Tensor) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
     if input.dim() != 4:
@@ -239,28 +251,24 @@ def _check_args(
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
     if input.shape[2] == 0 or input.shape[3] == 0:
         raise ValueError(f"input must have a non-empty spatial size, got {tuple(input.shape)}")
-    if len(output_size) != 2 or min(output_size) < 1:
-        raise ValueError(f"output_size must be positive (int or (out_h, out_w)), got {output_size}")
-    if not spatial_scale > 0 or not math.isfinite(spatial_scale):
-        raise ValueError(f"spatial_scale must be a positive finite number, got {spatial_scale}")
-    if sampling_ratio < 0:
+
+
+def _check_offset(offset: Optional[Tensor], input: Tensor, output_size: Tuple[int, int], k: int) -> None:
+    if offset is None:
+        return
+    if not isinstance(offset, Tensor):
+        raise TypeError(f"offset must be a Tensor or None, got {type(offset).__name__}")
+    expected = (k, 2, output_size[0], output_size[1])
+    if tuple(offset.shape) != expected:
         raise ValueError(
-            f"sampling_ratio must be >= 0 (0 = adaptive, ceil(roi_size / output_size)), got {sampling_ratio}"
+            f"offset must have shape (K, 2, out_h, out_w) = {expected} for {k} boxes, "
+            f"got {tuple(offset.shape)}"
         )
-    if offset is not None:
-        if not isinstance(offset, Tensor):
-            raise TypeError(f"offset must be a Tensor or None, got {type(offset).__name__}")
-        expected = (k, 2, output_size[0], output_size[1])
-        if tuple(offset.shape) != expected:
-            raise ValueError(
-                f"offset must have shape (K, 2, out_h, out_w) = {expected} for {k} boxes, "
-                f"got {tuple(offset.shape)}"
-            )
-        # Under autocast both are cast (offsets to float32), so their dtypes need not match.
-        if offset.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
-            raise TypeError(f"offset has dtype {offset.dtype} but input has {input.dtype}; they must match")
-        if offset.device != input.device:
-            raise ValueError(f"offset is on {offset.device} but input is on {input.device}; they must match")
+    # Under autocast both are cast (offsets to float32), so their dtypes need not match.
+    if offset.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+        raise TypeError(f"offset has dtype {offset.dtype} but input has {input.dtype}; they must match")
+    if offset.device != input.device:
+        raise ValueError(f"offset is on {offset.device} but input is on {input.device}; they must match")
 
 
 # --------------------------------------------------------------------------------------
@@ -313,12 +321,10 @@ def deform_roi_pool(
         Tensor[K, C, out_h, out_w]
     """
     output_size = tuple(_pair(output_size))
-    if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-    if input.dim() != 4:
-        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    _check_input(input)
+    _check_pool_settings(output_size, sampling_ratio, spatial_scale)
     rois = _to_rois(boxes, input)
-    _check_args(input, offset, output_size, spatial_scale, sampling_ratio, rois.shape[0])
+    _check_offset(offset, input, output_size, rois.shape[0])
     resolved = resolve_backend(backend, input.device, "deform_roi_pool")
     args = (
         list(output_size),
@@ -384,19 +390,11 @@ class _OffsetHead(nn.Module):
         return offset, torch.sigmoid(pred[:, 2 * h * w :]).reshape(k, 1, h, w)
 
 
-def _check_module_args(
-    in_channels: int, output_size: Tuple[int, int], sampling_ratio: int, hidden_channels: int, backend: str
-) -> None:
+def _check_head_args(in_channels: int, hidden_channels: int) -> None:
     if in_channels < 1:
         raise ValueError(f"in_channels must be positive, got {in_channels}")
-    if min(output_size) < 1:
-        raise ValueError(f"output_size must be positive, got {output_size}")
-    if sampling_ratio < 0:
-        raise ValueError(f"sampling_ratio must be >= 0 (0 = adaptive), got {sampling_ratio}")
     if hidden_channels < 1:
         raise ValueError(f"hidden_channels must be positive, got {hidden_channels}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
 class DeformRoIPool(nn.Module):
@@ -422,14 +420,7 @@ class DeformRoIPool(nn.Module):
     ) -> None:
         super().__init__()
         output_size = tuple(_pair(output_size))
-        if min(output_size) < 1:
-            raise ValueError(f"output_size must be positive, got {output_size}")
-        if sampling_ratio < 0:
-            raise ValueError(f"sampling_ratio must be >= 0 (0 = adaptive), got {sampling_ratio}")
-        if not spatial_scale > 0:
-            raise ValueError(f"spatial_scale must be positive, got {spatial_scale}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        _check_pool_settings(output_size, sampling_ratio, spatial_scale, backend)
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
@@ -495,7 +486,7 @@ class DeformRoIPoolPack(DeformRoIPool):
         backend: str = "auto",
     ) -> None:
         super().__init__(output_size, spatial_scale, sampling_ratio, gamma, aligned=aligned, backend=backend)
-        _check_module_args(in_channels, self.output_size, sampling_ratio, hidden_channels, backend)
+        _check_head_args(in_channels, hidden_channels)
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.modulated = modulated
@@ -565,7 +556,8 @@ class MultiScaleDeformRoIPool(nn.Module):
     ) -> None:
         super().__init__()
         output_size = tuple(_pair(output_size))
-        _check_module_args(in_channels, output_size, sampling_ratio, hidden_channels, backend)
+        _check_pool_settings(output_size, sampling_ratio, backend=backend)
+        _check_head_args(in_channels, hidden_channels)
         if not featmap_names:
             raise ValueError("featmap_names must name at least one feature map")
         if offset_heads not in OFFSET_HEADS:
