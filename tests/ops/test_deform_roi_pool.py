@@ -578,6 +578,15 @@ def test_offset_module_is_the_functional_op():
     ]:
         with pytest.raises(ValueError, match=match):
             DeformRoIPool(**{"output_size": 7, **kwargs})
+    # The self-predicting layer's former signature, DeformRoIPool(in_channels, output_size,
+    # spatial_scale), would read as output_size=256, spatial_scale=7, sampling_ratio=1/16: refused,
+    # naming the layer that has that signature now.
+    with pytest.raises(
+        TypeError, match=r"sampling_ratio must be an integer, got 0.0625.*DeformRoIPoolPack\("
+    ):
+        DeformRoIPool(256, 7, 1 / 16)
+    with pytest.raises(TypeError, match="sampling_ratio must be an integer"):
+        deform_roi_pool(torch.randn(1, 1, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2]]), None, 2, 1.0, 2.0)
 
 
 def test_modulated_pack_name():

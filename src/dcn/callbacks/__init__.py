@@ -18,3 +18,12 @@ __all__ = [
     "ValidationPictures",
     "progress_bar",
 ]
+
+
+def __getattr__(name: str):
+    if name == "SamplePredictions":
+        raise AttributeError(
+            "dcn.callbacks.SamplePredictions was replaced by dcn.callbacks.ValidationPictures "
+            "(callbacks=validation_pictures), which draws the validation pictures of every task"
+        )
+    raise AttributeError(f"module 'dcn.callbacks' has no attribute {name!r}")

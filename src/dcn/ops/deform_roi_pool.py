@@ -232,6 +232,14 @@ def _check_pool_settings(
     """The pooling settings of the functional op and every module (None: not checked here)."""
     if len(output_size) != 2 or min(output_size) < 1:
         raise ValueError(f"output_size must be positive (int or (out_h, out_w)), got {output_size}")
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
+        # Also what DeformRoIPool(in_channels, output_size, spatial_scale), the self-predicting
+        # layer's former signature, gives: name the layer that has it now.
+        raise TypeError(
+            f"sampling_ratio must be an integer, got {sampling_ratio!r}. DeformRoIPool(output_size, "
+            "spatial_scale, sampling_ratio) takes the offsets in forward(input, rois, offset); the layer "
+            "that predicts them is DeformRoIPoolPack(in_channels, output_size, spatial_scale)"
+        )
     if sampling_ratio < 0:
         raise ValueError(
             f"sampling_ratio must be >= 0 (0 = adaptive, ceil(roi_size / output_size)), got {sampling_ratio}"
